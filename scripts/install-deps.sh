@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vpod's build, tests and benchmarks need.
+# Idempotent: apt-get skips what is already installed.
+set -euo pipefail
+
+PKGS=(
+  # test bed (L1): QEMU TCG with an emulated SVM CPU, busybox for its initramfs, cpio/gzip to pack it
+  qemu-system-x86 busybox-static cpio gzip kmod
+  # guest kernel build from Debian's source
+  linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
+  # images and disks
+  erofs-utils e2fsprogs
+  # agent API code generation
+  protobuf-compiler
+  # network tests
+  iproute2
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "install-deps: ok" >&2

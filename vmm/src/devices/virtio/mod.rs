@@ -1,0 +1,6 @@
+//! Virtio devices (one folder each, same file names) and the virtio-mmio transport.
+pub mod device;
+pub mod net;
+pub mod vsock;
+
+pub use device::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice};

@@ -1,0 +1,1 @@
+//! virtio-net over a tap device (in progress).

@@ -1,0 +1,1 @@
+//! virtio-vsock in userspace, host side on unix sockets (in progress).

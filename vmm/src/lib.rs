@@ -1,0 +1,2 @@
+//! vpod-vmm: a KVM microVM monitor built on rust-vmm crates.
+pub mod devices;
