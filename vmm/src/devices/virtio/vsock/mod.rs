@@ -1,1 +1,40 @@
-//! virtio-vsock in userspace, host side on unix sockets (in progress).
+//! virtio-vsock in userspace, host side on unix sockets (Firecracker's protocol).
+//!
+//! - A host process connects to the unix socket `uds_path` and writes `CONNECT <port>\n`; the
+//!   device opens a stream to the guest's `<port>` and answers `OK <local_port>\n` once the guest
+//!   accepted (or closes the stream if the guest refused). Then bytes flow both ways.
+//! - A guest connecting to host port P is joined to the unix socket `<uds_path>_P`.
+//!
+//! Files: `device.rs` (virtio device, queues), `event_handler.rs` (event loop), `packet.rs`
+//! (headers; chain parsing is `virtio_vsock::packet`), `muxer.rs` (routing, listener, epoll),
+//! `connection.rs` (per-connection state machine and credit flow control), `unix.rs`.
+
+mod connection;
+mod device;
+mod event_handler;
+mod muxer;
+pub mod packet;
+mod unix;
+
+#[cfg(test)]
+pub(crate) mod test_utils;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use device::{Vsock, NUM_QUEUES, QUEUE_SIZE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("invalid guest CID {0} (must be 3..=4294967294)")]
+    InvalidCid(u64),
+    #[error("binding vsock unix socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating vsock eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
