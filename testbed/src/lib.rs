@@ -1,1 +1,59 @@
-//! vpod-testbed
+//! vpod's real-KVM test bed.
+//!
+//! Our machines' `/dev/kvm` is `kvm_pvm`, which can't run a Linux guest's user space. KVM inside a QEMU
+//! VM that emulates an AMD CPU with SVM in software (TCG) is real KVM, only slow. The test bed boots such
+//! an L1 VM on Debian's generic kernel, shows it the host's own userland (host `/` read-only over 9p with a
+//! tmpfs overlay, chosen dirs read-write at their own paths), runs one command there and hands back its
+//! stdout, stderr and exit status.
+//!
+//! - [`probe`]: does this host need the test bed at all?
+//! - [`l1`]: L1's boot files (built and cached by `l1/build.sh`).
+//! - [`job`]: the script that runs the command in L1.
+//! - [`run`]: boot, watch, time out, retry a hung boot once, clean up.
+
+pub mod job;
+pub mod l1;
+pub mod probe;
+pub mod run;
+
+pub use run::{run, Outcome, RunOptions, Timings};
+
+/// Exit status for failures of the test bed itself (not of the command).
+pub const EXIT_TESTBED_ERROR: i32 = 125;
+/// Exit status when the command ran out of time (as timeout(1)).
+pub const EXIT_TIMEOUT: i32 = 124;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("setup: {0}")]
+    Setup(String),
+    #[error("starting qemu: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("L1 did not boot (no init after {secs} s, {attempts} attempt(s)); console log: {log}")]
+    NoBoot {
+        secs: u64,
+        attempts: u32,
+        log: String,
+    },
+    #[error("L1 failed: {what}; console log: {log}")]
+    L1 { what: String, log: String },
+    #[error("timeout: the command did not finish within {secs} s; L1 killed; console log: {log}")]
+    Timeout { secs: u64, log: String },
+    #[error("interrupted; L1 killed; console log: {log}")]
+    Interrupted { log: String },
+    #[error("run dir {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The exit status the CLI returns for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Timeout { .. } => EXIT_TIMEOUT,
+            _ => EXIT_TESTBED_ERROR,
+        }
+    }
+}

@@ -1,0 +1,62 @@
+#!/bin/sh
+# /init of the test bed's L1 VM (busybox + a few modules, packed by build.sh).
+#
+# L1 runs the HOST's own userland: the host `/` arrives read-only over virtio-9p (tag hostroot) with a
+# tmpfs overlay for writes; the run dir (tag res) carries the job script in and stdout, stderr and the
+# exit status out; tags s0..sN are host dirs shared read-write at their own paths.
+# Progress goes to the serial console as `TESTBED_STAGE <name> <uptime>`, failures as
+# `TESTBED_ERROR <what>: <detail>`: the host tool reads them to tell a boot hang from a kvm failure.
+#
+# Kernel command line knobs: tb_shares=<path>[,<path>...] (mounted from tags s0, s1...),
+# /testbed.conf (written by build.sh) names the kernel release and where its full module tree sits in
+# the host root (the test bed's cache), bind-mounted at /lib/modules/<release> so tests may modprobe more.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+up() { read -r u _ < /proc/uptime; echo "$u"; }
+stage() { echo "TESTBED_STAGE $1 $(up)" > /dev/console; }
+die() { echo "TESTBED_ERROR $1" > /dev/console; [ -d /res ] && echo 125 > /res/exit; sync; reboot -f; sleep 5; echo o > /proc/sysrq-trigger; }
+
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+stage init
+
+for m in $(cat /modules.order); do insmod "/lib/modules/$m" || die "insmod: $m failed"; done
+
+P9="trans=virtio,version=9p2000.L,msize=512000"
+mkdir -p /lower /ovl /newroot /res
+# the 9p devices bind a moment after insmod: retry briefly
+i=0; until mount -t 9p -o "$P9,cache=none" res /res 2>/tmp.err; do
+  i=$((i+1)); [ $i -gt 100 ] && die "9p: can't mount the run dir: $(cat /tmp.err)"; sleep 0.05
+done
+mount -t 9p -o "$P9,cache=loose,ro" hostroot /lower || die "9p: can't mount the host root"
+mount -t tmpfs -o mode=755 tmpfs /ovl && mkdir -p /ovl/u /ovl/w
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/ovl/u,workdir=/ovl/w /newroot || die "overlay: can't mount the root"
+R=/newroot
+mount -t proc proc $R/proc; mount -t sysfs sysfs $R/sys; mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/pts $R/dev/shm; mount -t devpts devpts $R/dev/pts; mount -t tmpfs tmpfs $R/dev/shm
+mount -t tmpfs tmpfs $R/run
+mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
+mkdir -p $R/run/testbed && mount --bind /res $R/run/testbed
+
+# Read-write shares, mounted at the same path as on the host.
+for kv in $(cat /proc/cmdline); do case "$kv" in tb_shares=*) SHARES=${kv#tb_shares=};; esac; done
+n=0
+for p in $(echo "$SHARES" | tr , ' '); do
+  mkdir -p "$R$p" && mount -t 9p -o "$P9,cache=mmap" "s$n" "$R$p" || die "9p: can't mount share s$n at $p"
+  n=$((n+1))
+done
+stage root
+
+. /testbed.conf
+mkdir -p "$R/lib/modules/$MODVER" && mount --bind "/lower$MODDIR" "$R/lib/modules/$MODVER" || die "modules: can't bind $MODDIR"
+chroot $R modprobe -a kvm_amd 2>/tmp.err || die "kvm_amd: modprobe failed: $(cat /tmp.err)"
+[ -c $R/dev/kvm ] || die "kvm_amd: loaded but no /dev/kvm: $(dmesg | grep -i -E 'kvm|svm' | tail -n 3 | tr '\n' ' ')"
+# Network pieces the VM tests use (taps in netns joined by tc mirred). Not fatal: a test that needs one says so.
+chroot $R modprobe -a tun veth bridge sch_ingress act_mirred cls_matchall cls_u32 loop 2>/dev/null
+ip link set lo up 2>/dev/null; hostname testbed-l1
+stage kvm
+
+chroot $R /bin/sh /run/testbed/job.sh </dev/null
+rc=$?
+echo "$rc" > /res/exit
+stage "exit=$rc"
+sync
+reboot -f
