@@ -1,0 +1,308 @@
+//! The virtio-net device: features, config space (MAC), activation and the queue <-> tap loops.
+
+use std::io;
+use std::sync::Arc;
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::packet::{read_tx_chain, write_rx_chain, FrameError};
+use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+use super::{NetError, VNET_HDR_LEN};
+use crate::devices::virtio::device::{
+    ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
+};
+
+pub const RXQ_INDEX: usize = 0;
+pub const TXQ_INDEX: usize = 1;
+pub const NUM_QUEUES: usize = 2;
+pub const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
+
+/// Largest frame (with its virtio-net header) either way: a 64 KiB TSO frame plus headers.
+pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65_550;
+
+/// Frame counters (what the device did with guest and tap traffic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames from the tap that no rx chain could take (too big) and bad rx chains.
+    pub rx_dropped: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Bad tx chains and frames the tap refused.
+    pub tx_dropped: u64,
+}
+
+pub(super) struct Active {
+    pub mem: GuestMemory,
+    pub queues: Vec<Queue>,
+    pub queue_events: Vec<EventFd>,
+    pub interrupt: Arc<Interrupt>,
+}
+
+pub struct Net {
+    pub(super) tap: Tap,
+    mac: Option<[u8; 6]>,
+    avail_features: u64,
+    acked_features: u64,
+    pub(super) activate_evt: EventFd,
+    pub(super) pending_activation: Option<Active>,
+    pub(super) active: Option<Active>,
+    /// A frame read from the tap, waiting for an rx chain (its length in `rx_buf`).
+    rx_pending: Option<usize>,
+    rx_buf: Vec<u8>,
+    tx_buf: Vec<u8>,
+    /// Whether the tap fd is registered for EPOLLIN (off while a frame waits for rx buffers).
+    pub(super) tap_rx_armed: bool,
+    stats: NetStats,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("tap", &self.tap.name())
+            .field("mac", &self.mac)
+            .field("activated", &self.is_activated())
+            .finish()
+    }
+}
+
+impl Net {
+    /// A virtio-net device on the tap interface `tap_name` (created if it doesn't exist, which
+    /// needs CAP_NET_ADMIN). With `mac`, the guest's NIC gets that address (VIRTIO_NET_F_MAC).
+    pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
+        let tap = Tap::open(tap_name)?;
+        let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_NET_F_CSUM)
+            | (1 << VIRTIO_NET_F_GUEST_CSUM)
+            | (1 << VIRTIO_NET_F_GUEST_TSO4)
+            | (1 << VIRTIO_NET_F_GUEST_TSO6)
+            | (1 << VIRTIO_NET_F_HOST_TSO4)
+            | (1 << VIRTIO_NET_F_HOST_TSO6);
+        if mac.is_some() {
+            avail_features |= 1 << VIRTIO_NET_F_MAC;
+        }
+        Ok(Self {
+            tap,
+            mac,
+            avail_features,
+            acked_features: 0,
+            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd)?,
+            pending_activation: None,
+            active: None,
+            rx_pending: None,
+            rx_buf: vec![0u8; MAX_FRAME_LEN],
+            tx_buf: vec![0u8; MAX_FRAME_LEN],
+            tap_rx_armed: false,
+            stats: NetStats::default(),
+        })
+    }
+
+    pub fn tap_name(&self) -> &str {
+        self.tap.name()
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    fn acked(&self, bit: u32) -> bool {
+        self.acked_features & (1 << bit) != 0
+    }
+
+    /// The tap offloads matching what the guest accepted to receive.
+    fn tap_offload_flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.acked(VIRTIO_NET_F_GUEST_CSUM) {
+            flags |= TUN_F_CSUM;
+            // Segmentation offload is only meaningful with checksum offload.
+            if self.acked(VIRTIO_NET_F_GUEST_TSO4) {
+                flags |= TUN_F_TSO4;
+            }
+            if self.acked(VIRTIO_NET_F_GUEST_TSO6) {
+                flags |= TUN_F_TSO6;
+            }
+        }
+        flags
+    }
+
+    fn signal_used(active: &Active) {
+        if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
+            tracing::error!("net: raising interrupt: {e}");
+        }
+    }
+
+    /// Whether the tap should be watched for frames (not while one waits for rx buffers).
+    pub(super) fn wants_tap_rx(&self) -> bool {
+        self.rx_pending.is_none()
+    }
+
+    /// Moves frames from the tap into rx chains until the tap is empty or the guest has no
+    /// buffers left (then the pending frame waits for the rx queue's kick).
+    pub(super) fn process_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[RXQ_INDEX];
+        let mut used = false;
+        loop {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.tap.read_frame(&mut self.rx_buf) {
+                    Ok(len) if len < VNET_HDR_LEN => {
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    }
+                    Ok(len) => {
+                        // virtio 1.x: num_buffers is 1 without MRG_RXBUF; the tap leaves it alone.
+                        self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+                        self.rx_pending = Some(len);
+                        len
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!(tap = self.tap.name(), "net: tap read: {e}");
+                        break;
+                    }
+                },
+            };
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let used_len = match write_rx_chain(&mut chain, mem, &self.rx_buf[..len]) {
+                Ok(n) => {
+                    self.stats.rx_frames += 1;
+                    self.stats.rx_bytes += n as u64;
+                    self.rx_pending = None;
+                    n as u32
+                }
+                Err(e @ FrameError::RxTooSmall { .. }) => {
+                    // The guest's buffers can't hold this frame: drop the frame, not the device.
+                    tracing::debug!("net: dropping rx frame: {e}");
+                    self.stats.rx_dropped += 1;
+                    self.rx_pending = None;
+                    0
+                }
+                Err(e) => {
+                    // A bad chain: return it unused and try the frame on the next one.
+                    tracing::debug!("net: bad rx chain: {e}");
+                    self.stats.rx_dropped += 1;
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, used_len) {
+                tracing::error!("net: rx add_used: {e}");
+                break;
+            }
+            used = true;
+        }
+        if used {
+            Self::signal_used(active);
+        }
+    }
+
+    /// Sends every frame the guest queued on tx to the tap.
+    pub(super) fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[TXQ_INDEX];
+        let mut used = false;
+        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            match read_tx_chain(&mut chain, mem, &mut self.tx_buf) {
+                Ok(len) => match self.tap.write_frame(&self.tx_buf[..len]) {
+                    Ok(_) => {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += len as u64;
+                    }
+                    Err(e) => {
+                        // Link down (EIO), a header the kernel rejects (EINVAL), a full queue.
+                        tracing::debug!(tap = self.tap.name(), "net: tap write: {e}");
+                        self.stats.tx_dropped += 1;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!("net: dropping bad tx chain: {e}");
+                    self.stats.tx_dropped += 1;
+                }
+            }
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                tracing::error!("net: tx add_used: {e}");
+                break;
+            }
+            used = true;
+        }
+        if used {
+            Self::signal_used(active);
+        }
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config starts with mac[6]; nothing else is offered.
+        let config = self.mac.unwrap_or_default();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|o| config.get(usize::try_from(o).ok()?))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.is_activated() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if ctx.queues.len() != NUM_QUEUES || ctx.queue_events.len() != NUM_QUEUES {
+            return Err(ActivateError::QueueCount {
+                expected: NUM_QUEUES,
+                got: ctx.queues.len().min(ctx.queue_events.len()),
+            });
+        }
+        self.tap
+            .set_offload(self.tap_offload_flags())
+            .map_err(|e| ActivateError::Backend(e.to_string()))?;
+        self.pending_activation = Some(Active {
+            mem: ctx.mem,
+            queues: ctx.queues,
+            queue_events: ctx.queue_events,
+            interrupt: ctx.interrupt,
+        });
+        self.activate_evt.write(1).map_err(ActivateError::Signal)
+    }
+
+    fn is_activated(&self) -> bool {
+        self.active.is_some() || self.pending_activation.is_some()
+    }
+}
