@@ -1,1 +1,182 @@
-fn main() {}
+//! `vpod-vmm`: boot one microVM from the command line.
+//!
+//! Exit status: 0 guest poweroff (or stopped by SIGTERM/SIGINT), 1 VMM error, 2 usage error,
+//! 3 guest reboot, 4 guest panic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use vpod_vmm::config::DEFAULT_GUEST_CID;
+use vpod_vmm::{Console, DiskConfig, NetConfig, VmConfig, VmExit, Vmm, VsockConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "vpod-vmm", version, about = "Boot a PVH vmlinux in a KVM microVM")]
+struct Args {
+    /// Uncompressed ELF vmlinux with a PVH entry point.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// initramfs (cpio, optionally compressed).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command line, appended after the defaults.
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Keep kernel boot messages (no `quiet`).
+    #[arg(long)]
+    verbose_kernel: bool,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[arg(long, default_value_t = 128)]
+    mem_mib: u32,
+    /// PATH[,ro][,id=ID]; repeatable.
+    #[arg(long = "disk", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
+    /// Tap interface name.
+    #[arg(long)]
+    net: Option<String>,
+    /// UDS[,cid=N] (guest CID defaults to 3).
+    #[arg(long, value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// off, stdout, or a file path.
+    #[arg(long, default_value = "stdout", value_parser = parse_console)]
+    console: Console,
+    /// Write metrics JSON here when the VM ends.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+    let mut disk = DiskConfig { path: path.into(), read_only: false, id: None };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk.read_only = true,
+            None if opt == "rw" => disk.read_only = false,
+            Some(("id", id)) => disk.id = Some(id.to_string()),
+            _ => return Err(format!("unknown disk option {opt:?} (expected ro, rw or id=ID)")),
+        }
+    }
+    Ok(disk)
+}
+
+fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
+    let mut parts = s.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty vsock socket path")?;
+    let mut v = VsockConfig { uds_path: path.into(), guest_cid: DEFAULT_GUEST_CID };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("cid", n)) => v.guest_cid = n.parse().map_err(|_| format!("bad cid {n:?}"))?,
+            _ => return Err(format!("unknown vsock option {opt:?} (expected cid=N)")),
+        }
+    }
+    Ok(v)
+}
+
+fn parse_console(s: &str) -> Result<Console, String> {
+    Ok(match s {
+        "off" => Console::Off,
+        "stdout" => Console::Stdout,
+        "" => return Err("empty console".into()),
+        path => Console::File(path.into()),
+    })
+}
+
+/// Blocks SIGTERM/SIGINT in this (and every later) thread; a dedicated thread waits for them.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise a local sigset; pthread_sigmask only changes this
+    // thread's mask (inherited by threads spawned later).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VPOD_VMM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        verbose_kernel: args.verbose_kernel,
+        vcpus: args.vcpus,
+        mem_mib: args.mem_mib,
+        disks: args.disks,
+        net: args.net.map(|tap| NetConfig { tap, mac: None }),
+        vsock: args.vsock,
+        rng: args.rng,
+        console: args.console,
+    };
+
+    let sigset = block_stop_signals();
+    let vm = match Vmm::start_at(config, started) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("vpod-vmm: error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stopper = vm.stop_handle();
+    // Detached: it ends with the process.
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `sigset` is initialised and `sig` is a valid out pointer.
+        if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+            stopper.stop();
+        }
+    });
+
+    let outcome = vm.wait();
+    if let Some(path) = &args.metrics {
+        let json = serde_json::json!({
+            "exit": format!("{outcome:?}"),
+            "metrics": vm.metrics(),
+        });
+        if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
+            eprintln!("vpod-vmm: warning: writing metrics to {}: {e}", path.display());
+        }
+    }
+    match outcome {
+        VmExit::Poweroff | VmExit::Stopped => ExitCode::SUCCESS,
+        VmExit::Reboot => ExitCode::from(3),
+        VmExit::Panic => ExitCode::from(4),
+        VmExit::Error(e) => {
+            eprintln!("vpod-vmm: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_and_vsock_syntax() {
+        let d = parse_disk("/a.img,ro,id=root").unwrap();
+        assert_eq!((d.path.to_str().unwrap(), d.read_only, d.id.as_deref()), ("/a.img", true, Some("root")));
+        assert!(parse_disk("/a.img,rx").is_err());
+        assert!(parse_disk(",ro").is_err());
+        let v = parse_vsock("/tmp/v.sock,cid=7").unwrap();
+        assert_eq!(v.guest_cid, 7);
+        assert_eq!(parse_vsock("/tmp/v.sock").unwrap().guest_cid, 3);
+        assert!(parse_vsock("/tmp/v.sock,cid=x").is_err());
+        assert_eq!(parse_console("off").unwrap(), Console::Off);
+        assert_eq!(parse_console("/tmp/c").unwrap(), Console::File("/tmp/c".into()));
+    }
+}

@@ -1,1 +1,4 @@
+//! Devices: the buses, legacy PC devices and virtio.
+pub mod bus;
+pub mod legacy;
 pub mod virtio;

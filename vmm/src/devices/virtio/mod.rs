@@ -1,6 +1,9 @@
 //! Virtio devices (one folder each, same file names) and the virtio-mmio transport.
+pub mod block;
 pub mod device;
 pub mod net;
+pub mod rng;
+pub mod transport;
 pub mod vsock;
 
 pub use device::{ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice};

@@ -1,0 +1,239 @@
+//! Config -> running VM. Everything is created and wired here in one pass; nothing reaches back.
+//!
+//! Kernel command line: `console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux
+//! i8042.nopnp i8042.dumbkbd random.trust_cpu=on` (+ `quiet` unless `verbose_kernel`), then one
+//! `virtio_mmio.device=4K@0x<addr>:<irq>` per device, then the caller's extra arguments (last, so
+//! they can override ours). With `Console::Off` we keep `console=ttyS0` and drop the bytes in the
+//! VMM: the panic watcher still sees a kernel panic, and the guest's boot is identical either way.
+
+use std::fs::OpenOptions;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::{layout, pvh};
+use crate::config::{Console, ConfigError, VmConfig};
+use crate::devices::bus::{Bus, BusDevice, BusError};
+use crate::devices::legacy::{serial::ConsoleOut, ExitPort, IrqTrigger, SerialDevice, I8042};
+use crate::devices::virtio::block::{Block, BlockError, DiskFile};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::transport::mmio::{MmioError, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::transport::MmioTransport;
+use crate::devices::virtio::{GuestMemory, VirtioDevice};
+use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
+use crate::exit::ExitSignal;
+use crate::metrics::VmCounters;
+use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+use crate::{DiskSlot, Running, RunningVm};
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux \
+                                   i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] pvh::BootError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    #[error("placing a device: {0}")]
+    Bus(#[from] BusError),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error("opening console file {0}: {1}")]
+    ConsoleFile(std::path::PathBuf, #[source] std::io::Error),
+    #[error("{0}: {1}")]
+    Io(&'static str, #[source] std::io::Error),
+    #[error("{0} is not available in this build of vpod-vmm yet")]
+    Unsupported(&'static str),
+}
+
+fn cmdline_err(e: linux_loader::cmdline::Error) -> BuildError {
+    BuildError::Cmdline(e.to_string())
+}
+
+/// The kernel command line for `config` before device entries are added.
+pub fn base_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
+    let mut cmdline = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(cmdline_err)?;
+    cmdline.insert_str(DEFAULT_CMDLINE).map_err(cmdline_err)?;
+    if !config.verbose_kernel {
+        cmdline.insert_str("quiet").map_err(cmdline_err)?;
+    }
+    Ok(cmdline)
+}
+
+fn console_out(console: &Console) -> Result<ConsoleOut, BuildError> {
+    Ok(match console {
+        Console::Off => Box::new(std::io::sink()),
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::File(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| BuildError::ConsoleFile(path.clone(), e))?,
+        ),
+    })
+}
+
+struct VirtioSlots<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemory,
+    bus: &'a mut Bus,
+    cmdline: &'a mut Cmdline,
+    next: usize,
+}
+
+impl VirtioSlots<'_> {
+    fn attach(&mut self, device: Arc<Mutex<dyn VirtioDevice>>) -> Result<Arc<Mutex<MmioTransport>>, BuildError> {
+        let (addr, irq) = layout::virtio_slot(self.next).ok_or(BuildError::Config(ConfigError::TooManyDevices(
+            self.next + 1,
+            layout::VIRTIO_MMIO_SLOTS,
+        )))?;
+        self.next += 1;
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Io("creating irqfd", e))?;
+        let transport = MmioTransport::new(device, self.mem.clone(), irqfd)?;
+        self.vm.register_irqfd(transport.interrupt().irqfd(), irq)?;
+        for (i, evt) in transport.queue_evts().iter().enumerate() {
+            self.vm.register_mmio_ioevent(evt, addr + REG_QUEUE_NOTIFY, i as u32)?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.bus.insert(transport.clone() as Arc<Mutex<dyn BusDevice>>, addr, layout::MMIO_DEVICE_SIZE)?;
+        self.cmdline
+            .add_virtio_mmio_device(layout::MMIO_DEVICE_SIZE, GuestAddress(addr), irq, None)
+            .map_err(cmdline_err)?;
+        Ok(transport)
+    }
+}
+
+pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
+    config.validate()?;
+    if config.net.is_some() {
+        return Err(BuildError::Unsupported("virtio-net"));
+    }
+    if config.vsock.is_some() {
+        return Err(BuildError::Unsupported("virtio-vsock"));
+    }
+
+    let vm = Vm::new()?;
+    let mem = create_guest_memory(u64::from(config.mem_mib) << 20)?;
+    vm.map_memory(&mem)?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| BuildError::Io("creating exit eventfd", e))?);
+    let counters = Arc::new(VmCounters::new(started));
+
+    // Legacy devices.
+    let mut pio = Bus::new();
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Io("creating serial irqfd", e))?;
+    vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
+    let serial = SerialDevice::new(IrqTrigger(serial_irq), console_out(&config.console)?, exit.clone());
+    pio.insert(Arc::new(Mutex::new(serial)), u64::from(layout::SERIAL_PORT), 8)?;
+    pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(layout::I8042_PORT), 5)?;
+    pio.insert(Arc::new(Mutex::new(ExitPort::new(exit.clone()))), u64::from(layout::EXIT_PORT), 1)?;
+
+    // Virtio devices.
+    let mut cmdline = base_cmdline(config)?;
+    let mut mmio = Bus::new();
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    let mut disks = Vec::new();
+    {
+        let mut slots = VirtioSlots { vm: &vm, mem: &mem, bus: &mut mmio, cmdline: &mut cmdline, next: 0 };
+        for disk in &config.disks {
+            let file = DiskFile::open(&disk.path, disk.read_only, disk.id.as_deref())?;
+            let block = Arc::new(Mutex::new(Block::new(file)?));
+            let transport = slots.attach(block.clone())?;
+            subscribers.push(block.clone());
+            disks.push(DiskSlot { block, transport });
+        }
+        if config.rng {
+            let rng = Arc::new(Mutex::new(Rng::new().map_err(|e| BuildError::Io("creating rng", e))?));
+            slots.attach(rng.clone())?;
+            subscribers.push(rng);
+        }
+    }
+    if let Some(extra) = &config.cmdline {
+        if !extra.trim().is_empty() {
+            cmdline.insert_str(extra.trim()).map_err(cmdline_err)?;
+        }
+    }
+
+    let boot = pvh::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        exit: exit.clone(),
+        stop: stop.clone(),
+        counters: counters.clone(),
+    };
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for i in 0..config.vcpus {
+        let vcpu = Vcpu::new(vm.create_vcpu(i)?, i, &ctx);
+        vcpu.configure(&mem, vm.supported_cpuid(), config.vcpus, &boot)?;
+        vcpus.push(vcpu);
+    }
+
+    let event_loop = EventLoop::start(subscribers)?;
+    let mut handles = Vec::with_capacity(vcpus.len());
+    let mut running = Running { vcpus: Vec::new(), event_loop, stop, vm };
+    for vcpu in vcpus {
+        match vcpu.start() {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                running.vcpus = handles;
+                running.teardown();
+                return Err(e.into());
+            }
+        }
+    }
+    running.vcpus = handles;
+    tracing::debug!("VM started in {:?}", counters.since_start());
+    Ok(RunningVm::new(running, exit, counters, disks, mem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_defaults() {
+        let k = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let mut c = VmConfig::new(k.as_path());
+        let s = base_cmdline(&c).unwrap().as_cstring().unwrap().into_string().unwrap();
+        assert!(s.starts_with("console=ttyS0 reboot=k panic=-1"));
+        assert!(s.ends_with(" quiet"));
+        c.verbose_kernel = true;
+        let s = base_cmdline(&c).unwrap().as_cstring().unwrap().into_string().unwrap();
+        assert!(!s.contains("quiet"));
+    }
+
+    #[test]
+    fn bad_config_is_an_error_not_a_panic() {
+        let mut c = VmConfig::new("/nonexistent/vmlinux");
+        let e = build(&c, Instant::now()).err().unwrap();
+        assert!(e.to_string().contains("kernel /nonexistent/vmlinux"), "{e}");
+        let k = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        c.kernel = k.as_path().into();
+        c.mem_mib = 8;
+        let e = build(&c, Instant::now()).err().unwrap();
+        assert!(e.to_string().contains("too little"), "{e}");
+    }
+}

@@ -1,0 +1,207 @@
+//! Parsing and executing one virtio-blk request. Every descriptor comes from the (untrusted) guest:
+//! each check failing here fails only this request.
+
+use std::io::{Seek, SeekFrom};
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::device::DiskFile;
+use super::{SECTOR_SHIFT, SECTOR_SIZE};
+use crate::devices::virtio::GuestMemory;
+
+const HEADER_LEN: u32 = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct RequestHeader {
+    type_: u32,
+    _reserved: u32,
+    sector: u64,
+}
+// SAFETY: plain old data with no padding (4 + 4 + 8 bytes).
+unsafe impl ByteValued for RequestHeader {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestType {
+    In,
+    Out,
+    Flush,
+    GetId,
+    Unsupported(u32),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("empty descriptor chain")]
+    Empty,
+    #[error("descriptor chain longer than the queue or looping")]
+    ChainTooLong,
+    #[error("chain has no separate status descriptor")]
+    TooShort,
+    #[error("header descriptor is device-writable")]
+    HeaderWriteOnly,
+    #[error("header descriptor is {0} bytes, expected 16")]
+    HeaderLen(u32),
+    #[error("status descriptor is not a device-writable byte in guest memory")]
+    BadStatus,
+    #[error("descriptor {addr:#x}+{len} is outside guest memory")]
+    OutOfMemory { addr: u64, len: u32 },
+    #[error("data descriptor has the wrong direction for this request")]
+    WrongDirection,
+    #[error("data length {0} is not a multiple of 512")]
+    Unaligned(u64),
+    #[error("sectors {sector}+{count} are beyond the disk's {capacity}")]
+    OutOfRange { sector: u64, count: u64, capacity: u64 },
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    #[error("disk I/O: {0}")]
+    Io(String),
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+}
+
+impl RequestError {
+    pub fn status(&self) -> u8 {
+        match self {
+            RequestError::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
+            _ => VIRTIO_BLK_S_IOERR as u8,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    pub kind: RequestType,
+    pub sector: u64,
+    pub data: Vec<(GuestAddress, u32)>,
+    pub status: GuestAddress,
+}
+
+/// Where to write the status of a request that failed to parse, if the chain has a usable one.
+fn status_of(last: &Descriptor, mem: &GuestMemory) -> Option<GuestAddress> {
+    (last.is_write_only() && last.len() >= 1 && mem.check_range(last.addr(), 1)).then_some(last.addr())
+}
+
+/// A failed parse: the error, and where (if anywhere) its status byte can go.
+pub type ParseFailure = (RequestError, Option<GuestAddress>);
+
+impl Request {
+    /// Validates a chain (already bounded to `queue size` descriptors by the chain iterator).
+    pub fn parse(
+        descs: impl Iterator<Item = Descriptor>,
+        mem: &GuestMemory,
+        capacity: u64,
+    ) -> Result<Request, ParseFailure> {
+        let descs: Vec<Descriptor> = descs.collect();
+        let last = descs.last().ok_or((RequestError::Empty, None))?;
+        let status = status_of(last, mem);
+        // The iterator stops at the queue size (or an out-of-table `next`) with NEXT still set.
+        if last.has_next() {
+            return Err((RequestError::ChainTooLong, status));
+        }
+        if descs.len() < 2 {
+            return Err((RequestError::TooShort, status));
+        }
+        let status_addr = status.ok_or((RequestError::BadStatus, None))?;
+        let fail = |e| Err((e, Some(status_addr)));
+
+        let head = &descs[0];
+        if head.is_write_only() {
+            return fail(RequestError::HeaderWriteOnly);
+        }
+        if head.len() != HEADER_LEN {
+            return fail(RequestError::HeaderLen(head.len()));
+        }
+        let Ok(header) = mem.read_obj::<RequestHeader>(head.addr()) else {
+            return fail(RequestError::OutOfMemory { addr: head.addr().0, len: head.len() });
+        };
+        let kind = match u32::from_le(header.type_) {
+            VIRTIO_BLK_T_IN => RequestType::In,
+            VIRTIO_BLK_T_OUT => RequestType::Out,
+            VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+            VIRTIO_BLK_T_GET_ID => RequestType::GetId,
+            t => RequestType::Unsupported(t),
+        };
+        let sector = u64::from_le(header.sector);
+
+        let data_descs = &descs[1..descs.len() - 1];
+        let mut data = Vec::with_capacity(data_descs.len());
+        let mut total: u64 = 0;
+        for d in data_descs {
+            if !mem.check_range(d.addr(), d.len() as usize) {
+                return fail(RequestError::OutOfMemory { addr: d.addr().0, len: d.len() });
+            }
+            let device_writes = matches!(kind, RequestType::In | RequestType::GetId);
+            let device_reads = kind == RequestType::Out;
+            if (device_writes && !d.is_write_only()) || (device_reads && d.is_write_only()) {
+                return fail(RequestError::WrongDirection);
+            }
+            total += u64::from(d.len());
+            data.push((d.addr(), d.len()));
+        }
+
+        match kind {
+            RequestType::In | RequestType::Out => {
+                if total % SECTOR_SIZE != 0 {
+                    return fail(RequestError::Unaligned(total));
+                }
+                let count = total >> SECTOR_SHIFT;
+                if sector.checked_add(count).is_none_or(|end| end > capacity) {
+                    return fail(RequestError::OutOfRange { sector, count, capacity });
+                }
+            }
+            RequestType::Unsupported(t) => return fail(RequestError::Unsupported(t)),
+            RequestType::Flush | RequestType::GetId => {}
+        }
+        Ok(Request { kind, sector, data, status: status_addr })
+    }
+
+    /// Runs the request; returns how many bytes were written into guest buffers (status excluded).
+    pub fn execute(&self, disk: &mut DiskFile, mem: &GuestMemory) -> Result<u32, RequestError> {
+        let io = |e: &dyn std::fmt::Display| RequestError::Io(e.to_string());
+        match self.kind {
+            RequestType::In | RequestType::Out => {
+                if self.kind == RequestType::Out && disk.read_only {
+                    return Err(RequestError::ReadOnly);
+                }
+                let file = &mut disk.file;
+                file.seek(SeekFrom::Start(self.sector << SECTOR_SHIFT)).map_err(|e| io(&e))?;
+                let mut written = 0u32;
+                for (addr, len) in &self.data {
+                    if self.kind == RequestType::In {
+                        mem.read_exact_volatile_from(*addr, file, *len as usize).map_err(|e| io(&e))?;
+                        written += len;
+                    } else {
+                        mem.write_all_volatile_to(*addr, file, *len as usize).map_err(|e| io(&e))?;
+                    }
+                }
+                Ok(written)
+            }
+            RequestType::Flush => {
+                if !disk.read_only {
+                    disk.file.sync_data().map_err(|e| io(&e))?;
+                }
+                Ok(0)
+            }
+            RequestType::GetId => {
+                let mut id = &disk.id[..VIRTIO_BLK_ID_BYTES as usize];
+                let mut written = 0u32;
+                for (addr, len) in &self.data {
+                    let n = (*len as usize).min(id.len());
+                    mem.write_slice(&id[..n], *addr).map_err(|e| io(&e))?;
+                    id = &id[n..];
+                    written += n as u32;
+                }
+                Ok(written)
+            }
+            RequestType::Unsupported(t) => Err(RequestError::Unsupported(t)),
+        }
+    }
+}
+
+pub const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;

@@ -1,0 +1,599 @@
+//! virtio-mmio version 2 ("modern") transport: the register file a driver sees in a device's 4 KiB
+//! window, the status state machine, and activation of the device on DRIVER_OK.
+
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
+};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::devices::bus::BusDevice;
+use crate::devices::virtio::device::{
+    ActivateContext, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
+};
+
+const MMIO_MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+const MMIO_VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0;
+
+pub const REG_MAGIC: u64 = 0x000;
+pub const REG_VERSION: u64 = 0x004;
+pub const REG_DEVICE_ID: u64 = 0x008;
+pub const REG_VENDOR_ID: u64 = 0x00c;
+pub const REG_DEVICE_FEATURES: u64 = 0x010;
+pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub const REG_DRIVER_FEATURES: u64 = 0x020;
+pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub const REG_QUEUE_SEL: u64 = 0x030;
+pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub const REG_QUEUE_NUM: u64 = 0x038;
+pub const REG_QUEUE_READY: u64 = 0x044;
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub const REG_INTERRUPT_ACK: u64 = 0x064;
+pub const REG_STATUS: u64 = 0x070;
+pub const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+pub const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+pub const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub const REG_CONFIG: u64 = 0x100;
+
+const S_ACK: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE;
+const S_DRIVER: u32 = VIRTIO_CONFIG_S_DRIVER;
+const S_FEATURES_OK: u32 = VIRTIO_CONFIG_S_FEATURES_OK;
+const S_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
+const S_FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
+const S_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("creating a queue of size {0}: {1:?}")]
+    Queue(u16, virtio_queue::Error),
+    #[error("creating eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    device_type: u32,
+    avail_features: u64,
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    acked_features: u64,
+    /// The driver tried to ack a feature we don't offer: FEATURES_OK will be refused.
+    features_rejected: bool,
+    queue_sel: u32,
+    status: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    /// `irqfd` is what the VM registers for the device's GSI.
+    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemory, irqfd: EventFd) -> Result<Self, MmioError> {
+        let (device_type, avail_features, sizes) = {
+            let d = device.lock().unwrap_or_else(|p| p.into_inner());
+            (d.device_type(), d.avail_features(), d.queue_max_sizes().to_vec())
+        };
+        let queues = sizes
+            .iter()
+            .map(|s| Queue::new(*s).map_err(|e| MmioError::Queue(*s, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queue_evts = sizes
+            .iter()
+            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(MmioError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            device,
+            device_type,
+            avail_features,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irqfd)),
+            queues,
+            queue_evts,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            acked_features: 0,
+            features_rejected: false,
+            queue_sel: 0,
+            status: 0,
+            config_generation: 0,
+        })
+    }
+
+    pub fn interrupt(&self) -> &Arc<Interrupt> {
+        &self.interrupt
+    }
+
+    /// One eventfd per queue, to register as ioeventfds on QueueNotify with datamatch = index.
+    pub fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
+        &self.device
+    }
+
+    /// Tells the driver the config space changed (e.g. a disk was resized or swapped).
+    pub fn notify_config_change(&mut self) -> std::io::Result<()> {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers are writable after FEATURES_OK and before DRIVER_OK.
+    fn queue_config_allowed(&self) -> bool {
+        self.status & (S_FEATURES_OK | S_DRIVER_OK | S_FAILED) == S_FEATURES_OK
+    }
+
+    fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if !self.queue_config_allowed() {
+            tracing::debug!("virtio-mmio: queue register write in status {:#x} ignored", self.status);
+            return;
+        }
+        if let Some(q) = self.selected_queue() {
+            f(q)
+        }
+    }
+
+    fn lock_device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MMIO_MAGIC_VALUE,
+            REG_VERSION => MMIO_VERSION,
+            REG_DEVICE_ID => self.device_type,
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.avail_features as u32,
+                1 => (self.avail_features >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => {
+                tracing::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => self.ack_features(v),
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM => self.update_queue(|q| {
+                if q.try_set_size(v as u16).is_err() || v > u32::from(u16::MAX) {
+                    tracing::debug!("virtio-mmio: bad queue size {v}");
+                }
+            }),
+            REG_QUEUE_READY => self.update_queue(|q| q.set_ready(v == 1)),
+            REG_QUEUE_DESC_LOW => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
+            REG_QUEUE_DESC_HIGH => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
+            REG_QUEUE_DRIVER_LOW => self.update_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            REG_QUEUE_DRIVER_HIGH => self.update_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            REG_QUEUE_DEVICE_LOW => self.update_queue(|q| q.set_used_ring_address(Some(v), None)),
+            REG_QUEUE_DEVICE_HIGH => self.update_queue(|q| q.set_used_ring_address(None, Some(v))),
+            REG_QUEUE_NOTIFY => {
+                // Normally caught by the ioeventfd in KVM; this is the fallback path.
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    if let Err(e) = evt.write(1) {
+                        tracing::warn!("virtio-mmio: queue notify: {e}");
+                    }
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(v),
+            REG_STATUS => self.set_status(v),
+            _ => tracing::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+        }
+    }
+
+    fn ack_features(&mut self, v: u32) {
+        if self.status & (S_DRIVER | S_FEATURES_OK | S_FAILED) != S_DRIVER {
+            tracing::debug!("virtio-mmio: feature write in status {:#x} ignored", self.status);
+            return;
+        }
+        let (value, mask) = match self.driver_features_sel {
+            0 => (u64::from(v), 0xffff_ffffu64),
+            1 => (u64::from(v) << 32, 0xffff_ffff_0000_0000u64),
+            _ => {
+                if v != 0 {
+                    self.features_rejected = true;
+                }
+                return;
+            }
+        };
+        if value & !self.avail_features != 0 {
+            tracing::warn!("virtio-mmio: driver acked features {:#x} that were not offered", value & !self.avail_features);
+            self.features_rejected = true;
+        }
+        self.acked_features = (self.acked_features & !mask) | (value & self.avail_features);
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        if v & S_FAILED != 0 {
+            self.status |= S_FAILED;
+            return;
+        }
+        let cur = self.status;
+        // Each step may only add the next bit (the driver writes the cumulative value).
+        match (cur, v) {
+            (0, S_ACK) => self.status = v,
+            (S_ACK, x) if x == S_ACK | S_DRIVER => self.status = v,
+            (x, y) if x == S_ACK | S_DRIVER && y == x | S_FEATURES_OK => {
+                // Modern transport: VERSION_1 is mandatory; offered-only features.
+                let version_1 = self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0;
+                if self.features_rejected || !version_1 {
+                    tracing::warn!("virtio-mmio: refusing FEATURES_OK (features {:#x})", self.acked_features);
+                    return;
+                }
+                self.lock_device().set_acked_features(self.acked_features);
+                self.status = v;
+            }
+            (x, y) if x == S_ACK | S_DRIVER | S_FEATURES_OK && y == x | S_DRIVER_OK => {
+                self.status = v;
+                self.activate();
+            }
+            _ => tracing::warn!("virtio-mmio: invalid status transition {cur:#x} -> {v:#x}"),
+        }
+    }
+
+    fn activate(&mut self) {
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&self.mem) {
+                tracing::warn!("virtio-mmio: queue {i} is not valid (addresses outside guest memory?)");
+                self.fail();
+                return;
+            }
+            match Queue::try_from(q.state()) {
+                Ok(q) => queues.push(q),
+                Err(e) => {
+                    tracing::warn!("virtio-mmio: queue {i}: {e:?}");
+                    self.fail();
+                    return;
+                }
+            }
+        }
+        let mut queue_events = Vec::with_capacity(self.queue_evts.len());
+        for evt in &self.queue_evts {
+            match evt.try_clone() {
+                Ok(e) => queue_events.push(e),
+                Err(e) => {
+                    tracing::error!("virtio-mmio: cloning queue eventfd: {e}");
+                    self.fail();
+                    return;
+                }
+            }
+        }
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            queue_events,
+            interrupt: self.interrupt.clone(),
+        };
+        let result = self.lock_device().activate(ctx);
+        if let Err(e) = result {
+            tracing::warn!("virtio-mmio: activating device type {}: {e}", self.device_type);
+            self.fail();
+        }
+    }
+
+    /// Tells the driver the device is broken and needs a reset.
+    fn fail(&mut self) {
+        self.status |= S_NEEDS_RESET;
+        let _ = self.notify_config_change();
+    }
+
+    fn reset(&mut self) {
+        let activated = self.lock_device().is_activated();
+        if activated && !self.lock_device().reset() {
+            tracing::warn!("virtio-mmio: device type {} can't be reset; it stays failed", self.device_type);
+            self.status = S_FAILED;
+            return;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.acked_features = 0;
+        self.features_rejected = false;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= REG_CONFIG {
+            self.lock_device().read_config(offset - REG_CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= REG_CONFIG {
+            self.lock_device().write_config(offset - REG_CONFIG, data);
+            return;
+        }
+        if data.len() != 4 || offset % 4 != 0 {
+            tracing::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        self.write_reg(offset, v);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::devices::virtio::device::{ActivateError, VIRTIO_MMIO_INT_VRING};
+    use vm_memory::GuestAddress;
+
+    pub struct FakeDevice {
+        pub acked: u64,
+        pub config: Vec<u8>,
+        pub ctx: Option<ActivateContext>,
+        pub resettable: bool,
+        pub fail_activate: bool,
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn avail_features(&self) -> u64 {
+            (1 << VIRTIO_F_VERSION_1) | 0b101
+        }
+        fn set_acked_features(&mut self, f: u64) {
+            self.acked = f;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = *self.config.get(offset as usize + i).unwrap_or(&0);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            if let Some(dst) = self.config.get_mut(offset as usize..offset as usize + data.len()) {
+                dst.copy_from_slice(data);
+            }
+        }
+        fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+            if self.fail_activate {
+                return Err(ActivateError::Backend("nope".into()));
+            }
+            self.ctx = Some(ctx);
+            Ok(())
+        }
+        fn reset(&mut self) -> bool {
+            self.ctx = None;
+            self.resettable
+        }
+        fn is_activated(&self) -> bool {
+            self.ctx.is_some()
+        }
+    }
+
+    fn setup() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let dev = Arc::new(Mutex::new(FakeDevice {
+            acked: 0,
+            config: vec![1, 2, 3, 4, 5, 6, 7, 8],
+            ctx: None,
+            resettable: true,
+            fail_activate: false,
+        }));
+        let t = MmioTransport::new(dev.clone(), mem, EventFd::new(EFD_NONBLOCK).unwrap()).unwrap();
+        (t, dev)
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport) {
+        w(t, REG_STATUS, S_ACK);
+        w(t, REG_STATUS, S_ACK | S_DRIVER);
+        w(t, REG_DRIVER_FEATURES_SEL, 0);
+        w(t, REG_DRIVER_FEATURES, 0b101);
+        w(t, REG_DRIVER_FEATURES_SEL, 1);
+        w(t, REG_DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
+        w(t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+    }
+
+    fn setup_queue(t: &mut MmioTransport, sel: u32, base: u64) {
+        w(t, REG_QUEUE_SEL, sel);
+        w(t, REG_QUEUE_NUM, 8);
+        w(t, REG_QUEUE_DESC_LOW, base as u32);
+        w(t, REG_QUEUE_DESC_HIGH, 0);
+        w(t, REG_QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+        w(t, REG_QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+        w(t, REG_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = setup();
+        assert_eq!(r(&mut t, REG_MAGIC), 0x7472_6976);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 42);
+        assert_eq!(r(&mut t, REG_VENDOR_ID), 0);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 0b101);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 2);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 0);
+        w(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 8);
+        w(&mut t, REG_QUEUE_SEL, 2);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0);
+        // Wrong-sized register reads return zeros.
+        let mut b = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn config_space() {
+        let (mut t, dev) = setup();
+        let mut b = [0u8; 2];
+        t.read(REG_CONFIG + 2, &mut b);
+        assert_eq!(b, [3, 4]);
+        t.write(REG_CONFIG + 7, &[9]);
+        assert_eq!(dev.lock().unwrap().config[7], 9);
+        let mut b = [0xffu8; 4];
+        t.read(REG_CONFIG + 6, &mut b);
+        assert_eq!(b, [7, 9, 0, 0]);
+        let g = r(&mut t, REG_CONFIG_GENERATION);
+        t.notify_config_change().unwrap();
+        assert_eq!(r(&mut t, REG_CONFIG_GENERATION), g + 1);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+        w(&mut t, REG_INTERRUPT_ACK, VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn full_negotiation_activates() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        assert_eq!(r(&mut t, REG_STATUS), S_ACK | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(dev.lock().unwrap().acked, (1 << VIRTIO_F_VERSION_1) | 0b101);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        w(&mut t, REG_QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        assert_eq!(r(&mut t, REG_STATUS) & S_DRIVER_OK, S_DRIVER_OK);
+        {
+            let d = dev.lock().unwrap();
+            let ctx = d.ctx.as_ref().unwrap();
+            assert_eq!(ctx.queues.len(), 2);
+            assert_eq!(ctx.queues[0].size(), 8);
+            assert_eq!(ctx.queues[1].desc_table(), 0x2_0000);
+            assert!(ctx.queues[0].ready());
+            ctx.interrupt.trigger(VIRTIO_MMIO_INT_VRING).unwrap();
+        }
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+        // Queue registers are frozen after DRIVER_OK.
+        w(&mut t, REG_QUEUE_SEL, 0);
+        w(&mut t, REG_QUEUE_NUM, 4);
+        // Notify fallback signals the queue's eventfd.
+        w(&mut t, REG_QUEUE_NOTIFY, 1);
+        assert_eq!(t.queue_evts()[1].read().unwrap(), 1);
+        w(&mut t, REG_QUEUE_NOTIFY, 7); // no such queue: ignored
+        // Reset.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert!(dev.lock().unwrap().ctx.is_none());
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn rejects_unoffered_features_and_missing_version_1() {
+        let (mut t, _) = setup();
+        w(&mut t, REG_STATUS, S_ACK);
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES, 0b111); // bit 1 not offered
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(r(&mut t, REG_STATUS) & S_FEATURES_OK, 0);
+
+        let (mut t, _) = setup();
+        w(&mut t, REG_STATUS, S_ACK);
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES, 0b1); // legacy driver: no VERSION_1
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(r(&mut t, REG_STATUS) & S_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn invalid_transitions_are_ignored() {
+        let (mut t, dev) = setup();
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        w(&mut t, REG_STATUS, S_ACK);
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+        assert_eq!(r(&mut t, REG_STATUS), S_ACK);
+        // Queue config before FEATURES_OK is ignored.
+        setup_queue(&mut t, 0, 0x1000);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        w(&mut t, REG_STATUS, S_ACK | S_FAILED);
+        assert_eq!(r(&mut t, REG_STATUS), S_ACK | S_FAILED);
+        assert!(dev.lock().unwrap().ctx.is_none());
+    }
+
+    #[test]
+    fn bad_queue_address_fails_activation() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x10_0000 - 0x100); // rings run past the end of guest memory
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        assert!(dev.lock().unwrap().ctx.is_none());
+        assert_ne!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
+    }
+
+    #[test]
+    fn activation_error_and_unresettable_device() {
+        let (mut t, dev) = setup();
+        dev.lock().unwrap().fail_activate = true;
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        assert_ne!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
+
+        let (mut t, dev) = setup();
+        dev.lock().unwrap().resettable = false;
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), S_FAILED);
+    }
+}

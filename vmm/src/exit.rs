@@ -1,0 +1,155 @@
+//! How a VM ends. Devices and vCPUs report events into one [`ExitSignal`]; [`RunningVm::wait`]
+//! turns the first terminal event plus what the guest announced into a [`VmExit`].
+//!
+//! [`RunningVm::wait`]: crate::RunningVm::wait
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The outcome of a VM run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest announced a poweroff (exit port byte 1) and reset itself.
+    Poweroff,
+    /// The guest rebooted: announced (byte 2) or an unannounced reset without a kernel panic.
+    Reboot,
+    /// A kernel panic was seen on the serial console, or the guest triple-faulted.
+    Panic,
+    /// The host asked the VM to stop ([`crate::RunningVm::stop`], SIGTERM in the CLI).
+    Stopped,
+    /// The VMM failed (KVM error, entry failure, ...).
+    Error(String),
+}
+
+/// Byte values of the exit announce port.
+pub const ANNOUNCE_POWEROFF: u8 = 1;
+pub const ANNOUNCE_REBOOT: u8 = 2;
+
+/// A terminal event of the VM's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitEvent {
+    /// Reset requested by the guest (i8042 0xFE, KVM_SYSTEM_EVENT_RESET).
+    Reset,
+    /// Triple fault (KVM_EXIT_SHUTDOWN) or KVM_SYSTEM_EVENT_SHUTDOWN/CRASH.
+    Shutdown,
+    /// Host stop request.
+    Stop,
+    Error(String),
+}
+
+/// Combines a terminal event with the guest's announcement and the panic watcher.
+pub fn decide(event: &ExitEvent, announced: u8, panic_seen: bool) -> VmExit {
+    match (event, announced) {
+        (ExitEvent::Error(e), _) => VmExit::Error(e.clone()),
+        (ExitEvent::Stop, _) => VmExit::Stopped,
+        (_, ANNOUNCE_POWEROFF) => VmExit::Poweroff,
+        (_, ANNOUNCE_REBOOT) => VmExit::Reboot,
+        (_, _) if panic_seen => VmExit::Panic,
+        (ExitEvent::Reset, _) => VmExit::Reboot,
+        (ExitEvent::Shutdown, _) => VmExit::Panic,
+    }
+}
+
+/// Shared by vCPUs, devices and the waiter. The first terminal event wins.
+#[derive(Debug)]
+pub struct ExitSignal {
+    evt: EventFd,
+    announced: AtomicU8,
+    panic_seen: AtomicBool,
+    event: Mutex<Option<ExitEvent>>,
+}
+
+impl ExitSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            announced: AtomicU8::new(0),
+            panic_seen: AtomicBool::new(false),
+            event: Mutex::new(None),
+        })
+    }
+
+    /// Records a terminal event (the first one is kept) and wakes the waiter.
+    pub fn signal(&self, event: ExitEvent) {
+        let mut slot = self.event.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(event);
+        }
+        drop(slot);
+        // An eventfd write only fails on counter overflow; the waiter is awake by then anyway.
+        let _ = self.evt.write(1);
+    }
+
+    pub fn announce(&self, value: u8) {
+        if value == ANNOUNCE_POWEROFF || value == ANNOUNCE_REBOOT {
+            self.announced.store(value, Ordering::SeqCst);
+        }
+    }
+
+    pub fn set_panic_seen(&self) {
+        self.panic_seen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn panic_seen(&self) -> bool {
+        self.panic_seen.load(Ordering::SeqCst)
+    }
+
+    /// The event first signalled, if any.
+    pub fn event(&self) -> Option<ExitEvent> {
+        self.event.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+
+    /// Blocks until an event was signalled, then decides the outcome.
+    pub fn wait(&self) -> VmExit {
+        loop {
+            if let Some(event) = self.event() {
+                return decide(&event, self.announced.load(Ordering::SeqCst), self.panic_seen());
+            }
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&self.evt),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
+            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            let _ = self.evt.read();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions() {
+        use ExitEvent::*;
+        assert_eq!(decide(&Reset, ANNOUNCE_POWEROFF, false), VmExit::Poweroff);
+        assert_eq!(decide(&Reset, ANNOUNCE_REBOOT, false), VmExit::Reboot);
+        assert_eq!(decide(&Reset, 0, false), VmExit::Reboot);
+        assert_eq!(decide(&Reset, 0, true), VmExit::Panic);
+        assert_eq!(decide(&Shutdown, 0, false), VmExit::Panic);
+        assert_eq!(decide(&Shutdown, ANNOUNCE_POWEROFF, false), VmExit::Poweroff);
+        assert_eq!(decide(&Stop, ANNOUNCE_POWEROFF, true), VmExit::Stopped);
+        assert_eq!(decide(&Error("x".into()), 1, true), VmExit::Error("x".into()));
+    }
+
+    #[test]
+    fn first_event_wins_and_wait_returns() {
+        let s = std::sync::Arc::new(ExitSignal::new().unwrap());
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.wait());
+        s.announce(7); // ignored
+        s.announce(ANNOUNCE_POWEROFF);
+        s.signal(ExitEvent::Reset);
+        s.signal(ExitEvent::Shutdown);
+        assert_eq!(t.join().unwrap(), VmExit::Poweroff);
+        assert_eq!(s.event(), Some(ExitEvent::Reset));
+    }
+}
