@@ -1,1 +1,18 @@
-//! vpod-init
+//! vpod-init: PID 1 of a vpod guest.
+//!
+//! It sets the guest up (mounts, cgroups, hostname, loopback, entropy) and
+//! serves the agent API (`vpod-agent-api`) on virtio-vsock. The library holds
+//! everything but `main`, so the server runs on the host in tests
+//! (`--listen-unix`, or [`service::serve`] on any listener).
+
+pub mod args;
+pub mod clock;
+pub mod health;
+pub mod kmsg;
+pub mod log;
+pub mod power;
+pub mod reaper;
+pub mod service;
+pub mod setup;
+
+pub use service::{serve, AgentConfig, AgentService, ServeError, ShutdownRequested};
