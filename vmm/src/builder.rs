@@ -16,7 +16,7 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{layout, pvh};
-use crate::config::{Console, ConfigError, VmConfig};
+use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{serial::ConsoleOut, ExitPort, IrqTrigger, SerialDevice, I8042};
 use crate::devices::virtio::block::{Block, BlockError, DiskFile};
@@ -102,20 +102,27 @@ struct VirtioSlots<'a> {
 }
 
 impl VirtioSlots<'_> {
-    fn attach(&mut self, device: Arc<Mutex<dyn VirtioDevice>>) -> Result<Arc<Mutex<MmioTransport>>, BuildError> {
-        let (addr, irq) = layout::virtio_slot(self.next).ok_or(BuildError::Config(ConfigError::TooManyDevices(
-            self.next + 1,
-            layout::VIRTIO_MMIO_SLOTS,
-        )))?;
+    fn attach(
+        &mut self,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, BuildError> {
+        let (addr, irq) = layout::virtio_slot(self.next).ok_or(BuildError::Config(
+            ConfigError::TooManyDevices(self.next + 1, layout::VIRTIO_MMIO_SLOTS),
+        ))?;
         self.next += 1;
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Io("creating irqfd", e))?;
         let transport = MmioTransport::new(device, self.mem.clone(), irqfd)?;
         self.vm.register_irqfd(transport.interrupt().irqfd(), irq)?;
         for (i, evt) in transport.queue_evts().iter().enumerate() {
-            self.vm.register_mmio_ioevent(evt, addr + REG_QUEUE_NOTIFY, i as u32)?;
+            self.vm
+                .register_mmio_ioevent(evt, addr + REG_QUEUE_NOTIFY, i as u32)?;
         }
         let transport = Arc::new(Mutex::new(transport));
-        self.bus.insert(transport.clone() as Arc<Mutex<dyn BusDevice>>, addr, layout::MMIO_DEVICE_SIZE)?;
+        self.bus.insert(
+            transport.clone() as Arc<Mutex<dyn BusDevice>>,
+            addr,
+            layout::MMIO_DEVICE_SIZE,
+        )?;
         self.cmdline
             .add_virtio_mmio_device(layout::MMIO_DEVICE_SIZE, GuestAddress(addr), irq, None)
             .map_err(cmdline_err)?;
@@ -141,12 +148,29 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
 
     // Legacy devices.
     let mut pio = Bus::new();
-    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Io("creating serial irqfd", e))?;
+    let serial_irq =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Io("creating serial irqfd", e))?;
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
-    let serial = SerialDevice::new(IrqTrigger(serial_irq), console_out(&config.console)?, exit.clone());
-    pio.insert(Arc::new(Mutex::new(serial)), u64::from(layout::SERIAL_PORT), 8)?;
-    pio.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), u64::from(layout::I8042_PORT), 5)?;
-    pio.insert(Arc::new(Mutex::new(ExitPort::new(exit.clone()))), u64::from(layout::EXIT_PORT), 1)?;
+    let serial = SerialDevice::new(
+        IrqTrigger(serial_irq),
+        console_out(&config.console)?,
+        exit.clone(),
+    );
+    pio.insert(
+        Arc::new(Mutex::new(serial)),
+        u64::from(layout::SERIAL_PORT),
+        8,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        u64::from(layout::I8042_PORT),
+        5,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
+        u64::from(layout::EXIT_PORT),
+        1,
+    )?;
 
     // Virtio devices.
     let mut cmdline = base_cmdline(config)?;
@@ -154,7 +178,13 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut disks = Vec::new();
     {
-        let mut slots = VirtioSlots { vm: &vm, mem: &mem, bus: &mut mmio, cmdline: &mut cmdline, next: 0 };
+        let mut slots = VirtioSlots {
+            vm: &vm,
+            mem: &mem,
+            bus: &mut mmio,
+            cmdline: &mut cmdline,
+            next: 0,
+        };
         for disk in &config.disks {
             let file = DiskFile::open(&disk.path, disk.read_only, disk.id.as_deref())?;
             let block = Arc::new(Mutex::new(Block::new(file)?));
@@ -163,7 +193,9 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
             disks.push(DiskSlot { block, transport });
         }
         if config.rng {
-            let rng = Arc::new(Mutex::new(Rng::new().map_err(|e| BuildError::Io("creating rng", e))?));
+            let rng = Arc::new(Mutex::new(
+                Rng::new().map_err(|e| BuildError::Io("creating rng", e))?,
+            ));
             slots.attach(rng.clone())?;
             subscribers.push(rng);
         }
@@ -193,7 +225,12 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
 
     let event_loop = EventLoop::start(subscribers)?;
     let mut handles = Vec::with_capacity(vcpus.len());
-    let mut running = Running { vcpus: Vec::new(), event_loop, stop, vm };
+    let mut running = Running {
+        vcpus: Vec::new(),
+        event_loop,
+        stop,
+        vm,
+    };
     for vcpu in vcpus {
         match vcpu.start() {
             Ok(h) => handles.push(h),
@@ -217,11 +254,21 @@ mod tests {
     fn cmdline_defaults() {
         let k = vmm_sys_util::tempfile::TempFile::new().unwrap();
         let mut c = VmConfig::new(k.as_path());
-        let s = base_cmdline(&c).unwrap().as_cstring().unwrap().into_string().unwrap();
+        let s = base_cmdline(&c)
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
         assert!(s.starts_with("console=ttyS0 reboot=k panic=-1"));
         assert!(s.ends_with(" quiet"));
         c.verbose_kernel = true;
-        let s = base_cmdline(&c).unwrap().as_cstring().unwrap().into_string().unwrap();
+        let s = base_cmdline(&c)
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
         assert!(!s.contains("quiet"));
     }
 

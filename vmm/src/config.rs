@@ -104,7 +104,10 @@ impl VmConfig {
         }
         let slots = layout::VIRTIO_MMIO_SLOTS;
         if self.virtio_device_count() > slots {
-            return Err(ConfigError::TooManyDevices(self.virtio_device_count(), slots));
+            return Err(ConfigError::TooManyDevices(
+                self.virtio_device_count(),
+                slots,
+            ));
         }
         for disk in &self.disks {
             check_file(&disk.path, "disk")?;
@@ -192,29 +195,48 @@ mod tests {
         c.vcpus = 1;
 
         c.mem_mib = 16;
-        assert!(matches!(c.validate(), Err(ConfigError::TooLittleMemory(16, 32))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooLittleMemory(16, 32))
+        ));
         c.mem_mib = 64;
 
         c.initrd = Some("/nonexistent/initrd".into());
         let e = c.validate().unwrap_err();
-        assert!(e.to_string().starts_with("initrd /nonexistent/initrd"), "{e}");
+        assert!(
+            e.to_string().starts_with("initrd /nonexistent/initrd"),
+            "{e}"
+        );
         c.initrd = None;
 
         c.kernel = "/".into();
-        assert!(matches!(c.validate(), Err(ConfigError::NotAFile("kernel", _))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::NotAFile("kernel", _))
+        ));
         c.kernel = k.as_path().into();
 
         for _ in 0..=layout::VIRTIO_MMIO_SLOTS {
-            c.disks.push(DiskConfig { path: k.as_path().into(), read_only: true, id: None });
+            c.disks.push(DiskConfig {
+                path: k.as_path().into(),
+                read_only: true,
+                id: None,
+            });
         }
-        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(_, _))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices(_, _))
+        ));
         c.disks.truncate(1);
         c.validate().unwrap();
         c.disks[0].id = Some("x".repeat(21));
         assert!(matches!(c.validate(), Err(ConfigError::DiskIdTooLong(_))));
         c.disks.clear();
 
-        c.vsock = Some(VsockConfig { uds_path: "/tmp/v.sock".into(), guest_cid: 2 });
+        c.vsock = Some(VsockConfig {
+            uds_path: "/tmp/v.sock".into(),
+            guest_cid: 2,
+        });
         assert!(matches!(c.validate(), Err(ConfigError::BadCid(2))));
     }
 }

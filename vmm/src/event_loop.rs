@@ -77,7 +77,10 @@ impl EventLoop {
             })
             .map_err(EventLoopError::Spawn)?;
         match rx.recv() {
-            Ok(Ok(())) => Ok(Self { thread: Some(thread), stop_evt }),
+            Ok(Ok(())) => Ok(Self {
+                thread: Some(thread),
+                stop_evt,
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(EventLoopError::Manager(e))
@@ -126,7 +129,10 @@ mod tests {
     fn dispatches_and_stops() {
         let hits = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let evt = EventFd::new(EFD_NONBLOCK).unwrap();
-        let c = Counter { evt: evt.try_clone().unwrap(), hits: hits.clone() };
+        let c = Counter {
+            evt: evt.try_clone().unwrap(),
+            hits: hits.clone(),
+        };
         let mut el = EventLoop::start(vec![Arc::new(Mutex::new(c))]).unwrap();
         evt.write(1).unwrap();
         for _ in 0..200 {

@@ -109,7 +109,11 @@ impl ExitSignal {
     pub fn wait(&self) -> VmExit {
         loop {
             if let Some(event) = self.event() {
-                return decide(&event, self.announced.load(Ordering::SeqCst), self.panic_seen());
+                return decide(
+                    &event,
+                    self.announced.load(Ordering::SeqCst),
+                    self.panic_seen(),
+                );
             }
             let mut pfd = libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(&self.evt),
@@ -135,9 +139,15 @@ mod tests {
         assert_eq!(decide(&Reset, 0, false), VmExit::Reboot);
         assert_eq!(decide(&Reset, 0, true), VmExit::Panic);
         assert_eq!(decide(&Shutdown, 0, false), VmExit::Panic);
-        assert_eq!(decide(&Shutdown, ANNOUNCE_POWEROFF, false), VmExit::Poweroff);
+        assert_eq!(
+            decide(&Shutdown, ANNOUNCE_POWEROFF, false),
+            VmExit::Poweroff
+        );
         assert_eq!(decide(&Stop, ANNOUNCE_POWEROFF, true), VmExit::Stopped);
-        assert_eq!(decide(&Error("x".into()), 1, true), VmExit::Error("x".into()));
+        assert_eq!(
+            decide(&Error("x".into()), 1, true),
+            VmExit::Error("x".into())
+        );
     }
 
     #[test]

@@ -138,11 +138,19 @@ impl RunningVm {
     /// returns how it ended. Later calls return the same outcome.
     pub fn wait(&self) -> VmExit {
         let outcome = self.exit.wait();
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(r) = running {
             r.teardown();
         }
-        self.outcome.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(outcome).clone()
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(outcome)
+            .clone()
     }
 
     /// Asks the VM to stop; [`wait`](Self::wait) then returns [`VmExit::Stopped`] (unless the guest
@@ -184,7 +192,12 @@ impl RunningVm {
 
 impl Drop for RunningVm {
     fn drop(&mut self) {
-        if let Some(r) = self.running.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(r) = self
+            .running
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             self.exit.signal(ExitEvent::Stop);
             r.teardown();
         }

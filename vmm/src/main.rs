@@ -12,7 +12,11 @@ use vpod_vmm::config::DEFAULT_GUEST_CID;
 use vpod_vmm::{Console, DiskConfig, NetConfig, VmConfig, VmExit, Vmm, VsockConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "vpod-vmm", version, about = "Boot a PVH vmlinux in a KVM microVM")]
+#[command(
+    name = "vpod-vmm",
+    version,
+    about = "Boot a PVH vmlinux in a KVM microVM"
+)]
 struct Args {
     /// Uncompressed ELF vmlinux with a PVH entry point.
     #[arg(long)]
@@ -52,14 +56,25 @@ struct Args {
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
-    let mut disk = DiskConfig { path: path.into(), read_only: false, id: None };
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("empty disk path")?;
+    let mut disk = DiskConfig {
+        path: path.into(),
+        read_only: false,
+        id: None,
+    };
     for opt in parts {
         match opt.split_once('=') {
             None if opt == "ro" => disk.read_only = true,
             None if opt == "rw" => disk.read_only = false,
             Some(("id", id)) => disk.id = Some(id.to_string()),
-            _ => return Err(format!("unknown disk option {opt:?} (expected ro, rw or id=ID)")),
+            _ => {
+                return Err(format!(
+                    "unknown disk option {opt:?} (expected ro, rw or id=ID)"
+                ))
+            }
         }
     }
     Ok(disk)
@@ -67,8 +82,14 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
 
 fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     let mut parts = s.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty vsock socket path")?;
-    let mut v = VsockConfig { uds_path: path.into(), guest_cid: DEFAULT_GUEST_CID };
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("empty vsock socket path")?;
+    let mut v = VsockConfig {
+        uds_path: path.into(),
+        guest_cid: DEFAULT_GUEST_CID,
+    };
     for opt in parts {
         match opt.split_once('=') {
             Some(("cid", n)) => v.guest_cid = n.parse().map_err(|_| format!("bad cid {n:?}"))?,
@@ -133,13 +154,15 @@ fn main() -> ExitCode {
     };
     let stopper = vm.stop_handle();
     // Detached: it ends with the process.
-    let _ = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `sigset` is initialised and `sig` is a valid out pointer.
-        if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
-            stopper.stop();
-        }
-    });
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `sigset` is initialised and `sig` is a valid out pointer.
+            if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                stopper.stop();
+            }
+        });
 
     let outcome = vm.wait();
     if let Some(path) = &args.metrics {
@@ -148,7 +171,10 @@ fn main() -> ExitCode {
             "metrics": vm.metrics(),
         });
         if let Err(e) = std::fs::write(path, format!("{json:#}\n")) {
-            eprintln!("vpod-vmm: warning: writing metrics to {}: {e}", path.display());
+            eprintln!(
+                "vpod-vmm: warning: writing metrics to {}: {e}",
+                path.display()
+            );
         }
     }
     match outcome {
@@ -169,7 +195,10 @@ mod tests {
     #[test]
     fn disk_and_vsock_syntax() {
         let d = parse_disk("/a.img,ro,id=root").unwrap();
-        assert_eq!((d.path.to_str().unwrap(), d.read_only, d.id.as_deref()), ("/a.img", true, Some("root")));
+        assert_eq!(
+            (d.path.to_str().unwrap(), d.read_only, d.id.as_deref()),
+            ("/a.img", true, Some("root"))
+        );
         assert!(parse_disk("/a.img,rx").is_err());
         assert!(parse_disk(",ro").is_err());
         let v = parse_vsock("/tmp/v.sock,cid=7").unwrap();
@@ -177,6 +206,9 @@ mod tests {
         assert_eq!(parse_vsock("/tmp/v.sock").unwrap().guest_cid, 3);
         assert!(parse_vsock("/tmp/v.sock,cid=x").is_err());
         assert_eq!(parse_console("off").unwrap(), Console::Off);
-        assert_eq!(parse_console("/tmp/c").unwrap(), Console::File("/tmp/c".into()));
+        assert_eq!(
+            parse_console("/tmp/c").unwrap(),
+            Console::File("/tmp/c".into())
+        );
     }
 }

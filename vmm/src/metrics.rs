@@ -66,7 +66,10 @@ impl VmCounters {
     }
 
     pub fn count(&self, kind: ExitKind) {
-        let i = KINDS.iter().position(|(k, _)| *k == kind).unwrap_or(KINDS.len() - 1);
+        let i = KINDS
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .unwrap_or(KINDS.len() - 1);
         self.exits[i].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -88,8 +91,14 @@ impl VmCounters {
                 .zip(&self.exits)
                 .map(|((_, name), c)| (name.to_string(), c.load(Ordering::Relaxed)))
                 .collect(),
-            kvm_stats: self.kvm_stats.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            run_time_us: Instant::now().saturating_duration_since(self.start).as_micros() as u64,
+            kvm_stats: self
+                .kvm_stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            run_time_us: Instant::now()
+                .saturating_duration_since(self.start)
+                .as_micros() as u64,
         }
     }
 
@@ -150,7 +159,10 @@ fn parse_stats(file: &impl FileExt) -> Option<BTreeMap<String, u64>> {
         let size = u16::from_le_bytes([d[6], d[7]]);
         let offset = u64::from(read_u32(d, 8)?);
         let name_raw = &d[16..];
-        let name_end = name_raw.iter().position(|b| *b == 0).unwrap_or(name_raw.len());
+        let name_end = name_raw
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(name_raw.len());
         let name = String::from_utf8_lossy(&name_raw[..name_end]).into_owned();
         if flags & KVM_STATS_TYPE_MASK != KVM_STATS_TYPE_CUMULATIVE || size != 1 {
             continue;

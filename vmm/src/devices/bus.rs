@@ -30,11 +30,18 @@ impl Bus {
         Self::default()
     }
 
-    pub fn insert(&mut self, device: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((b, (l, _))) = self.devices.range(..end).next_back() {
             if b + l > base {
                 return Err(BusError::Overlap { base, len });
@@ -54,7 +61,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|p| p.into_inner()).read(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(offset, data);
                 true
             }
             None => false,
@@ -64,7 +73,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, dev)) => {
-                dev.lock().unwrap_or_else(|p| p.into_inner()).write(offset, data);
+                dev.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -91,8 +102,14 @@ mod tests {
         let mut bus = Bus::new();
         let dev = Arc::new(Mutex::new(Echo(vec![])));
         bus.insert(dev.clone(), 0x10, 8).unwrap();
-        assert_eq!(bus.insert(dev.clone(), 0x17, 2), Err(BusError::Overlap { base: 0x17, len: 2 }));
-        assert_eq!(bus.insert(dev.clone(), 0x8, 9), Err(BusError::Overlap { base: 0x8, len: 9 }));
+        assert_eq!(
+            bus.insert(dev.clone(), 0x17, 2),
+            Err(BusError::Overlap { base: 0x17, len: 2 })
+        );
+        assert_eq!(
+            bus.insert(dev.clone(), 0x8, 9),
+            Err(BusError::Overlap { base: 0x8, len: 9 })
+        );
         assert_eq!(bus.insert(dev.clone(), 0x0, 0), Err(BusError::Empty(0)));
         bus.insert(dev.clone(), 0x18, 1).unwrap();
         bus.insert(dev.clone(), 0x8, 8).unwrap();

@@ -9,7 +9,10 @@ use crate::devices::virtio::GuestMemory;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("mapping {size} bytes of guest memory: {source}")]
-    Mmap { size: u64, source: vm_memory::mmap::MmapRegionError },
+    Mmap {
+        size: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
     #[error("guest memory size {0} does not fit the host address space")]
     TooBig(u64),
     #[error("building guest memory: {0}")]
@@ -26,8 +29,9 @@ pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemory, MemoryError> {
             .build()
             .map_err(|source| MemoryError::Mmap { size, source })?;
         let mapping: MmapRegion<()> = mapping;
-        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
-            .ok_or(MemoryError::Collection(format!("region at {start:#x} overflows")))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start)).ok_or(
+            MemoryError::Collection(format!("region at {start:#x} overflows")),
+        )?;
         regions.push(region);
     }
     GuestMemory::from_regions(regions).map_err(|e| MemoryError::Collection(e.to_string()))
@@ -43,7 +47,10 @@ mod tests {
         // 6 GiB of address space must be cheap to create thanks to MAP_NORESERVE + lazy faulting.
         let mem = create_guest_memory(6 << 30).unwrap();
         assert_eq!(mem.num_regions(), 2);
-        assert_eq!(mem.last_addr().raw_value(), (1u64 << 32) + (6u64 << 30) - layout::MEM_32BIT_GAP_START - 1);
+        assert_eq!(
+            mem.last_addr().raw_value(),
+            (1u64 << 32) + (6u64 << 30) - layout::MEM_32BIT_GAP_START - 1
+        );
         assert!(!mem.address_in_range(GuestAddress(layout::MMIO_WINDOW_START)));
         mem.write_obj(0xabu8, GuestAddress(1 << 32)).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(1 << 32)).unwrap(), 0xab);

@@ -106,17 +106,24 @@ impl Vcpu {
         boot: &BootInfo,
     ) -> Result<(), VcpuError> {
         let i = self.index;
-        let cpuid = cpuid::for_vcpu(supported_cpuid, i, count).map_err(|e| VcpuError::Cpuid(i, e))?;
-        self.fd.set_cpuid2(&cpuid).map_err(|e| VcpuError::Kvm(i, "KVM_SET_CPUID2", e))?;
+        let cpuid =
+            cpuid::for_vcpu(supported_cpuid, i, count).map_err(|e| VcpuError::Cpuid(i, e))?;
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| VcpuError::Kvm(i, "KVM_SET_CPUID2", e))?;
         let msrs = msr::boot_msrs().map_err(|e| VcpuError::Msr(i, e))?;
-        let set = self.fd.set_msrs(&msrs).map_err(|e| VcpuError::Kvm(i, "KVM_SET_MSRS", e))?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(|e| VcpuError::Kvm(i, "KVM_SET_MSRS", e))?;
         if set != msrs.as_slice().len() {
             return Err(VcpuError::MsrCount(i, set, msrs.as_slice().len()));
         }
         regs::setup_fpu(&self.fd).map_err(|e| VcpuError::Regs(i, e))?;
         regs::setup_lapic(&self.fd).map_err(|e| VcpuError::Regs(i, e))?;
         if i == 0 {
-            regs::setup_regs(&self.fd, boot.entry.0, boot.start_info.0).map_err(|e| VcpuError::Regs(i, e))?;
+            regs::setup_regs(&self.fd, boot.entry.0, boot.start_info.0)
+                .map_err(|e| VcpuError::Regs(i, e))?;
             regs::setup_sregs(&self.fd, mem).map_err(|e| VcpuError::Regs(i, e))?;
         }
         Ok(())
@@ -205,11 +212,15 @@ impl Vcpu {
                 }
                 VcpuExit::InternalError => {
                     counters.count(ExitKind::InternalError);
-                    Some(ExitEvent::Error(format!("vCPU {index}: KVM_EXIT_INTERNAL_ERROR")))
+                    Some(ExitEvent::Error(format!(
+                        "vCPU {index}: KVM_EXIT_INTERNAL_ERROR"
+                    )))
                 }
                 other => {
                     counters.count(ExitKind::Other);
-                    Some(ExitEvent::Error(format!("vCPU {index}: unexpected KVM exit {other:?}")))
+                    Some(ExitEvent::Error(format!(
+                        "vCPU {index}: unexpected KVM exit {other:?}"
+                    )))
                 }
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

@@ -1,6 +1,9 @@
 //! The KVM VM: in-kernel irqchip and PIT, TSS/identity map, memory slots, irqfds and ioeventfds.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -45,18 +48,29 @@ impl Vm {
                 return Err(VmError::MissingCap(name));
             }
         }
-        let fd = kvm.create_vm().map_err(|e| VmError::Kvm("KVM_CREATE_VM", e))?;
+        let fd = kvm
+            .create_vm()
+            .map_err(|e| VmError::Kvm("KVM_CREATE_VM", e))?;
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(|e| VmError::Kvm("KVM_SET_TSS_ADDR", e))?;
         fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_START)
             .map_err(|e| VmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
-        fd.create_irq_chip().map_err(|e| VmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        fd.create_pit2(pit).map_err(|e| VmError::Kvm("KVM_CREATE_PIT2", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| VmError::Kvm("KVM_CREATE_PIT2", e))?;
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-        Ok(Self { kvm, fd, supported_cpuid })
+        Ok(Self {
+            kvm,
+            fd,
+            supported_cpuid,
+        })
     }
 
     pub fn fd(&self) -> &VmFd {
@@ -74,9 +88,12 @@ impl Vm {
     /// Registers every guest memory region as a KVM memory slot.
     pub fn map_memory(&self, mem: &GuestMemory) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
-            let host = mem
-                .get_host_address(region.start_addr())
-                .map_err(|_| VmError::Kvm("guest region without host mapping", kvm_ioctls::Error::new(libc::EFAULT)))?;
+            let host = mem.get_host_address(region.start_addr()).map_err(|_| {
+                VmError::Kvm(
+                    "guest region without host mapping",
+                    kvm_ioctls::Error::new(libc::EFAULT),
+                )
+            })?;
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
@@ -93,17 +110,26 @@ impl Vm {
     }
 
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
-        self.fd.register_irqfd(evt, gsi).map_err(|e| VmError::Kvm("KVM_IRQFD", e))
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(|e| VmError::Kvm("KVM_IRQFD", e))
     }
 
     /// Makes guest writes of `datamatch` (4 bytes) at MMIO `addr` signal `evt` in the kernel.
-    pub fn register_mmio_ioevent(&self, evt: &EventFd, addr: u64, datamatch: u32) -> Result<(), VmError> {
+    pub fn register_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
         self.fd
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
             .map_err(|e| VmError::Kvm("KVM_IOEVENTFD", e))
     }
 
     pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, VmError> {
-        self.fd.create_vcpu(u64::from(id)).map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))
+        self.fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VmError::Kvm("KVM_CREATE_VCPU", e))
     }
 }

@@ -83,12 +83,10 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> Result<CpuId, CpuidE
                     e.edx &= !EDX_HTT;
                 }
             }
-            LEAF_CACHE_INTEL if vendor == Vendor::Intel => {
-                if e.eax & 0x1f != 0 {
-                    let level = (e.eax >> 5) & 0x7;
-                    let sharing = if level >= 3 { count - 1 } else { 0 };
-                    e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
-                }
+            LEAF_CACHE_INTEL if vendor == Vendor::Intel && e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
             }
             // No virtual PMU: the guest's perf code would otherwise poke MSRs we don't virtualize.
             LEAF_PMU => {
@@ -136,12 +134,10 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> Result<CpuId, CpuidE
             LEAF_EXT_ADDR_SIZES if vendor == Vendor::Amd => {
                 e.ecx = (e.ecx & !0xf0ff) | ((core_bits & 0xf) << 12) | ((count - 1) & 0xff);
             }
-            LEAF_CACHE_AMD if vendor == Vendor::Amd => {
-                if e.eax & 0x1f != 0 {
-                    let level = (e.eax >> 5) & 0x7;
-                    let sharing = if level >= 3 { count - 1 } else { 0 };
-                    e.eax = (e.eax & !(0xfff << 14)) | ((sharing & 0xfff) << 14);
-                }
+            LEAF_CACHE_AMD if vendor == Vendor::Amd && e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                e.eax = (e.eax & !(0xfff << 14)) | ((sharing & 0xfff) << 14);
             }
             LEAF_EXT_APIC_ID if vendor == Vendor::Amd => {
                 e.eax = apic_id;
@@ -179,9 +175,29 @@ mod tests {
     use super::*;
     use kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
 
-    fn entry(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
-        let flags = if is_indexed(function) { KVM_CPUID_FLAG_SIGNIFCANT_INDEX } else { 0 };
-        kvm_cpuid_entry2 { function, index, flags, eax, ebx, ecx, edx, ..Default::default() }
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
+        let flags = if is_indexed(function) {
+            KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+        } else {
+            0
+        };
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
     }
 
     fn base(vendor: &[u8; 12]) -> CpuId {
@@ -201,7 +217,10 @@ mod tests {
     }
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
-        *c.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap()
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
     }
 
     #[test]

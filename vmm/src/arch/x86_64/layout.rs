@@ -35,7 +35,9 @@ pub const MMIO_WINDOW_START: u64 = 0xd000_0000;
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
 
 /// IOAPIC pins we hand to virtio devices: 5-7 and 9-23 (0 PIT, 1 i8042, 4 serial, 8 RTC stay legacy).
-pub const VIRTIO_IRQS: [u32; 18] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+pub const VIRTIO_IRQS: [u32; 18] = [
+    5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+];
 pub const VIRTIO_MMIO_SLOTS: usize = VIRTIO_IRQS.len();
 
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;

@@ -26,7 +26,11 @@ pub enum MsrError {
 }
 
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
-    let e = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+    let e = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
     vec![
         e(MSR_IA32_SYSENTER_CS, 0),
         e(MSR_IA32_SYSENTER_ESP, 0),
@@ -54,7 +58,11 @@ mod tests {
     fn list() {
         let m = boot_msrs().unwrap();
         assert_eq!(m.as_slice().len(), 11);
-        let misc = m.as_slice().iter().find(|e| e.index == MSR_IA32_MISC_ENABLE).unwrap();
+        let misc = m
+            .as_slice()
+            .iter()
+            .find(|e| e.index == MSR_IA32_MISC_ENABLE)
+            .unwrap();
         assert_eq!(misc.data, 1);
     }
 }

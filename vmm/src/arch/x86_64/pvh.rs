@@ -7,7 +7,9 @@ use std::path::Path;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -53,8 +55,13 @@ pub fn load(
 ) -> Result<BootInfo, BootError> {
     let mut kernel_file =
         File::open(kernel).map_err(|e| BootError::OpenKernel(kernel.display().to_string(), e))?;
-    let loaded = Elf::load(mem, None, &mut kernel_file, Some(GuestAddress(HIGH_MEMORY_START)))
-        .map_err(|e| BootError::NotPvh(describe_loader_error(e)))?;
+    let loaded = Elf::load(
+        mem,
+        None,
+        &mut kernel_file,
+        Some(GuestAddress(HIGH_MEMORY_START)),
+    )
+    .map_err(|e| BootError::NotPvh(describe_loader_error(e)))?;
     let entry = match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => addr,
         _ => {
@@ -84,7 +91,10 @@ pub fn load(
     }
 
     write_start_info(mem, initrd_range)?;
-    Ok(BootInfo { entry, start_info: GuestAddress(PVH_INFO_START) })
+    Ok(BootInfo {
+        entry,
+        start_info: GuestAddress(PVH_INFO_START),
+    })
 }
 
 fn describe_loader_error(e: linux_loader::loader::Error) -> String {
@@ -93,12 +103,15 @@ fn describe_loader_error(e: linux_loader::loader::Error) -> String {
         linux_loader::loader::Error::Elf(ElfError::InvalidElfMagicNumber) => {
             "not an ELF file (a bzImage? use the uncompressed vmlinux)".into()
         }
-        linux_loader::loader::Error::Elf(ElfError::ReadElfHeader) => "file too short for an ELF header".into(),
+        linux_loader::loader::Error::Elf(ElfError::ReadElfHeader) => {
+            "file too short for an ELF header".into()
+        }
         linux_loader::loader::Error::Elf(ElfError::InvalidEntryAddress) => {
             "entry point below 1 MiB".into()
         }
         linux_loader::loader::Error::Elf(ElfError::ReadKernelImage) => {
-            "a segment does not fit in guest memory (too little memory?) or the file is truncated".into()
+            "a segment does not fit in guest memory (too little memory?) or the file is truncated"
+                .into()
         }
         other => other.to_string(),
     }
@@ -132,12 +145,22 @@ fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64) -> Result<(u64, 
 /// The E820-style map the kernel gets: conventional memory below the EBDA, then everything from
 /// 1 MiB, split around the 32-bit hole.
 pub fn memory_map(mem: &GuestMemory) -> Vec<hvm_memmap_table_entry> {
-    let mut map = vec![hvm_memmap_table_entry { addr: 0, size: EBDA_START, type_: E820_RAM, reserved: 0 }];
+    let mut map = vec![hvm_memmap_table_entry {
+        addr: 0,
+        size: EBDA_START,
+        type_: E820_RAM,
+        reserved: 0,
+    }];
     for region in mem.iter() {
         let start = region.start_addr().raw_value().max(HIGH_MEMORY_START);
         let end = region.start_addr().raw_value() + region.len();
         if end > start {
-            map.push(hvm_memmap_table_entry { addr: start, size: end - start, type_: E820_RAM, reserved: 0 });
+            map.push(hvm_memmap_table_entry {
+                addr: start,
+                size: end - start,
+                type_: E820_RAM,
+                reserved: 0,
+            });
         }
     }
     map
@@ -159,7 +182,12 @@ fn write_start_info(mem: &GuestMemory, initrd: Option<(u64, u64)>) -> Result<(),
     let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_START));
     params.set_sections(&map, GuestAddress(MEMMAP_START));
     if let Some((paddr, size)) = initrd {
-        let module = hvm_modlist_entry { paddr, size, cmdline_paddr: 0, reserved: 0 };
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            cmdline_paddr: 0,
+            reserved: 0,
+        };
         params.set_modules(&[module], GuestAddress(MODLIST_START));
     }
     PvhBootConfigurator::write_bootparams::<GuestMemory>(&params, mem)
@@ -173,18 +201,27 @@ mod tests {
     use std::io::Write;
 
     fn mem(size: u64) -> GuestMemory {
-        let ranges: Vec<_> = ram_ranges(size).into_iter().map(|(a, s)| (GuestAddress(a), s as usize)).collect();
+        let ranges: Vec<_> = ram_ranges(size)
+            .into_iter()
+            .map(|(a, s)| (GuestAddress(a), s as usize))
+            .collect();
         GuestMemory::from_ranges(&ranges).unwrap()
     }
 
     #[test]
     fn rejects_non_elf() {
         let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
-        f.as_file().write_all(&[0x4d, 0x5a, 0, 0].repeat(64)).unwrap();
+        f.as_file()
+            .write_all(&[0x4d, 0x5a, 0, 0].repeat(64))
+            .unwrap();
         let m = mem(64 << 20);
         let cl = Cmdline::new(CMDLINE_MAX_SIZE).unwrap();
         let e = load(&m, f.as_path(), None, &cl).unwrap_err();
-        assert!(e.to_string().starts_with("not a PVH vmlinux: not an ELF file"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("not a PVH vmlinux: not an ELF file"),
+            "{e}"
+        );
         let empty = vmm_sys_util::tempfile::TempFile::new().unwrap();
         let e = load(&m, empty.as_path(), None, &cl).unwrap_err();
         assert!(e.to_string().starts_with("not a PVH vmlinux"), "{e}");
@@ -196,8 +233,14 @@ mod tests {
         let map = memory_map(&m);
         assert_eq!(map.len(), 3);
         assert_eq!((map[0].addr, map[0].size), (0, EBDA_START));
-        assert_eq!((map[1].addr, map[1].size), (HIGH_MEMORY_START, MEM_32BIT_GAP_START - HIGH_MEMORY_START));
-        assert_eq!((map[2].addr, map[2].size), (1 << 32, (5 << 30) - MEM_32BIT_GAP_START));
+        assert_eq!(
+            (map[1].addr, map[1].size),
+            (HIGH_MEMORY_START, MEM_32BIT_GAP_START - HIGH_MEMORY_START)
+        );
+        assert_eq!(
+            (map[2].addr, map[2].size),
+            (1 << 32, (5 << 30) - MEM_32BIT_GAP_START)
+        );
     }
 
     #[test]

@@ -48,7 +48,11 @@ pub fn segment_from_gdt(entry: u64, table_index: usize) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit_raw = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
-    let limit = if g == 1 { (limit_raw << 12) | 0xfff } else { limit_raw };
+    let limit = if g == 1 {
+        (limit_raw << 12) | 0xfff
+    } else {
+        limit_raw
+    };
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base,
@@ -74,7 +78,8 @@ pub fn pvh_sregs(mem: &GuestMemory, mut sregs: kvm_sregs) -> Result<kvm_sregs, R
         mem.write_obj(*entry, GuestAddress(GDT_START + (i * 8) as u64))
             .map_err(RegsError::Gdt)?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT_START)).map_err(RegsError::Gdt)?;
+    mem.write_obj(0u64, GuestAddress(IDT_START))
+        .map_err(RegsError::Gdt)?;
 
     let code = segment_from_gdt(gdt[GDT_CODE], GDT_CODE);
     let data = segment_from_gdt(gdt[GDT_DATA], GDT_DATA);
@@ -99,13 +104,21 @@ pub fn pvh_sregs(mem: &GuestMemory, mut sregs: kvm_sregs) -> Result<kvm_sregs, R
 }
 
 pub fn setup_sregs(vcpu: &VcpuFd, mem: &GuestMemory) -> Result<(), RegsError> {
-    let sregs = vcpu.get_sregs().map_err(|e| RegsError::Kvm("KVM_GET_SREGS", e))?;
+    let sregs = vcpu
+        .get_sregs()
+        .map_err(|e| RegsError::Kvm("KVM_GET_SREGS", e))?;
     let sregs = pvh_sregs(mem, sregs)?;
-    vcpu.set_sregs(&sregs).map_err(|e| RegsError::Kvm("KVM_SET_SREGS", e))
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| RegsError::Kvm("KVM_SET_SREGS", e))
 }
 
 pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
-    kvm_regs { rflags: EFLAGS_RESERVED, rip: entry, rbx: start_info, ..Default::default() }
+    kvm_regs {
+        rflags: EFLAGS_RESERVED,
+        rip: entry,
+        rbx: start_info,
+        ..Default::default()
+    }
 }
 
 pub fn setup_regs(vcpu: &VcpuFd, entry: u64, start_info: u64) -> Result<(), RegsError> {
@@ -114,8 +127,13 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: u64, start_info: u64) -> Result<(), Regs
 }
 
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
-    vcpu.set_fpu(&fpu).map_err(|e| RegsError::Kvm("KVM_SET_FPU", e))
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| RegsError::Kvm("KVM_SET_FPU", e))
 }
 
 const APIC_LVT0: usize = 0x350;
@@ -140,12 +158,23 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
 
 /// LINT0 = ExtINT (the PIC's output), LINT1 = NMI, as the MP spec's virtual-wire mode wants.
 pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let mut lapic = vcpu.get_lapic().map_err(|e| RegsError::Kvm("KVM_GET_LAPIC", e))?;
+    let mut lapic = vcpu
+        .get_lapic()
+        .map_err(|e| RegsError::Kvm("KVM_GET_LAPIC", e))?;
     let lvt0 = lapic_reg(&lapic.regs, APIC_LVT0);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT0, set_delivery_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT0,
+        set_delivery_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = lapic_reg(&lapic.regs, APIC_LVT1);
-    set_lapic_reg(&mut lapic.regs, APIC_LVT1, set_delivery_mode(lvt1, APIC_MODE_NMI));
-    vcpu.set_lapic(&lapic).map_err(|e| RegsError::Kvm("KVM_SET_LAPIC", e))
+    set_lapic_reg(
+        &mut lapic.regs,
+        APIC_LVT1,
+        set_delivery_mode(lvt1, APIC_MODE_NMI),
+    );
+    vcpu.set_lapic(&lapic)
+        .map_err(|e| RegsError::Kvm("KVM_SET_LAPIC", e))
 }
 
 #[cfg(test)]
@@ -158,10 +187,19 @@ mod tests {
         assert_eq!(gdt[1], 0x00cf_9b00_0000_ffff);
         assert_eq!(gdt[2], 0x00cf_9300_0000_ffff);
         let cs = segment_from_gdt(gdt[1], 1);
-        assert_eq!((cs.base, cs.limit, cs.selector, cs.type_), (0, 0xffff_ffff, 8, 0xb));
-        assert_eq!((cs.present, cs.s, cs.db, cs.g, cs.l, cs.unusable), (1, 1, 1, 1, 0, 0));
+        assert_eq!(
+            (cs.base, cs.limit, cs.selector, cs.type_),
+            (0, 0xffff_ffff, 8, 0xb)
+        );
+        assert_eq!(
+            (cs.present, cs.s, cs.db, cs.g, cs.l, cs.unusable),
+            (1, 1, 1, 1, 0, 0)
+        );
         let tr = segment_from_gdt(gdt[3], 3);
-        assert_eq!((tr.limit, tr.type_, tr.s, tr.selector), (0x67, 0xb, 0, 0x18));
+        assert_eq!(
+            (tr.limit, tr.type_, tr.s, tr.selector),
+            (0x67, 0xb, 0, 0x18)
+        );
         assert_eq!(segment_from_gdt(0, 0).unusable, 1);
     }
 

@@ -25,7 +25,9 @@ pub struct I8042 {
 
 impl I8042 {
     pub fn new(exit: Arc<ExitSignal>) -> Self {
-        Self { dev: I8042Device::new(ResetTrigger(exit)) }
+        Self {
+            dev: I8042Device::new(ResetTrigger(exit)),
+        }
     }
 }
 

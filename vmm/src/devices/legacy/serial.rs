@@ -23,7 +23,11 @@ pub struct PanicWatcher<W: Write> {
 
 impl<W: Write> PanicWatcher<W> {
     pub fn new(out: W, exit: Arc<ExitSignal>) -> Self {
-        Self { out, matched: 0, exit }
+        Self {
+            out,
+            matched: 0,
+            exit,
+        }
     }
 
     fn scan(&mut self, buf: &[u8]) {
@@ -64,7 +68,9 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(irq: IrqTrigger, out: ConsoleOut, exit: Arc<ExitSignal>) -> Self {
-        Self { serial: Serial::new(irq, PanicWatcher::new(out, exit)) }
+        Self {
+            serial: Serial::new(irq, PanicWatcher::new(out, exit)),
+        }
     }
 }
 
@@ -106,7 +112,8 @@ mod tests {
     fn watcher_ignores_near_misses() {
         let exit = Arc::new(ExitSignal::new().unwrap());
         let mut w = PanicWatcher::new(io::sink(), exit.clone());
-        w.write_all(b"Kernel panic - not syncin\nKernel panic - syncing").unwrap();
+        w.write_all(b"Kernel panic - not syncin\nKernel panic - syncing")
+            .unwrap();
         assert!(!exit.panic_seen());
     }
 
@@ -115,12 +122,19 @@ mod tests {
         let exit = Arc::new(ExitSignal::new().unwrap());
         let path = vmm_sys_util::tempfile::TempFile::new().unwrap();
         let file = path.as_file().try_clone().unwrap();
-        let mut dev = SerialDevice::new(IrqTrigger(EventFd::new(0).unwrap()), Box::new(file), exit.clone());
+        let mut dev = SerialDevice::new(
+            IrqTrigger(EventFd::new(0).unwrap()),
+            Box::new(file),
+            exit.clone(),
+        );
         for b in b"Kernel panic - not syncing\n" {
             dev.write(0, &[*b]);
         }
         assert!(exit.panic_seen());
-        assert_eq!(std::fs::read(path.as_path()).unwrap(), b"Kernel panic - not syncing\n");
+        assert_eq!(
+            std::fs::read(path.as_path()).unwrap(),
+            b"Kernel panic - not syncing\n"
+        );
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");

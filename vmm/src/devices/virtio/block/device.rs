@@ -48,12 +48,21 @@ impl DiskFile {
             .write(!read_only)
             .open(path)
             .map_err(|e| BlockError::Open(path.to_path_buf(), e))?;
-        let len = file.metadata().map_err(|e| BlockError::Open(path.to_path_buf(), e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| BlockError::Open(path.to_path_buf(), e))?
+            .len();
         let mut id_bytes = [0u8; 20];
         let src = id.map(str::as_bytes).unwrap_or_default();
         let n = src.len().min(20);
         id_bytes[..n].copy_from_slice(&src[..n]);
-        Ok(Self { file, path: path.to_path_buf(), capacity: len >> SECTOR_SHIFT, read_only, id: id_bytes })
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            capacity: len >> SECTOR_SHIFT,
+            read_only,
+            id: id_bytes,
+        })
     }
 }
 
@@ -116,7 +125,9 @@ impl Block {
     /// capacity. Requests already completed are unaffected; later ones go to the new file.
     pub fn swap_disk(&mut self, disk: DiskFile) -> DiskFile {
         if disk.read_only != self.disk.read_only {
-            tracing::warn!("block: swapped disk changes read-only flag; the guest keeps the negotiated one");
+            tracing::warn!(
+                "block: swapped disk changes read-only flag; the guest keeps the negotiated one"
+            );
         }
         std::mem::replace(&mut self.disk, disk)
     }
@@ -124,14 +135,19 @@ impl Block {
     /// Raises the config-change interrupt on its own (for callers without the transport).
     pub fn notify_config_change(&self) -> Result<(), BlockError> {
         match &self.active {
-            Some(a) => a.interrupt.trigger(VIRTIO_MMIO_INT_CONFIG).map_err(BlockError::Interrupt),
+            Some(a) => a
+                .interrupt
+                .trigger(VIRTIO_MMIO_INT_CONFIG)
+                .map_err(BlockError::Interrupt),
             None => Ok(()),
         }
     }
 
     /// Processes every available request; raises the used-ring interrupt if the driver wants one.
     pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mem = &active.mem;
         let disk = &mut self.disk;
         let queue = &mut active.queue;
@@ -228,7 +244,10 @@ impl VirtioDevice for Block {
             return Err(ActivateError::AlreadyActive);
         }
         if ctx.queues.len() != 1 || ctx.queue_events.len() != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: ctx.queues.len(),
+            });
         }
         let mut queue = ctx.queues.remove(0);
         if !queue.ready() {
@@ -334,17 +353,36 @@ mod tests {
         let (len, status, _) = run(
             &h,
             false,
-            &[desc(HDR, 16, NEXT, 1), desc(DATA, 1024, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)],
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 1024, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
         );
         assert_eq!((len, status), (1025, VIRTIO_BLK_S_OK as u8));
         let mut buf = [0u8; 4];
         h.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
-        assert_eq!(buf, [(512 % 251) as u8, (513 % 251) as u8, (514 % 251) as u8, (515 % 251) as u8]);
+        assert_eq!(
+            buf,
+            [
+                (512 % 251) as u8,
+                (513 % 251) as u8,
+                (514 % 251) as u8,
+                (515 % 251) as u8
+            ]
+        );
 
         h.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
         header(&h.mem, VIRTIO_BLK_T_OUT, 7);
-        let (len, status, _) =
-            run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, NEXT, 2), desc(STATUS, 1, WRITE, 0)]);
+        let (len, status, _) = run(
+            &h,
+            false,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         assert_eq!((len, status), (1, VIRTIO_BLK_S_OK as u8));
         let content = std::fs::read(h.disk_file.as_path()).unwrap();
         assert!(content[7 * 512..8 * 512].iter().all(|b| *b == 0xaa));
@@ -354,7 +392,11 @@ mod tests {
     fn flush_get_id_and_config() {
         let h = harness(4);
         header(&h.mem, VIRTIO_BLK_T_FLUSH, 0);
-        let (len, status, dev) = run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)]);
+        let (len, status, dev) = run(
+            &h,
+            false,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+        );
         assert_eq!((len, status), (1, VIRTIO_BLK_S_OK as u8));
         let mut cap = [0u8; 8];
         dev.read_config(0, &mut cap);
@@ -364,8 +406,15 @@ mod tests {
         assert_eq!(past, [0; 4]);
 
         header(&h.mem, VIRTIO_BLK_T_GET_ID, 0);
-        let (len, status, _) =
-            run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(DATA, 20, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        let (len, status, _) = run(
+            &h,
+            false,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 20, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         assert_eq!((len, status), (21, VIRTIO_BLK_S_OK as u8));
         let mut id = [0u8; 20];
         h.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
@@ -377,10 +426,20 @@ mod tests {
     fn read_only_disk() {
         let h = harness(4);
         let disk = DiskFile::open(h.disk_file.as_path(), true, None).unwrap();
-        assert_ne!(Block::new(disk).unwrap().avail_features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(
+            Block::new(disk).unwrap().avail_features() & (1 << VIRTIO_BLK_F_RO),
+            0
+        );
         header(&h.mem, VIRTIO_BLK_T_OUT, 0);
-        let (len, status, _) =
-            run(&h, true, &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, NEXT, 2), desc(STATUS, 1, WRITE, 0)]);
+        let (len, status, _) = run(
+            &h,
+            true,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         assert_eq!((len, status), (1, VIRTIO_BLK_S_IOERR as u8));
         let content = std::fs::read(h.disk_file.as_path()).unwrap();
         assert_eq!(content[1], 1, "disk untouched");
@@ -396,30 +455,92 @@ mod tests {
         let h = harness(4);
         header(&h.mem, VIRTIO_BLK_T_IN, 0);
         // Data past the end of guest memory.
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(MEM_SIZE as u64 - 256, 512, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(MEM_SIZE as u64 - 256, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Address wrapping around u64.
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(u64::MAX - 10, 512, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(u64::MAX - 10, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Read request into a device-readable buffer (wrong direction).
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, NEXT, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Sector range past the disk.
         header(&h.mem, VIRTIO_BLK_T_IN, 3);
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(DATA, 1024, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 1024, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         header(&h.mem, VIRTIO_BLK_T_IN, u64::MAX);
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Unaligned length.
         header(&h.mem, VIRTIO_BLK_T_IN, 0);
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(DATA, 100, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 100, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Write request from a device-writable buffer.
         header(&h.mem, VIRTIO_BLK_T_OUT, 0);
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, NEXT | WRITE, 2), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Header device-writable, or the wrong size.
-        expect_ioerr(&h, &[desc(HDR, 16, NEXT | WRITE, 1), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[desc(HDR, 16, NEXT | WRITE, 1), desc(STATUS, 1, WRITE, 0)],
+        );
         expect_ioerr(&h, &[desc(HDR, 8, NEXT, 1), desc(STATUS, 1, WRITE, 0)]);
         // Header outside memory.
-        expect_ioerr(&h, &[desc(MEM_SIZE as u64 - 8, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)]);
+        expect_ioerr(
+            &h,
+            &[
+                desc(MEM_SIZE as u64 - 8, 16, NEXT, 1),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
         // Unsupported type.
         header(&h.mem, 0x1234, 0);
-        let (len, status, _) = run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)]);
+        let (len, status, _) = run(
+            &h,
+            false,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+        );
         assert_eq!((len, status), (1, VIRTIO_BLK_S_UNSUPP as u8));
     }
 
@@ -428,11 +549,22 @@ mod tests {
         let h = harness(4);
         header(&h.mem, VIRTIO_BLK_T_IN, 0);
         // Status descriptor device-readable: nothing written, used len 0.
-        let (len, status, _) =
-            run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(DATA, 512, NEXT | WRITE, 2), desc(STATUS, 1, 0, 0)]);
+        let (len, status, _) = run(
+            &h,
+            false,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(DATA, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, 0, 0),
+            ],
+        );
         assert_eq!((len, status), (0, 0xff));
         // Status outside guest memory.
-        let (len, _, _) = run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(MEM_SIZE as u64, 1, WRITE, 0)]);
+        let (len, _, _) = run(
+            &h,
+            false,
+            &[desc(HDR, 16, NEXT, 1), desc(MEM_SIZE as u64, 1, WRITE, 0)],
+        );
         assert_eq!(len, 0);
         // Header only.
         let (len, _, _) = run(&h, false, &[desc(HDR, 16, 0, 0)]);
@@ -444,13 +576,23 @@ mod tests {
         let h = harness(4);
         header(&h.mem, VIRTIO_BLK_T_IN, 0);
         // 0 -> 1 -> 0 -> ... : bounded by the queue size, then rejected.
-        let (len, status, _) = run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, NEXT | WRITE, 0)]);
+        let (len, status, _) = run(
+            &h,
+            false,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, NEXT | WRITE, 0)],
+        );
         assert_eq!((len, status), (1, VIRTIO_BLK_S_IOERR as u8));
         // `next` outside the descriptor table.
-        let (len, _, _) = run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, NEXT | WRITE, 999)]);
+        let (len, _, _) = run(
+            &h,
+            false,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, NEXT | WRITE, 999)],
+        );
         assert_eq!(len, 1);
         // A chain of 16 (the queue size) descriptors where the last still has NEXT set.
-        let mut descs: Vec<_> = (0..15).map(|i| desc(DATA + i * 512, 512, NEXT | WRITE, i as u16 + 1)).collect();
+        let mut descs: Vec<_> = (0..15)
+            .map(|i| desc(DATA + i * 512, 512, NEXT | WRITE, i as u16 + 1))
+            .collect();
         descs.insert(0, desc(HDR, 16, NEXT, 1));
         let descs: Vec<_> = descs
             .into_iter()
@@ -474,8 +616,14 @@ mod tests {
             SplitDescriptor::new(STATUS, 1, WRITE, 0),
         ];
         let e = Request::parse(chain.into_iter(), &h.mem, 2).unwrap_err();
-        assert_eq!(e, (RequestError::WrongDirection, Some(GuestAddress(STATUS))));
-        assert_eq!(Request::parse(std::iter::empty(), &h.mem, 2).unwrap_err().0, RequestError::Empty);
+        assert_eq!(
+            e,
+            (RequestError::WrongDirection, Some(GuestAddress(STATUS)))
+        );
+        assert_eq!(
+            Request::parse(std::iter::empty(), &h.mem, 2).unwrap_err().0,
+            RequestError::Empty
+        );
         assert!(h.mem.check_range(GuestAddress(STATUS), 1));
     }
 
@@ -483,7 +631,11 @@ mod tests {
     fn swap_disk_changes_capacity_and_signals() {
         let h = harness(4);
         header(&h.mem, VIRTIO_BLK_T_FLUSH, 0);
-        let (_, _, mut dev) = run(&h, false, &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)]);
+        let (_, _, mut dev) = run(
+            &h,
+            false,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+        );
         let other = vmm_sys_util::tempfile::TempFile::new().unwrap();
         other.as_file().set_len(1 << 20).unwrap();
         let old = dev.swap_disk(DiskFile::open(other.as_path(), false, None).unwrap());

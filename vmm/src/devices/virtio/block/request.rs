@@ -4,8 +4,8 @@
 use std::io::{Seek, SeekFrom};
 
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
@@ -56,7 +56,11 @@ pub enum RequestError {
     #[error("data length {0} is not a multiple of 512")]
     Unaligned(u64),
     #[error("sectors {sector}+{count} are beyond the disk's {capacity}")]
-    OutOfRange { sector: u64, count: u64, capacity: u64 },
+    OutOfRange {
+        sector: u64,
+        count: u64,
+        capacity: u64,
+    },
     #[error("write to a read-only disk")]
     ReadOnly,
     #[error("disk I/O: {0}")]
@@ -84,7 +88,8 @@ pub struct Request {
 
 /// Where to write the status of a request that failed to parse, if the chain has a usable one.
 fn status_of(last: &Descriptor, mem: &GuestMemory) -> Option<GuestAddress> {
-    (last.is_write_only() && last.len() >= 1 && mem.check_range(last.addr(), 1)).then_some(last.addr())
+    (last.is_write_only() && last.len() >= 1 && mem.check_range(last.addr(), 1))
+        .then_some(last.addr())
 }
 
 /// A failed parse: the error, and where (if anywhere) its status byte can go.
@@ -118,7 +123,10 @@ impl Request {
             return fail(RequestError::HeaderLen(head.len()));
         }
         let Ok(header) = mem.read_obj::<RequestHeader>(head.addr()) else {
-            return fail(RequestError::OutOfMemory { addr: head.addr().0, len: head.len() });
+            return fail(RequestError::OutOfMemory {
+                addr: head.addr().0,
+                len: head.len(),
+            });
         };
         let kind = match u32::from_le(header.type_) {
             VIRTIO_BLK_T_IN => RequestType::In,
@@ -134,7 +142,10 @@ impl Request {
         let mut total: u64 = 0;
         for d in data_descs {
             if !mem.check_range(d.addr(), d.len() as usize) {
-                return fail(RequestError::OutOfMemory { addr: d.addr().0, len: d.len() });
+                return fail(RequestError::OutOfMemory {
+                    addr: d.addr().0,
+                    len: d.len(),
+                });
             }
             let device_writes = matches!(kind, RequestType::In | RequestType::GetId);
             let device_reads = kind == RequestType::Out;
@@ -147,18 +158,27 @@ impl Request {
 
         match kind {
             RequestType::In | RequestType::Out => {
-                if total % SECTOR_SIZE != 0 {
+                if !total.is_multiple_of(SECTOR_SIZE) {
                     return fail(RequestError::Unaligned(total));
                 }
                 let count = total >> SECTOR_SHIFT;
                 if sector.checked_add(count).is_none_or(|end| end > capacity) {
-                    return fail(RequestError::OutOfRange { sector, count, capacity });
+                    return fail(RequestError::OutOfRange {
+                        sector,
+                        count,
+                        capacity,
+                    });
                 }
             }
             RequestType::Unsupported(t) => return fail(RequestError::Unsupported(t)),
             RequestType::Flush | RequestType::GetId => {}
         }
-        Ok(Request { kind, sector, data, status: status_addr })
+        Ok(Request {
+            kind,
+            sector,
+            data,
+            status: status_addr,
+        })
     }
 
     /// Runs the request; returns how many bytes were written into guest buffers (status excluded).
@@ -170,14 +190,17 @@ impl Request {
                     return Err(RequestError::ReadOnly);
                 }
                 let file = &mut disk.file;
-                file.seek(SeekFrom::Start(self.sector << SECTOR_SHIFT)).map_err(|e| io(&e))?;
+                file.seek(SeekFrom::Start(self.sector << SECTOR_SHIFT))
+                    .map_err(|e| io(&e))?;
                 let mut written = 0u32;
                 for (addr, len) in &self.data {
                     if self.kind == RequestType::In {
-                        mem.read_exact_volatile_from(*addr, file, *len as usize).map_err(|e| io(&e))?;
+                        mem.read_exact_volatile_from(*addr, file, *len as usize)
+                            .map_err(|e| io(&e))?;
                         written += len;
                     } else {
-                        mem.write_all_volatile_to(*addr, file, *len as usize).map_err(|e| io(&e))?;
+                        mem.write_all_volatile_to(*addr, file, *len as usize)
+                            .map_err(|e| io(&e))?;
                     }
                 }
                 Ok(written)

@@ -57,7 +57,10 @@ impl Rng {
 
     /// Fills one chain; returns the bytes written. A chain with any device-readable descriptor or
     /// one outside guest memory gets nothing.
-    fn fill(chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>, mem: &GuestMemory) -> u32 {
+    fn fill(
+        chain: impl Iterator<Item = virtio_queue::desc::split::Descriptor>,
+        mem: &GuestMemory,
+    ) -> u32 {
         let mut budget = MAX_REQUEST_BYTES;
         let mut targets = Vec::new();
         for d in chain {
@@ -87,7 +90,9 @@ impl Rng {
     }
 
     pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mem = &active.mem;
         let queue = &mut active.queue;
         let mut used_any = false;
@@ -131,7 +136,10 @@ impl VirtioDevice for Rng {
             return Err(ActivateError::AlreadyActive);
         }
         if ctx.queues.len() != 1 || ctx.queue_events.len() != 1 {
-            return Err(ActivateError::QueueCount { expected: 1, got: ctx.queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: ctx.queues.len(),
+            });
         }
         self.active = Some(Active {
             mem: ctx.mem,

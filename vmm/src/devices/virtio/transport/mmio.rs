@@ -4,8 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
 };
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -79,10 +80,18 @@ pub struct MmioTransport {
 
 impl MmioTransport {
     /// `irqfd` is what the VM registers for the device's GSI.
-    pub fn new(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemory, irqfd: EventFd) -> Result<Self, MmioError> {
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        mem: GuestMemory,
+        irqfd: EventFd,
+    ) -> Result<Self, MmioError> {
         let (device_type, avail_features, sizes) = {
             let d = device.lock().unwrap_or_else(|p| p.into_inner());
-            (d.device_type(), d.avail_features(), d.queue_max_sizes().to_vec())
+            (
+                d.device_type(),
+                d.avail_features(),
+                d.queue_max_sizes().to_vec(),
+            )
         };
         let queues = sizes
             .iter()
@@ -144,7 +153,10 @@ impl MmioTransport {
 
     fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
         if !self.queue_config_allowed() {
-            tracing::debug!("virtio-mmio: queue register write in status {:#x} ignored", self.status);
+            tracing::debug!(
+                "virtio-mmio: queue register write in status {:#x} ignored",
+                self.status
+            );
             return;
         }
         if let Some(q) = self.selected_queue() {
@@ -167,8 +179,14 @@ impl MmioTransport {
                 1 => (self.avail_features >> 32) as u32,
                 _ => 0,
             },
-            REG_QUEUE_NUM_MAX => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.ready())),
+            REG_QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
@@ -213,7 +231,10 @@ impl MmioTransport {
 
     fn ack_features(&mut self, v: u32) {
         if self.status & (S_DRIVER | S_FEATURES_OK | S_FAILED) != S_DRIVER {
-            tracing::debug!("virtio-mmio: feature write in status {:#x} ignored", self.status);
+            tracing::debug!(
+                "virtio-mmio: feature write in status {:#x} ignored",
+                self.status
+            );
             return;
         }
         let (value, mask) = match self.driver_features_sel {
@@ -227,7 +248,10 @@ impl MmioTransport {
             }
         };
         if value & !self.avail_features != 0 {
-            tracing::warn!("virtio-mmio: driver acked features {:#x} that were not offered", value & !self.avail_features);
+            tracing::warn!(
+                "virtio-mmio: driver acked features {:#x} that were not offered",
+                value & !self.avail_features
+            );
             self.features_rejected = true;
         }
         self.acked_features = (self.acked_features & !mask) | (value & self.avail_features);
@@ -251,7 +275,10 @@ impl MmioTransport {
                 // Modern transport: VERSION_1 is mandatory; offered-only features.
                 let version_1 = self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0;
                 if self.features_rejected || !version_1 {
-                    tracing::warn!("virtio-mmio: refusing FEATURES_OK (features {:#x})", self.acked_features);
+                    tracing::warn!(
+                        "virtio-mmio: refusing FEATURES_OK (features {:#x})",
+                        self.acked_features
+                    );
                     return;
                 }
                 self.lock_device().set_acked_features(self.acked_features);
@@ -269,7 +296,9 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                tracing::warn!("virtio-mmio: queue {i} is not valid (addresses outside guest memory?)");
+                tracing::warn!(
+                    "virtio-mmio: queue {i} is not valid (addresses outside guest memory?)"
+                );
                 self.fail();
                 return;
             }
@@ -301,7 +330,10 @@ impl MmioTransport {
         };
         let result = self.lock_device().activate(ctx);
         if let Err(e) = result {
-            tracing::warn!("virtio-mmio: activating device type {}: {e}", self.device_type);
+            tracing::warn!(
+                "virtio-mmio: activating device type {}: {e}",
+                self.device_type
+            );
             self.fail();
         }
     }
@@ -315,7 +347,10 @@ impl MmioTransport {
     fn reset(&mut self) {
         let activated = self.lock_device().is_activated();
         if activated && !self.lock_device().reset() {
-            tracing::warn!("virtio-mmio: device type {} can't be reset; it stays failed", self.device_type);
+            tracing::warn!(
+                "virtio-mmio: device type {} can't be reset; it stays failed",
+                self.device_type
+            );
             self.status = S_FAILED;
             return;
         }
@@ -338,7 +373,7 @@ impl BusDevice for MmioTransport {
             self.lock_device().read_config(offset - REG_CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -350,8 +385,11 @@ impl BusDevice for MmioTransport {
             self.lock_device().write_config(offset - REG_CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
-            tracing::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            tracing::debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -392,7 +430,10 @@ pub(crate) mod tests {
             }
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
-            if let Some(dst) = self.config.get_mut(offset as usize..offset as usize + data.len()) {
+            if let Some(dst) = self
+                .config
+                .get_mut(offset as usize..offset as usize + data.len())
+            {
                 dst.copy_from_slice(data);
             }
         }
@@ -506,7 +547,11 @@ pub(crate) mod tests {
         setup_queue(&mut t, 1, 0x2_0000);
         w(&mut t, REG_QUEUE_SEL, 0);
         assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
-        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
         assert_eq!(r(&mut t, REG_STATUS) & S_DRIVER_OK, S_DRIVER_OK);
         {
             let d = dev.lock().unwrap();
@@ -525,7 +570,7 @@ pub(crate) mod tests {
         w(&mut t, REG_QUEUE_NOTIFY, 1);
         assert_eq!(t.queue_evts()[1].read().unwrap(), 1);
         w(&mut t, REG_QUEUE_NOTIFY, 7); // no such queue: ignored
-        // Reset.
+                                        // Reset.
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
         assert!(dev.lock().unwrap().ctx.is_none());
@@ -555,7 +600,11 @@ pub(crate) mod tests {
     #[test]
     fn invalid_transitions_are_ignored() {
         let (mut t, dev) = setup();
-        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
         assert_eq!(r(&mut t, REG_STATUS), 0);
         w(&mut t, REG_STATUS, S_ACK);
         w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
@@ -573,7 +622,11 @@ pub(crate) mod tests {
         let (mut t, dev) = setup();
         negotiate(&mut t);
         setup_queue(&mut t, 0, 0x10_0000 - 0x100); // rings run past the end of guest memory
-        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
         assert!(dev.lock().unwrap().ctx.is_none());
         assert_ne!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
         assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
@@ -585,14 +638,22 @@ pub(crate) mod tests {
         dev.lock().unwrap().fail_activate = true;
         negotiate(&mut t);
         setup_queue(&mut t, 0, 0x1_0000);
-        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
         assert_ne!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
 
         let (mut t, dev) = setup();
         dev.lock().unwrap().resettable = false;
         negotiate(&mut t);
         setup_queue(&mut t, 0, 0x1_0000);
-        w(&mut t, REG_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+        );
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), S_FAILED);
     }
