@@ -20,9 +20,11 @@ use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{serial::ConsoleOut, ExitPort, IrqTrigger, SerialDevice, I8042};
 use crate::devices::virtio::block::{Block, BlockError, DiskFile};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::mmio::{MmioError, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::transport::MmioTransport;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{GuestMemory, VirtioDevice};
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
 use crate::exit::ExitSignal;
@@ -61,8 +63,13 @@ pub enum BuildError {
     ConsoleFile(std::path::PathBuf, #[source] std::io::Error),
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),
-    #[error("{0} is not available in this build of vpod-vmm yet")]
-    Unsupported(&'static str),
+    #[error("virtio-net on tap {0}: {1}")]
+    Net(String, #[source] crate::devices::virtio::net::NetError),
+    #[error("virtio-vsock on {0}: {1}")]
+    Vsock(
+        std::path::PathBuf,
+        #[source] crate::devices::virtio::vsock::VsockError,
+    ),
 }
 
 fn cmdline_err(e: linux_loader::cmdline::Error) -> BuildError {
@@ -132,12 +139,6 @@ impl VirtioSlots<'_> {
 
 pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
     config.validate()?;
-    if config.net.is_some() {
-        return Err(BuildError::Unsupported("virtio-net"));
-    }
-    if config.vsock.is_some() {
-        return Err(BuildError::Unsupported("virtio-vsock"));
-    }
 
     let vm = Vm::new()?;
     let mem = create_guest_memory(u64::from(config.mem_mib) << 20)?;
@@ -191,6 +192,20 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
             let transport = slots.attach(block.clone())?;
             subscribers.push(block.clone());
             disks.push(DiskSlot { block, transport });
+        }
+        if let Some(net) = &config.net {
+            let dev =
+                Net::new(&net.tap, net.mac).map_err(|e| BuildError::Net(net.tap.clone(), e))?;
+            let dev = Arc::new(Mutex::new(dev));
+            slots.attach(dev.clone())?;
+            subscribers.push(dev);
+        }
+        if let Some(vsock) = &config.vsock {
+            let dev = Vsock::new(vsock.guest_cid, &vsock.uds_path)
+                .map_err(|e| BuildError::Vsock(vsock.uds_path.clone(), e))?;
+            let dev = Arc::new(Mutex::new(dev));
+            slots.attach(dev.clone())?;
+            subscribers.push(dev);
         }
         if config.rng {
             let rng = Arc::new(Mutex::new(
