@@ -15,7 +15,7 @@ use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::arch::x86_64::{layout, pvh};
+use crate::arch::x86_64::{layout, mptable, pvh};
 use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{serial::ConsoleOut, ExitPort, IrqTrigger, SerialDevice, I8042};
@@ -49,6 +49,8 @@ pub enum BuildError {
     Boot(#[from] pvh::BootError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
     #[error(transparent)]
     Block(#[from] BlockError),
     #[error(transparent)]
@@ -222,6 +224,7 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
     }
 
     let boot = pvh::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+    mptable::setup(&mem, config.vcpus)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ctx = VcpuContext {

@@ -5,6 +5,7 @@
 //! 0x0000_6000  hvm_start_info, then the initrd modlist entry
 //! 0x0000_7000  memory map (hvm_memmap_table_entry[])
 //! 0x0002_0000  kernel command line
+//! 0x0009_fc00  MP table (EBDA; not in the memory map, so the guest keeps it)
 //! 0x0010_0000  start of usable RAM above the legacy hole (kernel loads at its ELF paddr, 16 MiB)
 //!   ...        initrd, page aligned, at the top of low RAM
 //! 0xc000_0000  end of low RAM: 1 GiB hole for devices
