@@ -1,6 +1,6 @@
 //! Config -> running VM. Everything is created and wired here in one pass; nothing reaches back.
 //!
-//! Kernel command line: `console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux
+//! Kernel command line: `console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux i8042.nomux
 //! i8042.nopnp i8042.dumbkbd random.trust_cpu=on` (+ `quiet` unless `verbose_kernel`), then one
 //! `virtio_mmio.device=4K@0x<addr>:<irq>` per device, then the caller's extra arguments (last, so
 //! they can override ours). With `Console::Off` we keep `console=ttyS0` and drop the bytes in the
@@ -34,7 +34,7 @@ use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 use crate::{DiskSlot, Running, RunningVm};
 
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux \
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux \
                                    i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on";
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +237,7 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for i in 0..config.vcpus {
         let vcpu = Vcpu::new(vm.create_vcpu(i)?, i, &ctx);
-        vcpu.configure(&mem, vm.supported_cpuid(), config.vcpus, &boot)?;
+        vcpu.configure(&mem, vm.supported_cpuid(), vm.caps(), config.vcpus, &boot)?;
         vcpus.push(vcpu);
     }
 

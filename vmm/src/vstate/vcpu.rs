@@ -37,6 +37,8 @@ pub enum VcpuError {
     Spawn(#[source] std::io::Error),
 }
 
+const INTERNAL_ERROR: &str = "KVM_EXIT_INTERNAL_ERROR";
+
 thread_local! {
     /// This thread's kvm_run mapping, for the kick signal handler.
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
@@ -102,12 +104,13 @@ impl Vcpu {
         &self,
         mem: &GuestMemory,
         supported_cpuid: &kvm_bindings::CpuId,
+        caps: cpuid::KvmCaps,
         count: u8,
         boot: &BootInfo,
     ) -> Result<(), VcpuError> {
         let i = self.index;
         let cpuid =
-            cpuid::for_vcpu(supported_cpuid, i, count).map_err(|e| VcpuError::Cpuid(i, e))?;
+            cpuid::for_vcpu(supported_cpuid, i, count, caps).map_err(|e| VcpuError::Cpuid(i, e))?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(|e| VcpuError::Kvm(i, "KVM_SET_CPUID2", e))?;
@@ -143,7 +146,14 @@ impl Vcpu {
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         self.counters.mark_first_run();
         while !self.stop.load(Ordering::SeqCst) {
-            if let Some(event) = self.run_once() {
+            if let Some(mut event) = self.run_once() {
+                if event == ExitEvent::Error(INTERNAL_ERROR.into()) {
+                    let details = self.internal_error_details();
+                    event = ExitEvent::Error(format!(
+                        "vCPU {}: {INTERNAL_ERROR} ({details})",
+                        self.index
+                    ));
+                }
                 self.exit.signal(event);
                 break;
             }
@@ -212,9 +222,8 @@ impl Vcpu {
                 }
                 VcpuExit::InternalError => {
                     counters.count(ExitKind::InternalError);
-                    Some(ExitEvent::Error(format!(
-                        "vCPU {index}: KVM_EXIT_INTERNAL_ERROR"
-                    )))
+                    // Details need the vCPU fd, borrowed by `exit` here: filled in by `run`.
+                    Some(ExitEvent::Error(INTERNAL_ERROR.into()))
                 }
                 other => {
                     counters.count(ExitKind::Other);
@@ -231,6 +240,31 @@ impl Vcpu {
             }
             Err(e) => Some(ExitEvent::Error(format!("vCPU {index}: KVM_RUN: {e}"))),
         }
+    }
+}
+
+impl Vcpu {
+    /// Suberror, its data words and where the guest was: enough to tell an emulation failure apart.
+    fn internal_error_details(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the union for a KVM_EXIT_INTERNAL_ERROR exit.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let data: Vec<String> = internal.data[..n]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
+        let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+        let (cr0, efer) = self
+            .fd
+            .get_sregs()
+            .map(|s| (s.cr0, s.efer))
+            .unwrap_or((0, 0));
+        format!(
+            "suberror {}, data [{}], rip {rip:#x}, cr0 {cr0:#x}, efer {efer:#x}",
+            internal.suberror,
+            data.join(", ")
+        )
     }
 }
 

@@ -8,6 +8,7 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::cpuid::KvmCaps;
 use crate::arch::x86_64::layout;
 use crate::devices::virtio::GuestMemory;
 
@@ -27,6 +28,7 @@ pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
     supported_cpuid: CpuId,
+    caps: KvmCaps,
 }
 
 impl Vm {
@@ -66,10 +68,14 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| VmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let caps = KvmCaps {
+            tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+        };
         Ok(Self {
             kvm,
             fd,
             supported_cpuid,
+            caps,
         })
     }
 
@@ -79,6 +85,10 @@ impl Vm {
 
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
+    }
+
+    pub fn caps(&self) -> KvmCaps {
+        self.caps
     }
 
     pub fn supported_cpuid(&self) -> &CpuId {

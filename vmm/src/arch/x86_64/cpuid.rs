@@ -32,6 +32,7 @@ const LEAF_CACHE_AMD: u32 = 0x8000_001d;
 const LEAF_EXT_APIC_ID: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const ECX_AMD_CMP_LEGACY: u32 = 1 << 1;
 
@@ -63,8 +64,21 @@ fn id_bits(n: u32) -> u32 {
     }
 }
 
+/// What KVM can do beyond its supported-CPUID list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KvmCaps {
+    /// KVM_CAP_TSC_DEADLINE_TIMER: the in-kernel LAPIC emulates TSC-deadline mode, but KVM_GET_SUPPORTED_CPUID
+    /// doesn't say so; without it the guest must calibrate the LAPIC timer (and may give up on one-shot mode).
+    pub tsc_deadline: bool,
+}
+
 /// Adjusts KVM's supported CPUID for vCPU `index` of `count`.
-pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> Result<CpuId, CpuidError> {
+pub fn for_vcpu(
+    supported: &CpuId,
+    index: u8,
+    count: u8,
+    caps: KvmCaps,
+) -> Result<CpuId, CpuidError> {
     let mut cpuid = supported.clone();
     let vendor = vendor(&cpuid);
     let apic_id = u32::from(index);
@@ -77,6 +91,9 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> Result<CpuId, CpuidE
             LEAF_FEATURES => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | ((count & 0xff) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                if caps.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -227,11 +244,12 @@ mod tests {
     fn intel_topology() {
         let c = base(b"GenuineIntel");
         assert_eq!(vendor(&c), Vendor::Intel);
-        let v = for_vcpu(&c, 2, 4).unwrap();
+        let v = for_vcpu(&c, 2, 4, KvmCaps { tsc_deadline: true }).unwrap();
         let l1 = find(&v, 1, 0);
         assert_eq!(l1.ebx >> 24, 2);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(find(&v, 4, 0).eax >> 26, 3);
         assert_eq!((find(&v, 4, 1).eax >> 14) & 0xfff, 3); // L3 shared by all
         let t1 = find(&v, 0xb, 1);
@@ -244,11 +262,12 @@ mod tests {
     fn amd_topology() {
         let c = base(b"AuthenticAMD");
         assert_eq!(vendor(&c), Vendor::Amd);
-        let v = for_vcpu(&c, 3, 8).unwrap();
+        let v = for_vcpu(&c, 3, 8, KvmCaps::default()).unwrap();
         assert_eq!(find(&v, 0x8000_001e, 0).eax, 3);
         assert_eq!(find(&v, 0x8000_0008, 0).ecx & 0xff, 7);
         assert_eq!((find(&v, 0x8000_0008, 0).ecx >> 12) & 0xf, 3);
         assert_ne!(find(&v, 0x8000_0001, 0).ecx & ECX_AMD_CMP_LEGACY, 0);
+        assert_eq!(find(&v, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
