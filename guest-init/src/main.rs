@@ -66,6 +66,11 @@ fn main() {
             fatal(pid1, e);
         }
     }
+    log.info(format!(
+        "init started {:.3} ms after the kernel; setup done at init +{:.3} ms",
+        init_start.boottime_ns as f64 / 1e6,
+        Stamp::now().ms_since(&init_start)
+    ));
 
     // One thread: the agent is I/O-bound and a guest often has one vCPU;
     // it also starts faster than a thread pool.
@@ -76,6 +81,10 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fatal(pid1, InitError::Runtime(e)),
     };
+    log.info(format!(
+        "runtime ready at init +{:.3} ms",
+        Stamp::now().ms_since(&init_start)
+    ));
 
     match runtime.block_on(run(args, init_start, log.clone(), pid1)) {
         Ok(kind) if pid1 => power::go_down(kind),
