@@ -207,7 +207,8 @@ impl Net {
             }
             used = true;
         }
-        if used {
+        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
+        if used && queue.needs_notification(mem).unwrap_or(true) {
             Self::signal_used(active);
         }
     }
@@ -245,7 +246,8 @@ impl Net {
             }
             used = true;
         }
-        if used {
+        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
+        if used && queue.needs_notification(mem).unwrap_or(true) {
             Self::signal_used(active);
         }
     }

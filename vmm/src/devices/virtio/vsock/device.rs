@@ -123,7 +123,8 @@ impl Vsock {
             }
             used = true;
         }
-        if used {
+        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
+        if used && queue.needs_notification(mem).unwrap_or(true) {
             Self::signal_used(active);
         }
         used
@@ -174,7 +175,8 @@ impl Vsock {
             }
             used = true;
         }
-        if used {
+        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
+        if used && queue.needs_notification(mem).unwrap_or(true) {
             Self::signal_used(active);
         }
         used

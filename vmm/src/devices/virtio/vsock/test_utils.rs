@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -45,13 +44,26 @@ impl Guest {
         let mut rings = Vec::new();
         let mut queues = Vec::new();
         for i in 0..nqueues {
-            let vq = MockSplitQueue::create(&mem, GuestAddress(i as u64 * QUEUE_STRIDE), size);
-            queues.push(vq.create_queue::<Queue>().unwrap());
+            // Our own layout: virtio_queue::mock::MockSplitQueue 0.18 places the used ring right
+            // after `avail + 4 + len` *bytes*, overlapping the avail ring's upper half.
+            let base = i as u64 * QUEUE_STRIDE;
+            let desc = base;
+            let avail = desc + 16 * u64::from(size);
+            let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+            assert!(used + 6 + 8 * u64::from(size) <= base + QUEUE_STRIDE);
+            let mut q = Queue::new(size).unwrap();
+            q.set_size(size);
+            q.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
+            q.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+            q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+            q.set_ready(true);
+            assert!(q.is_valid(&mem));
+            queues.push(q);
             rings.push(Ring {
                 size,
-                desc: vq.desc_table_addr().0,
-                avail: vq.avail_addr().0,
-                used: vq.used_addr().0,
+                desc,
+                avail,
+                used,
                 next_desc: 0,
                 avail_idx: 0,
                 used_seen: 0,
@@ -108,6 +120,20 @@ impl Guest {
         mem.write_obj(r.avail_idx.to_le(), GuestAddress(r.avail + 2))
             .unwrap();
         head
+    }
+
+    /// Makes an already-built chain available again (a driver recycling its buffers).
+    pub fn repost(&mut self, q: usize, head: u16) {
+        let r = &mut self.rings[q];
+        let slot = r.avail + 4 + 2 * u64::from(r.avail_idx % r.size);
+        self.mem
+            .write_obj(head.to_le(), GuestAddress(slot))
+            .unwrap();
+        r.avail_idx = r.avail_idx.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem
+            .write_obj(r.avail_idx.to_le(), GuestAddress(r.avail + 2))
+            .unwrap();
     }
 
     /// New used elements (head, len) on queue `q` since the last call.

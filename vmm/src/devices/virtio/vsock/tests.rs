@@ -512,3 +512,146 @@ fn guest_flood_is_bounded() {
     assert!(reset);
     assert_eq!(h.dev.lock().unwrap().connection_count(), 0);
 }
+
+/// Host -> guest and guest -> host throughput through the device with a fake guest that recycles
+/// its buffers and returns credit. Run: `cargo test --release -p vpod-vmm throughput -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    const TOTAL: usize = 64 << 20;
+    const RX_BUFS: usize = 32;
+    let (_dir, uds, mut h) = setup("tput");
+    // A fixed pool of rx buffers, recycled.
+    let pool: Vec<(u64, u64)> = (0..RX_BUFS)
+        .map(|_| {
+            (
+                h.guest.alloc(PKT_HEADER_SIZE as u32),
+                h.guest.alloc(MAX_PKT_DATA),
+            )
+        })
+        .collect();
+    let mut heads = std::collections::HashMap::new();
+    for &(hd, d) in &pool {
+        let head = h.guest.add_chain(
+            RXQ_INDEX,
+            &[(hd, PKT_HEADER_SIZE as u32, true), (d, MAX_PKT_DATA, true)],
+        );
+        heads.insert(head, hd);
+    }
+    let (host, req) = host_connect(&mut h, &uds, 1);
+    let local = req.src_port;
+    let mut resp = from_guest(1, local, VSOCK_OP_RESPONSE);
+    resp.buf_alloc = 1 << 20;
+    send(&mut h, resp, &[]);
+    let mut host = host;
+    assert_eq!(read_line(&mut host), format!("OK {local}"));
+
+    // Host -> guest.
+    let writer = {
+        let host = host.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let chunk = vec![0xa5u8; 1 << 20];
+            let mut host = host;
+            for _ in 0..TOTAL >> 20 {
+                host.write_all(&chunk).unwrap();
+            }
+        })
+    };
+    let start = std::time::Instant::now();
+    let mut got = 0usize;
+    let mut fwd = 0u32;
+    let mut last_update = 0u32;
+    let upd_hdr = h.guest.alloc(PKT_HEADER_SIZE as u32);
+    while got < TOTAL {
+        h.em.run_with_timeout(100).unwrap();
+        for (head, len) in h.guest.take_used(RXQ_INDEX) {
+            let hd = heads[&head];
+            let hdr = Header::from_bytes(&h.guest.read(hd, PKT_HEADER_SIZE)).unwrap();
+            assert!(len as usize >= PKT_HEADER_SIZE);
+            if hdr.op == VSOCK_OP_RW {
+                got += len as usize - PKT_HEADER_SIZE;
+                fwd = fwd.wrapping_add(hdr.len);
+            }
+            h.guest.repost(RXQ_INDEX, head);
+        }
+        h.queue_evts[RXQ_INDEX].write(1).unwrap();
+        if fwd.wrapping_sub(last_update) >= 256 * 1024 {
+            let mut upd = from_guest(1, local, VSOCK_OP_CREDIT_UPDATE);
+            upd.buf_alloc = 1 << 20;
+            upd.fwd_cnt = fwd;
+            h.guest.write(upd_hdr, &upd.to_bytes());
+            h.guest
+                .add_chain(TXQ_INDEX, &[(upd_hdr, PKT_HEADER_SIZE as u32, false)]);
+            h.queue_evts[TXQ_INDEX].write(1).unwrap();
+            last_update = fwd;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    writer.join().unwrap();
+    println!(
+        "vsock host->guest: {} MiB in {secs:.3}s = {:.0} MiB/s",
+        TOTAL >> 20,
+        (TOTAL >> 20) as f64 / secs
+    );
+
+    // Guest -> host: 64 KiB packets from one recycled buffer, within the credit we advertise.
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0usize;
+        while n < TOTAL {
+            n += host.read(&mut buf).unwrap();
+        }
+    });
+    let data = h.guest.alloc(MAX_PKT_DATA);
+    h.guest.write(data, &vec![0x5au8; MAX_PKT_DATA as usize]);
+    let tx_hdrs: Vec<u64> = (0..16)
+        .map(|_| h.guest.alloc(PKT_HEADER_SIZE as u32))
+        .collect();
+    let mut rw = from_guest(1, local, VSOCK_OP_RW);
+    rw.buf_alloc = 1 << 20;
+    rw.fwd_cnt = fwd;
+    rw.len = MAX_PKT_DATA;
+    for &a in &tx_hdrs {
+        h.guest.write(a, &rw.to_bytes());
+    }
+    let start = std::time::Instant::now();
+    let (mut sent, mut in_flight, mut host_fwd) = (0usize, 0u32, 0u32);
+    let mut i = 0;
+    while sent < TOTAL {
+        h.guest.take_used(TXQ_INDEX);
+        // Track the device's fwd_cnt from whatever it sends us (credit updates).
+        for (head, _) in h.guest.take_used(RXQ_INDEX) {
+            let hdr = Header::from_bytes(&h.guest.read(heads[&head], PKT_HEADER_SIZE)).unwrap();
+            host_fwd = hdr.fwd_cnt;
+            h.guest.repost(RXQ_INDEX, head);
+        }
+        let credit = CONN_BUF_ALLOC - (in_flight.wrapping_sub(host_fwd));
+        let mut queued = 0;
+        while credit >= MAX_PKT_DATA * (queued + 1) && queued < 8 && sent < TOTAL {
+            let a = tx_hdrs[i % tx_hdrs.len()];
+            i += 1;
+            h.guest.add_chain(
+                TXQ_INDEX,
+                &[
+                    (a, PKT_HEADER_SIZE as u32, false),
+                    (data, MAX_PKT_DATA, false),
+                ],
+            );
+            queued += 1;
+            sent += MAX_PKT_DATA as usize;
+            in_flight = in_flight.wrapping_add(MAX_PKT_DATA);
+        }
+        h.queue_evts[TXQ_INDEX].write(1).unwrap();
+        h.queue_evts[RXQ_INDEX].write(1).unwrap();
+        h.em.run_with_timeout(100).unwrap();
+    }
+    reader.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(h.dev.lock().unwrap().connection_count(), 1);
+    println!(
+        "vsock guest->host: {} MiB in {secs:.3}s = {:.0} MiB/s",
+        TOTAL >> 20,
+        (TOTAL >> 20) as f64 / secs
+    );
+}
