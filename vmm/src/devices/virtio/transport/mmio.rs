@@ -203,11 +203,17 @@ impl MmioTransport {
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             REG_DRIVER_FEATURES => self.ack_features(v),
             REG_QUEUE_SEL => self.queue_sel = v,
-            REG_QUEUE_NUM => self.update_queue(|q| {
-                if q.try_set_size(v as u16).is_err() || v > u32::from(u16::MAX) {
-                    tracing::debug!("virtio-mmio: bad queue size {v}");
+            REG_QUEUE_NUM => {
+                let mut ok = true;
+                self.update_queue(|q| {
+                    ok = u16::try_from(v).is_ok_and(|size| q.try_set_size(size).is_ok());
+                });
+                if !ok {
+                    // Not a power of two, zero, or above QueueNumMax: the driver is broken.
+                    tracing::warn!("virtio-mmio: bad queue size {v}");
+                    self.fail();
                 }
-            }),
+            }
             REG_QUEUE_READY => self.update_queue(|q| q.set_ready(v == 1)),
             REG_QUEUE_DESC_LOW => self.update_queue(|q| q.set_desc_table_address(Some(v), None)),
             REG_QUEUE_DESC_HIGH => self.update_queue(|q| q.set_desc_table_address(None, Some(v))),
@@ -566,6 +572,11 @@ pub(crate) mod tests {
         // Queue registers are frozen after DRIVER_OK.
         w(&mut t, REG_QUEUE_SEL, 0);
         w(&mut t, REG_QUEUE_NUM, 4);
+        assert_eq!(
+            dev.lock().unwrap().ctx.as_ref().unwrap().queues[0].size(),
+            8
+        );
+        assert_eq!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
         // Notify fallback signals the queue's eventfd.
         w(&mut t, REG_QUEUE_NOTIFY, 1);
         assert_eq!(t.queue_evts()[1].read().unwrap(), 1);
@@ -615,6 +626,17 @@ pub(crate) mod tests {
         w(&mut t, REG_STATUS, S_ACK | S_FAILED);
         assert_eq!(r(&mut t, REG_STATUS), S_ACK | S_FAILED);
         assert!(dev.lock().unwrap().ctx.is_none());
+    }
+
+    #[test]
+    fn bad_queue_sizes_fail_the_device() {
+        for bad in [3u32, 0, 32, 0x1_0008] {
+            let (mut t, _) = setup();
+            negotiate(&mut t);
+            w(&mut t, REG_QUEUE_SEL, 0);
+            w(&mut t, REG_QUEUE_NUM, bad);
+            assert_ne!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0, "size {bad}");
+        }
     }
 
     #[test]
