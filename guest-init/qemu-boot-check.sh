@@ -5,6 +5,12 @@
 # /dev/vhost-vsock), so the agent is not called: this checks PID 1's boot
 # path and measures kernel -> init -> agent listening under TCG.
 #
+# Timing: `-icount shift=0` makes guest time count executed instructions
+# (1 ns each) and the guest TSC is declared 1 GHz, so the times printed are
+# deterministic "instruction-nanoseconds", comparable between runs however
+# loaded the host is (but not real-hardware times: no exit, cache or page
+# fault costs).
+#
 # Usage: guest-init/qemu-boot-check.sh [VMLINUX [INITRAMFS]]
 #   defaults: <repo>/target/guest/vmlinux, <repo>/target/guest/initramfs.cpio
 # Environment: VPOD_QEMU_TIMEOUT seconds before the guest is declared hung (default 120)
@@ -27,11 +33,11 @@ mkdir -p "$(dirname "$log")"
 : >"$log"
 
 # vpod.verbose echoes vpod-init's info lines (mounts, cgroups, entropy) to the console.
-qemu-system-x86_64 -M microvm,acpi=off -accel tcg -cpu max -m 256 -smp 1 \
+qemu-system-x86_64 -M microvm,acpi=off -accel tcg -icount shift=0 -cpu max -m 256 -smp 1 \
   -nographic -no-reboot -nodefaults -serial stdio \
   -device virtio-rng-device \
   -kernel "$vmlinux" -initrd "$initramfs" \
-  -append "console=ttyS0 reboot=t panic=-1 vpod.verbose vpod.hostname=qemu-check" \
+  -append "console=ttyS0 reboot=t panic=-1 tsc_early_khz=1000000 tsc=reliable vpod.verbose vpod.hostname=qemu-check" \
   </dev/null >"$log" 2>&1 &
 qemu=$!
 trap 'kill "$qemu" 2>/dev/null || true; wait "$qemu" 2>/dev/null || true' EXIT
