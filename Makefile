@@ -39,6 +39,6 @@ bench-testbed: testbed
 	$(CARGO) bench -p vpod-benches --bench testbed
 
 bench-boot: build
-	$(CARGO) bench -p vpod-benches --bench vm_boot
+	$(CARGO) bench -p vpod-benches --bench boot
 
 bench: bench-testbed bench-boot

@@ -1,0 +1,601 @@
+//! `make bench-boot`: boot to agent ready, vpod-vmm vs QEMU microvm on the same kernel and initramfs.
+//!
+//! On the host (whatever its KVM): VMM setup time until the first KVM_RUN (`--metrics`), which even
+//! kvm_pvm runs. On a real KVM (directly, or inside the test bed's L1): `BENCH_BOOTS` (default 20)
+//! boots of each VMM, one at a time, each until the guest agent answers a Ping over vsock:
+//! - vpod-vmm: userspace vsock, the host side on a unix socket (`CONNECT 1024`);
+//! - QEMU `-M microvm,acpi=off` with `vhost-vsock-device` (in-kernel vsock: the host connects with
+//!   AF_VSOCK), console discarded in both.
+//!
+//! Stages come from the VMM's metrics (setup) and the agent's BootTimes (guest clock: kernel until
+//! init, init until the listener is bound). VM exits until agent-ready are read, for both VMMs alike,
+//! from the VM's KVM debugfs dir while it still runs; RSS from /proc. Table on stdout, JSON in
+//! `target/bench/boot.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use vpod_agent_api::pb::{BootTimesRequest, PingRequest, ShutdownKind, ShutdownRequest};
+use vpod_agent_api::{AgentClient, AGENT_VSOCK_PORT};
+use vpod_benches::{out_dir, row, Stats};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(5);
+const MEM_MIB: u32 = 256;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace dir")
+}
+
+fn need(p: PathBuf, how: &str) -> PathBuf {
+    if !p.exists() {
+        eprintln!("bench boot: {} is missing: {how}", p.display());
+        std::process::exit(1);
+    }
+    p
+}
+
+struct Files {
+    vmm: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+fn files() -> Files {
+    let ws = workspace();
+    Files {
+        vmm: need(ws.join("target/release/vpod-vmm"), "run `make build`"),
+        kernel: need(ws.join("target/guest/vmlinux"), "run `make guest`"),
+        initrd: need(ws.join("target/guest/initramfs.cpio"), "run `make guest`"),
+    }
+}
+
+/// One boot, as measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Boot {
+    /// Host: spawn until the agent answered a Ping.
+    ready_ms: f64,
+    /// VMM process start until the first KVM_RUN (vpod only: from its metrics).
+    setup_ms: Option<f64>,
+    /// Guest clock: kernel start until vpod-init's main().
+    kernel_ms: f64,
+    /// Guest clock: init start until the vsock listener is bound.
+    init_ms: f64,
+    /// KVM debugfs counters of the VM at agent-ready.
+    exits: BTreeMap<String, u64>,
+    rss_kib: u64,
+    /// RSS of the guest-memory mapping (pages the guest touched).
+    guest_rss_kib: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Inner {
+    vpod: Vec<Boot>,
+    qemu: Vec<Boot>,
+    qemu_error: Option<String>,
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// KVM's per-VM debugfs dir of process `pid` (`/sys/kernel/debug/kvm/<pid>-<fd>`).
+fn kvm_debugfs_counters(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir("/sys/kernel/debug/kvm") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{pid}-")) {
+            continue;
+        }
+        for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+            let fname = f.file_name().to_string_lossy().into_owned();
+            if fname == "exits" || fname.ends_with("_exits") {
+                if let Some(v) = std::fs::read_to_string(f.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                {
+                    *out.entry(fname).or_insert(0) += v;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (total RSS, RSS of the mapping that is the guest's memory) in KiB.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let total = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut guest, mut in_guest) = (0, false);
+    for l in smaps.lines() {
+        let mut it = l.split_whitespace();
+        let first = it.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let size = u64::from_str_radix(b, 16)
+                .unwrap_or(0)
+                .saturating_sub(u64::from_str_radix(a, 16).unwrap_or(0));
+            in_guest = size == u64::from(MEM_MIB) << 20;
+        } else if in_guest && first == "Rss:" {
+            guest += it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    (total, guest)
+}
+
+async fn ping_uds(uds: &Path) -> Option<AgentClient<tonic::transport::Channel>> {
+    let mut c = vpod_agent_api::connect(uds, AGENT_VSOCK_PORT).await.ok()?;
+    c.ping(PingRequest { token: 1 }).await.ok()?;
+    Some(c)
+}
+
+async fn ping_vsock(cid: u32) -> Option<AgentClient<tonic::transport::Channel>> {
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| async move {
+        let s =
+            tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(cid, AGENT_VSOCK_PORT))
+                .await?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+    });
+    let ch = tonic::transport::Endpoint::from_static("http://vpod-agent")
+        .connect_with_connector(connector)
+        .await
+        .ok()?;
+    let mut c = AgentClient::new(ch);
+    c.ping(PingRequest { token: 1 }).await.ok()?;
+    Some(c)
+}
+
+/// Polls `probe` every POLL until it yields a client; then measures everything at that instant.
+async fn until_ready<F, Fut>(
+    child: &mut Child,
+    t0: Instant,
+    probe: F,
+) -> Result<(f64, AgentClient<tonic::transport::Channel>), String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<AgentClient<tonic::transport::Channel>>>,
+{
+    loop {
+        if let Some(c) = probe().await {
+            return Ok((t0.elapsed().as_secs_f64() * 1e3, c));
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("VMM exited ({st}) before the agent answered"));
+        }
+        if t0.elapsed() > READY_TIMEOUT {
+            return Err("agent not ready in time".into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn measured(
+    child: &mut Child,
+    client: &mut AgentClient<tonic::transport::Channel>,
+    ready_ms: f64,
+) -> Result<Boot, String> {
+    let pid = child.id();
+    let exits = kvm_debugfs_counters(pid);
+    let (rss_kib, guest_rss_kib) = rss(pid);
+    let t = client
+        .boot_times(BootTimesRequest {})
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    Ok(Boot {
+        ready_ms,
+        setup_ms: None,
+        kernel_ms: t.init_start_boottime_ns as f64 / 1e6,
+        init_ms: (t.agent_listening_boottime_ns - t.init_start_boottime_ns) as f64 / 1e6,
+        exits,
+        rss_kib,
+        guest_rss_kib,
+    })
+}
+
+#[derive(Deserialize)]
+struct VmmMetrics {
+    start_to_first_kvm_run_us: Option<u64>,
+}
+
+async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
+    let uds = dir.join(format!("vpod{i}.sock"));
+    let metrics = dir.join(format!("vpod{i}.json"));
+    let t0 = Instant::now();
+    let mut child = Command::new(&f.vmm)
+        .arg("--kernel")
+        .arg(&f.kernel)
+        .arg("--initrd")
+        .arg(&f.initrd)
+        .args([
+            "--vcpus",
+            "1",
+            "--mem-mib",
+            &MEM_MIB.to_string(),
+            "--console",
+            "off",
+            "--vsock",
+        ])
+        .arg(&uds)
+        .arg("--metrics")
+        .arg(&metrics)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn vpod-vmm: {e}"))?;
+    let res = async {
+        let (ready_ms, mut c) = until_ready(&mut child, t0, || ping_uds(&uds)).await?;
+        let mut b = measured(&mut child, &mut c, ready_ms).await?;
+        let _ = c
+            .shutdown(ShutdownRequest {
+                kind: ShutdownKind::Poweroff as i32,
+            })
+            .await;
+        let st = child.wait().map_err(|e| e.to_string())?;
+        if st.code() != Some(0) {
+            return Err(format!("vpod-vmm exited {st} after poweroff"));
+        }
+        let m: VmmMetrics =
+            serde_json::from_slice(&std::fs::read(&metrics).map_err(|e| format!("metrics: {e}"))?)
+                .map_err(|e| format!("metrics: {e}"))?;
+        b.setup_ms = m.start_to_first_kvm_run_us.map(|us| us as f64 / 1e3);
+        Ok(b)
+    }
+    .await;
+    kill(&mut child);
+    res
+}
+
+async fn boot_qemu(f: &Files, i: usize) -> Result<Boot, String> {
+    let cid = 100 + i as u32;
+    let t0 = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm,acpi=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+            "-smp",
+            "1",
+            "-m",
+            &MEM_MIB.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "null",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&f.kernel)
+        .arg("-initrd")
+        .arg(&f.initrd)
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux random.trust_cpu=on quiet",
+        ])
+        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn qemu: {e}"))?;
+    let res = async {
+        let (ready_ms, mut c) = until_ready(&mut child, t0, || ping_vsock(cid)).await?;
+        measured(&mut child, &mut c, ready_ms).await
+    }
+    .await;
+    kill(&mut child);
+    if res.is_err() {
+        let mut err = String::new();
+        if let Some(mut s) = child.stderr.take() {
+            use std::io::Read;
+            let _ = s.read_to_string(&mut err);
+        }
+        return res.map_err(|e| format!("{e}; qemu stderr: {}", err.trim()));
+    }
+    res
+}
+
+/// The real-KVM part: runs where /dev/kvm runs Linux guests.
+fn inner(out: &Path) {
+    let f = files();
+    let boots: usize = std::env::var("BENCH_BOOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    if !Path::new("/sys/kernel/debug/kvm").exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "debugfs", "debugfs", "/sys/kernel/debug"])
+            .status();
+    }
+    let _ = Command::new("modprobe").arg("vhost_vsock").status();
+    let dir = std::env::temp_dir().join(format!("vpod-bench-boot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut res = Inner::default();
+    for i in 0..boots {
+        match rt.block_on(boot_vpod(&f, &dir, i)) {
+            Ok(b) => res.vpod.push(b),
+            Err(e) => {
+                eprintln!("vpod boot {i}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    for i in 0..boots {
+        match rt.block_on(boot_qemu(&f, i)) {
+            Ok(b) => res.qemu.push(b),
+            Err(e) => {
+                eprintln!("qemu boot {i}: {e}");
+                res.qemu_error = Some(e);
+                break;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::write(out, serde_json::to_vec(&res).unwrap()).unwrap();
+}
+
+/// VMM setup until the first KVM_RUN on this host's own /dev/kvm (kvm_pvm runs that part).
+fn host_setup(f: &Files, runs: usize) -> Vec<f64> {
+    let dir = std::env::temp_dir().join(format!("vpod-bench-setup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v = Vec::new();
+    for i in 0..runs {
+        let metrics = dir.join(format!("m{i}.json"));
+        let Ok(mut child) = Command::new(&f.vmm)
+            .arg("--kernel")
+            .arg(&f.kernel)
+            .arg("--initrd")
+            .arg(&f.initrd)
+            .args([
+                "--vcpus",
+                "1",
+                "--mem-mib",
+                &MEM_MIB.to_string(),
+                "--console",
+                "off",
+                "--metrics",
+            ])
+            .arg(&metrics)
+            .stdin(Stdio::null())
+            .spawn()
+        else {
+            break;
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        if let Some(us) = std::fs::read(&metrics)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<VmmMetrics>(&b).ok())
+            .and_then(|m| m.start_to_first_kvm_run_us)
+        {
+            v.push(us as f64 / 1e3);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    v
+}
+
+fn exits_total(b: &Boot) -> f64 {
+    b.exits.get("exits").copied().unwrap_or(0) as f64
+}
+
+fn stat(xs: impl Iterator<Item = f64>) -> Option<Stats> {
+    Stats::of(&xs.collect::<Vec<_>>())
+}
+
+fn print_stats(name: &str, s: Option<Stats>, unit: &str) {
+    match s {
+        Some(s) => row(&[
+            format!("{name} ({unit})"),
+            format!("{:.1}", s.min),
+            format!("{:.1}", s.p50),
+            format!("{:.1}", s.p90),
+            format!("{:.1}", s.max),
+        ]),
+        None => row(&[
+            format!("{name} ({unit})"),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--inner") {
+        inner(Path::new(&args[pos + 1]));
+        return;
+    }
+    let f = files();
+    let host = host_setup(&f, 10);
+    let verdict = vpod_testbed::probe::probe();
+    let where_ = if verdict.is_direct() {
+        "kvm"
+    } else {
+        "testbed"
+    };
+    let inner_json = out_dir().join("boot-inner.json");
+    let _ = std::fs::remove_file(&inner_json);
+    let exe = std::env::current_exe().unwrap();
+    let argv = vec![
+        exe.into_os_string(),
+        "--inner".into(),
+        inner_json.clone().into_os_string(),
+    ];
+    if verdict.is_direct() {
+        let st = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
+        assert!(st.success(), "inner bench failed");
+    } else {
+        let mut opts = vpod_testbed::RunOptions::new(argv).unwrap();
+        opts.shares = vec![workspace()];
+        match vpod_testbed::run(&opts) {
+            Ok(o) if o.status == 0 => {}
+            Ok(o) => panic!("inner bench exited {}", o.status),
+            Err(e) => panic!("test bed: {e}"),
+        }
+    }
+    let r: Inner = serde_json::from_slice(&std::fs::read(&inner_json).unwrap()).unwrap();
+
+    println!(
+        "\nboot to agent ready: {} boots each, on {where_} (ms unless noted)",
+        r.vpod.len()
+    );
+    row(&[
+        "vpod-vmm".into(),
+        "min".into(),
+        "p50".into(),
+        "p90".into(),
+        "max".into(),
+    ]);
+    print_stats(
+        "VMM setup -> 1st KVM_RUN",
+        stat(r.vpod.iter().filter_map(|b| b.setup_ms)),
+        "ms",
+    );
+    print_stats(
+        "kernel -> init",
+        stat(r.vpod.iter().map(|b| b.kernel_ms)),
+        "ms",
+    );
+    print_stats(
+        "init -> agent listening",
+        stat(r.vpod.iter().map(|b| b.init_ms)),
+        "ms",
+    );
+    let vpod_agent = stat(
+        r.vpod
+            .iter()
+            .map(|b| b.ready_ms - b.setup_ms.unwrap_or(0.0) - b.kernel_ms - b.init_ms),
+    );
+    print_stats("listening -> host Ping", vpod_agent, "ms");
+    let vpod_total = stat(r.vpod.iter().map(|b| b.ready_ms));
+    print_stats("total: spawn -> agent ready", vpod_total, "ms");
+    let vpod_exits = stat(r.vpod.iter().map(exits_total));
+    print_stats("VM exits to agent ready", vpod_exits, "n");
+    print_stats(
+        "VMM RSS beyond guest mem",
+        stat(r.vpod.iter().map(|b| (b.rss_kib - b.guest_rss_kib) as f64)),
+        "KiB",
+    );
+    print_stats(
+        "guest pages touched",
+        stat(r.vpod.iter().map(|b| b.guest_rss_kib as f64)),
+        "KiB",
+    );
+    row(&[
+        "QEMU microvm".into(),
+        "min".into(),
+        "p50".into(),
+        "p90".into(),
+        "max".into(),
+    ]);
+    print_stats(
+        "kernel -> init",
+        stat(r.qemu.iter().map(|b| b.kernel_ms)),
+        "ms",
+    );
+    print_stats(
+        "init -> agent listening",
+        stat(r.qemu.iter().map(|b| b.init_ms)),
+        "ms",
+    );
+    let qemu_total = stat(r.qemu.iter().map(|b| b.ready_ms));
+    print_stats("total: spawn -> agent ready", qemu_total, "ms");
+    let qemu_exits = stat(r.qemu.iter().map(exits_total));
+    print_stats("VM exits to agent ready", qemu_exits, "n");
+    print_stats(
+        "QEMU RSS",
+        stat(r.qemu.iter().map(|b| b.rss_kib as f64)),
+        "KiB",
+    );
+    print_stats("host: VMM setup -> 1st KVM_RUN", Stats::of(&host), "ms");
+    if let Some(e) = &r.qemu_error {
+        println!("QEMU baseline failed: {e}");
+    }
+
+    let mut reasons: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mean = |bs: &[Boot], k: &str| {
+        if bs.is_empty() {
+            0.0
+        } else {
+            bs.iter()
+                .map(|b| b.exits.get(k).copied().unwrap_or(0) as f64)
+                .sum::<f64>()
+                / bs.len() as f64
+        }
+    };
+    for k in r.vpod.iter().chain(&r.qemu).flat_map(|b| b.exits.keys()) {
+        reasons.insert(k.clone(), (mean(&r.vpod, k), mean(&r.qemu, k)));
+    }
+    println!("\nVM exits until agent ready, by reason (mean per boot)");
+    row(&["reason".into(), "vpod".into(), "qemu".into()]);
+    for (k, (a, b)) in &reasons {
+        if *a > 0.0 || *b > 0.0 {
+            row(&[k.clone(), format!("{a:.0}"), format!("{b:.0}")]);
+        }
+    }
+    let ratio = |a: Option<Stats>, b: Option<Stats>| match (a, b) {
+        (Some(a), Some(b)) if b.p50 > 0.0 => Some(a.p50 / b.p50),
+        _ => None,
+    };
+    let ratio_p50 = ratio(vpod_total, qemu_total);
+    let ratio_exits = ratio(vpod_exits, qemu_exits);
+    println!(
+        "\nratio vpod/QEMU: boot p50 {}, exits p50 {}   (targets: <= 0.5 each)",
+        ratio_p50.map_or("-".into(), |r| format!("{r:.2}")),
+        ratio_exits.map_or("-".into(), |r| format!("{r:.2}"))
+    );
+    let json = serde_json::json!({
+        "vpod": {
+            "p50_ms": vpod_total.map(|s| s.p50), "p90_ms": vpod_total.map(|s| s.p90),
+            "exits": vpod_exits.map(|s| s.p50),
+            "rss_kib": stat(r.vpod.iter().map(|b| b.rss_kib as f64)).map(|s| s.p50),
+            "rss_beyond_guest_kib": stat(r.vpod.iter().map(|b| (b.rss_kib - b.guest_rss_kib) as f64)).map(|s| s.p50),
+            "stages_p50_ms": {
+                "setup": stat(r.vpod.iter().filter_map(|b| b.setup_ms)).map(|s| s.p50),
+                "kernel": stat(r.vpod.iter().map(|b| b.kernel_ms)).map(|s| s.p50),
+                "init": stat(r.vpod.iter().map(|b| b.init_ms)).map(|s| s.p50),
+                "agent": vpod_agent.map(|s| s.p50),
+            },
+            "boots": r.vpod,
+        },
+        "qemu_microvm": {
+            "p50_ms": qemu_total.map(|s| s.p50), "p90_ms": qemu_total.map(|s| s.p90),
+            "exits": qemu_exits.map(|s| s.p50), "boots": r.qemu, "error": r.qemu_error,
+        },
+        "host_setup_to_first_kvm_run_ms": Stats::of(&host),
+        "ratio_p50": ratio_p50,
+        "ratio_exits": ratio_exits,
+        "where": where_,
+    });
+    let path = out_dir().join("boot.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}
