@@ -6,7 +6,10 @@ use common::*;
 use std::process::{Command, Output};
 
 fn vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vpod-vmm")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_vpod-vmm"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn status(o: &Output) -> i32 {
@@ -29,7 +32,10 @@ fn vmm_errors_exit_1_with_one_line() {
     assert_eq!(status(&o), 1);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("vpod-vmm: error: kernel /nonexistent/vmlinux"), "{err}");
+    assert!(
+        err.starts_with("vpod-vmm: error: kernel /nonexistent/vmlinux"),
+        "{err}"
+    );
 
     let k = pvh_elf(RESET);
     let kp = k.as_path().to_str().unwrap();
@@ -46,7 +52,10 @@ fn vmm_errors_exit_1_with_one_line() {
         let o = vmm(&["--kernel", junk.as_path().to_str().unwrap()]);
         assert_eq!(status(&o), 1);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.starts_with("vpod-vmm: error: not a PVH vmlinux"), "{err}");
+        assert!(
+            err.starts_with("vpod-vmm: error: not a PVH vmlinux"),
+            "{err}"
+        );
 
         let o = vmm(&["--kernel", kp, "--net", "a-tap-name-too-long-for-linux"]);
         assert_eq!(status(&o), 1);
@@ -73,20 +82,40 @@ fn guest_outcomes_map_to_exit_statuses() {
         metrics.to_str().unwrap(),
     ]);
     assert_eq!(status(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
     assert_eq!(m["exit"], "Poweroff");
     assert!(m["metrics"]["start_to_first_kvm_run_us"].as_u64().unwrap() > 0);
     assert!(m["metrics"]["userspace_exits"]["io_out"].as_u64().unwrap() >= 2);
 
     let k = pvh_elf(&announce(2));
-    assert_eq!(status(&vmm(&["--kernel", k.as_path().to_str().unwrap(), "--mem-mib", "32"])), 3);
+    assert_eq!(
+        status(&vmm(&[
+            "--kernel",
+            k.as_path().to_str().unwrap(),
+            "--mem-mib",
+            "32"
+        ])),
+        3
+    );
 
     let k = pvh_elf(&[0x0f, 0x0b]);
-    assert_eq!(status(&vmm(&["--kernel", k.as_path().to_str().unwrap(), "--mem-mib", "32"])), 4);
+    assert_eq!(
+        status(&vmm(&[
+            "--kernel",
+            k.as_path().to_str().unwrap(),
+            "--mem-mib",
+            "32"
+        ])),
+        4
+    );
 
     // A vsock device with its unix socket, and a disk.
     let disk = dir.as_path().join("disk.img");
-    std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let uds = dir.as_path().join("v.sock");
     let k = pvh_elf(&announce(1));
     let o = vmm(&[
@@ -111,7 +140,14 @@ fn sigterm_stops_the_vm() {
     }
     let k = pvh_elf(&[0xeb, 0xfe]); // jmp $
     let mut child = Command::new(env!("CARGO_BIN_EXE_vpod-vmm"))
-        .args(["--kernel", k.as_path().to_str().unwrap(), "--mem-mib", "32", "--vcpus", "2"])
+        .args([
+            "--kernel",
+            k.as_path().to_str().unwrap(),
+            "--mem-mib",
+            "32",
+            "--vcpus",
+            "2",
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));

@@ -34,7 +34,10 @@ pub struct Interrupt {
 
 impl Interrupt {
     pub fn new(irqfd: EventFd) -> Self {
-        Self { status: AtomicU32::new(0), irqfd }
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
     }
 
     /// Sets `bits` in InterruptStatus and raises the line.
