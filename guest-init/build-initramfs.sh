@@ -21,6 +21,14 @@ out=$out_dir/initramfs.cpio
 
 # glibc, linked statically: --target keeps RUSTFLAGS off build scripts and
 # proc-macros (they must stay dynamic host binaries).
+# Size over speed, whole-program LTO: measured under QEMU -icount, the
+# binary shrinks 3.49 -> 2.24 MiB, the kernel unpacks it ~2.5M instructions
+# faster, and init -> agent listening is unchanged (0.70 ms). Only this
+# --target build sees these settings; each can be overridden from the
+# environment.
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=${CARGO_PROFILE_RELEASE_OPT_LEVEL:-s}
+export CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-fat}
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-1}
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release -p vpod-init --target "$triple" --manifest-path "$repo/Cargo.toml"
 bin=$target_dir/$triple/release/vpod-init
