@@ -63,6 +63,14 @@ while [ $SECONDS -lt $deadline ]; do
 done
 
 grep -E "vpod-init:|Run /init|Kernel panic" "$log" || true
+# PID 1 must have set the system up (not only served) and seeded entropy
+# from the virtio-rng device.
+for want in "vpod-init: system setup done" "vpod-init: credited 512 bits from /dev/hwrng"; do
+  if [ $status -eq 0 ] && ! grep -q "$want" "$log"; then
+    echo "qemu-boot-check: console lacks \"$want\"" >&2
+    status=1
+  fi
+done
 if [ $status -ne 0 ]; then
   echo "qemu-boot-check: FAILED (see $log)" >&2
   exit 1

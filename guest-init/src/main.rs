@@ -42,8 +42,11 @@ enum InitError {
 
 fn main() {
     let init_start = Stamp::now();
+    // PID 1 reaps orphans wherever it runs; only the guest's init (PID 1 on
+    // the initramfs) sets the system up and powers it off.
     let pid1 = std::process::id() == 1;
-    if pid1 {
+    let guest = pid1 && setup::root_is_initramfs();
+    if guest {
         // A panic in PID 1 would panic the kernel and, with panic=-1, loop
         // through reboots: report it and power off instead.
         std::panic::set_hook(Box::new(|info| {
@@ -54,17 +57,19 @@ fn main() {
 
     let args = match Args::parse(std::env::args_os().skip(1), pid1) {
         Ok(args) => args,
-        Err(e) => fatal(pid1, e),
+        Err(e) => fatal(guest, e),
     };
     let log = Arc::new(AgentLog::new(DEFAULT_CAPACITY, LEVEL_NOTICE));
     if !args.ignored.is_empty() {
         log.info(format!("ignored arguments: {}", args.ignored.join(" ")));
     }
 
-    if pid1 {
+    if guest {
         if let Err(e) = setup::setup_system(&log) {
-            fatal(pid1, e);
+            fatal(guest, e);
         }
+    } else if pid1 {
+        log.warn("PID 1 outside an initramfs: no system setup, exit instead of poweroff");
     }
     log.info(format!(
         "init started {:.3} ms after the kernel; setup done at init +{:.3} ms",
@@ -79,7 +84,7 @@ fn main() {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => fatal(pid1, InitError::Runtime(e)),
+        Err(e) => fatal(guest, InitError::Runtime(e)),
     };
     log.info(format!(
         "runtime ready at init +{:.3} ms",
@@ -87,15 +92,15 @@ fn main() {
     ));
 
     match runtime.block_on(run(args, init_start, log.clone(), pid1)) {
-        Ok(kind) if pid1 => power::go_down(kind),
+        Ok(kind) if guest => power::go_down(kind),
         Ok(kind) => {
             log.notice(format!(
-                "shutdown ({}) requested; not PID 1, exiting",
+                "shutdown ({}) requested; not the guest's init, exiting",
                 kind.as_str_name()
             ));
             std::process::exit(0)
         }
-        Err(e) => fatal(pid1, e),
+        Err(e) => fatal(guest, e),
     }
 }
 
@@ -187,11 +192,11 @@ fn remove_socket(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Reports a fatal error; PID 1 then powers the guest off (the VMM sees it
-/// exit), anything else exits 1.
-fn fatal(pid1: bool, err: impl Display) -> ! {
+/// Reports a fatal error; the guest's init then powers the guest off (the
+/// VMM sees it exit), anything else exits 1.
+fn fatal(guest: bool, err: impl Display) -> ! {
     let _ = writeln!(std::io::stderr(), "vpod-init: fatal: {err}");
-    if pid1 {
+    if guest {
         power::go_down(ShutdownKind::Poweroff)
     }
     std::process::exit(1)

@@ -38,6 +38,22 @@ pub enum SetupError {
     },
 }
 
+/// ramfs' statfs magic (rootfs when the kernel has no tmpfs); not in libc.
+const RAMFS_MAGIC: nix::sys::statfs::FsType = nix::sys::statfs::FsType(0x8584_58f6);
+
+/// Whether `/` is the initramfs (rootfs: tmpfs or ramfs). vpod-init only
+/// acts as the guest's init there: run as PID 1 of a container it must not
+/// remount the system nor touch I/O ports and reset.
+pub fn root_is_initramfs() -> bool {
+    match nix::sys::statfs::statfs("/") {
+        Ok(fs) => {
+            let t = fs.filesystem_type();
+            t == nix::sys::statfs::TMPFS_MAGIC || t == RAMFS_MAGIC
+        }
+        Err(_) => false,
+    }
+}
+
 /// What vpod-init takes from the kernel command line (`/proc/cmdline`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct KernelCmdline {
