@@ -46,3 +46,45 @@ pub fn reap_all(log: &AgentLog) -> usize {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn is_zombie(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn reaps_exited_children() {
+        // Children spawned and dropped without wait() stay zombies until reaped.
+        let pids: Vec<u32> = (0..2)
+            .map(|_| std::process::Command::new("true").spawn().unwrap().id())
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pids.iter().all(|&p| is_zombie(p)) {
+            assert!(Instant::now() < deadline, "children did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let log = AgentLog::new(16, 0);
+        assert!(reap_all(&log) >= 2);
+        for pid in pids {
+            assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
+        assert!(log
+            .snapshot()
+            .iter()
+            .any(|e| e.message.starts_with("reaped")));
+        // Nothing left: returns at once.
+        assert_eq!(reap_all(&log), 0);
+    }
+}
