@@ -15,10 +15,12 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+
+use crate::vstate::memory::RegionOwner;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as every device sees it.
-pub type GuestMemory = GuestMemoryMmap<()>;
+pub type GuestMemory = GuestMemoryMmap<RegionOwner>;
 
 /// Bits of the virtio-mmio InterruptStatus register.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
