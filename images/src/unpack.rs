@@ -1,0 +1,491 @@
+//! Applies image layers (tar, gzip or zstd) to a directory: whiteouts and opaque dirs, modes,
+//! ownership, xattrs, hard links, symlinks and device nodes. Every path is resolved inside the
+//! root (symlinks followed as the container would see them, absolute ones relative to the root);
+//! an entry that would land outside it is refused.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use nix::sys::stat::{lutimes, makedev, mknod, Mode, SFlag};
+use nix::sys::time::TimeVal;
+use tar::EntryType;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+/// As in Linux path resolution: more symlinks than this in one path is a loop.
+const MAX_SYMLINKS: usize = 40;
+
+/// Unpacks layers, in order, into one directory.
+pub struct Unpacker {
+    root: PathBuf,
+    is_root: bool,
+    /// Directory mtimes, applied at the end (creating children changes them).
+    dir_times: BTreeMap<PathBuf, i64>,
+}
+
+/// Wraps a layer stream in the decompressor its magic bytes call for.
+pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
+    let head = r.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Per-layer state: what this layer wrote (opaque dirs keep those) and a cache of resolved
+/// parent dirs (dropped whenever a symlink appears or anything is removed).
+struct Layer<'a> {
+    digest: &'a Digest,
+    written: HashSet<PathBuf>,
+    opaque: Vec<PathBuf>,
+    resolved: HashMap<PathBuf, PathBuf>,
+}
+
+impl Unpacker {
+    /// `root` must exist (and is normally empty).
+    pub fn new(root: &Path) -> Unpacker {
+        Unpacker {
+            root: root.to_owned(),
+            is_root: nix::unistd::geteuid().is_root(),
+            dir_times: BTreeMap::new(),
+        }
+    }
+
+    /// Applies one layer read from `r` (compressed or not). Reads `r` to the end of the tar.
+    pub fn apply(&mut self, digest: &Digest, r: impl Read) -> Result<()> {
+        let io_err = |op: &'static str, entry: &str, source: io::Error| Error::LayerIo {
+            layer: digest.clone(),
+            op,
+            entry: entry.to_owned(),
+            source,
+        };
+        let stream =
+            decompress(BufReader::with_capacity(1 << 20, r)).map_err(|e| io_err("read", "", e))?;
+        let mut archive = tar::Archive::new(stream);
+        let mut layer = Layer {
+            digest,
+            written: HashSet::new(),
+            opaque: Vec::new(),
+            resolved: HashMap::new(),
+        };
+        let mut buf = vec![0u8; 256 << 10];
+        let entries = archive.entries().map_err(|e| io_err("read tar", "", e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| io_err("read tar", "", e))?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            self.entry(&mut layer, &mut entry, &name, &mut buf)?;
+        }
+        // Tar streams end with zero blocks and compressors with trailers: read them so the blob
+        // hash covers all of it.
+        io::copy(&mut archive.into_inner(), &mut io::sink())
+            .map_err(|e| io_err("read", "(end of layer)", e))?;
+        // Opaque dirs hide everything lower layers put there; this layer's entries stay.
+        for dir in std::mem::take(&mut layer.opaque) {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for child in rd.flatten() {
+                let p = child.path();
+                if !layer.written.contains(&p) {
+                    remove_any(&p)
+                        .map_err(|e| io_err("remove (opaque dir)", &p.display().to_string(), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies directory mtimes (call once after the last layer).
+    pub fn finish(self) -> Result<()> {
+        for (dir, mtime) in self.dir_times.iter().rev() {
+            let t = TimeVal::new(mtime.max(&0).to_owned(), 0);
+            // Best effort: a timestamp is not worth failing an image over.
+            let _ = lutimes(dir, &t, &t);
+        }
+        Ok(())
+    }
+
+    fn bad(&self, layer: &Layer, entry: &str, reason: impl Into<String>) -> Error {
+        Error::BadLayerEntry {
+            layer: layer.digest.clone(),
+            entry: entry.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        layer: &mut Layer,
+        entry: &mut tar::Entry<R>,
+        name: &str,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let io_err = |op: &'static str, source: io::Error| Error::LayerIo {
+            layer: layer.digest.clone(),
+            op,
+            entry: name.to_owned(),
+            source,
+        };
+        let path = entry
+            .path()
+            .map_err(|e| io_err("read path", e))?
+            .into_owned();
+        let parts = clean(&path).map_err(|r| self.bad(layer, name, r))?;
+        let Some((file_name, parent)) = parts.split_last() else {
+            return Ok(()); // "./": the root itself, which we own
+        };
+        let kind = entry.header().entry_type();
+
+        // Whiteouts: delete from lower layers, never create anything.
+        if let Some(target) = file_name
+            .to_str()
+            .and_then(|s| s.strip_prefix(WHITEOUT_PREFIX))
+        {
+            let Some(dir) = self
+                .resolve(layer, parent, false)
+                .map_err(|r| self.bad(layer, name, r))?
+            else {
+                return Ok(()); // nothing below to hide
+            };
+            if file_name == OPAQUE {
+                layer.opaque.push(dir);
+            } else {
+                if target.is_empty() || target == "." || target == ".." || target.contains('/') {
+                    return Err(self.bad(layer, name, "invalid whiteout name"));
+                }
+                let victim = dir.join(target);
+                if fs::symlink_metadata(&victim).is_ok() {
+                    remove_any(&victim).map_err(|e| io_err("remove (whiteout)", e))?;
+                    layer.resolved.clear();
+                }
+            }
+            return Ok(());
+        }
+
+        let dir = self
+            .resolve(layer, parent, true)
+            .map_err(|r| self.bad(layer, name, r))?
+            .expect("created");
+        let dest = dir.join(file_name);
+        let existing = fs::symlink_metadata(&dest).ok();
+        let header = entry.header();
+        let mode = header.mode().map_err(|e| io_err("read mode", e))? & 0o7777;
+        let (mut uid, mut gid, mut mtime) = (
+            header.uid().unwrap_or(0),
+            header.gid().unwrap_or(0),
+            header.mtime().unwrap_or(0) as i64,
+        );
+        let mut xattrs = Vec::new();
+        if let Ok(Some(exts)) = entry.pax_extensions() {
+            for ext in exts.flatten() {
+                let Ok(key) = ext.key() else { continue };
+                let value = ext.value_bytes();
+                let num = || {
+                    std::str::from_utf8(value)
+                        .ok()?
+                        .split('.')
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                match key {
+                    "uid" => uid = num().unwrap_or(uid),
+                    "gid" => gid = num().unwrap_or(gid),
+                    "mtime" => mtime = num().map_or(mtime, |v: u64| v as i64),
+                    k => {
+                        if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
+                            xattrs.push((x.to_owned(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        // Anything but a directory over a directory (or anything over a non-directory) replaces it.
+        let keep_dir =
+            kind == EntryType::Directory && existing.as_ref().is_some_and(|m| m.is_dir());
+        if existing.is_some() && !keep_dir {
+            remove_any(&dest).map_err(|e| io_err("replace", e))?;
+            layer.resolved.clear();
+        }
+        match kind {
+            EntryType::Directory => {
+                if !keep_dir {
+                    fs::create_dir(&dest).map_err(|e| io_err("mkdir", e))?;
+                }
+                self.dir_times.insert(dest.clone(), mtime);
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&dest)
+                    .map_err(|e| io_err("create", e))?;
+                loop {
+                    let n = entry.read(buf).map_err(|e| io_err("read", e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    f.write_all(&buf[..n]).map_err(|e| io_err("write", e))?;
+                }
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+                let _ = f.set_modified(t);
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| io_err("read link name", e))?
+                    .ok_or_else(|| self.bad(layer, name, "symlink without a target"))?;
+                symlink(&target, &dest).map_err(|e| io_err("symlink", e))?;
+                layer.resolved.clear();
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| io_err("read link name", e))?
+                    .ok_or_else(|| self.bad(layer, name, "hard link without a target"))?;
+                let tparts = clean(&target)
+                    .map_err(|r| self.bad(layer, name, format!("hard link target: {r}")))?;
+                let Some((tname, tparent)) = tparts.split_last() else {
+                    return Err(self.bad(layer, name, "hard link to the root"));
+                };
+                let tdir = self
+                    .resolve(layer, tparent, false)
+                    .map_err(|r| self.bad(layer, name, format!("hard link target: {r}")))?
+                    .ok_or_else(|| self.bad(layer, name, "hard link target does not exist"))?;
+                let src = tdir.join(tname);
+                match fs::symlink_metadata(&src) {
+                    Ok(m) if m.is_dir() => {
+                        return Err(self.bad(layer, name, "hard link to a directory"))
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Err(self.bad(layer, name, "hard link target does not exist")),
+                }
+                fs::hard_link(&src, &dest).map_err(|e| io_err("link", e))?;
+                layer.written.insert(dest);
+                // A hard link shares the target's inode: its metadata is the target's.
+                return Ok(());
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let (sflag, dev) = match kind {
+                    EntryType::Char => (SFlag::S_IFCHR, self.dev(entry)),
+                    EntryType::Block => (SFlag::S_IFBLK, self.dev(entry)),
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                match mknod(&dest, sflag, Mode::from_bits_truncate(mode), dev) {
+                    Ok(()) => {}
+                    // Unprivileged unpacks (tests as a user) can't make device nodes: skip them.
+                    Err(nix::Error::EPERM) if !self.is_root && sflag != SFlag::S_IFIFO => {
+                        tracing::warn!(entry = name, "device node skipped: not root");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(io_err("mknod", e.into())),
+                }
+            }
+            other => {
+                return Err(self.bad(layer, name, format!("unsupported tar entry type {other:?}")))
+            }
+        }
+        layer.written.insert(dest.clone());
+
+        // Ownership before mode: chown clears set-id bits.
+        if self.is_root {
+            std::os::unix::fs::lchown(&dest, Some(uid as u32), Some(gid as u32))
+                .map_err(|e| io_err("chown", e))?;
+        }
+        if kind != EntryType::Symlink {
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err("chmod", e))?;
+        } else {
+            let t = TimeVal::new(mtime.max(0), 0);
+            let _ = lutimes(&dest, &t, &t);
+        }
+        for (k, v) in xattrs {
+            // xattr::set does not follow symlinks (lsetxattr).
+            if let Err(e) = xattr::set(&dest, &k, &v) {
+                if self.is_root || !k.starts_with("security.") {
+                    return Err(io_err("set xattr", e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn dev<R: Read>(&self, entry: &tar::Entry<R>) -> u64 {
+        let h = entry.header();
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        makedev(major as u64, minor as u64)
+    }
+
+    /// Resolves the directory `parts` (relative to the root) following symlinks inside the root.
+    /// Absolute symlink targets are taken relative to the root (as inside the container); a `..`
+    /// above the root is refused. With `create`, missing directories are made (0755); without
+    /// it, a missing one gives `None`.
+    fn resolve(
+        &self,
+        layer: &mut Layer,
+        parts: &[OsString],
+        create: bool,
+    ) -> std::result::Result<Option<PathBuf>, String> {
+        let key: PathBuf = parts.iter().collect();
+        if let Some(p) = layer.resolved.get(&key) {
+            return Ok(Some(p.clone()));
+        }
+        let mut todo: std::collections::VecDeque<OsString> = parts.iter().cloned().collect();
+        let mut cur: Vec<OsString> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop_front() {
+            if c == "." || c.is_empty() {
+                continue;
+            }
+            if c == ".." {
+                if cur.pop().is_none() {
+                    return Err("path escapes the root through a symlink".into());
+                }
+                continue;
+            }
+            let mut p = self.root.clone();
+            p.extend(cur.iter());
+            p.push(&c);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => cur.push(c),
+                Ok(m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > MAX_SYMLINKS {
+                        return Err("too many levels of symbolic links".into());
+                    }
+                    let target = fs::read_link(&p).map_err(|e| format!("readlink: {e}"))?;
+                    if target.is_absolute() {
+                        cur.clear();
+                    }
+                    let mut new: std::collections::VecDeque<OsString> = target
+                        .components()
+                        .filter_map(|c| match c {
+                            Component::Normal(n) => Some(n.to_owned()),
+                            Component::ParentDir => Some(OsString::from("..")),
+                            _ => None,
+                        })
+                        .collect();
+                    new.extend(todo);
+                    todo = new;
+                }
+                Ok(_) => {
+                    return Err(format!(
+                        "{} is not a directory",
+                        cur.iter()
+                            .chain([&c])
+                            .map(|s| s.to_string_lossy())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+                    cur.push(c);
+                }
+                Err(e) => return Err(format!("stat {}: {e}", p.display())),
+            }
+        }
+        let mut p = self.root.clone();
+        p.extend(cur.iter());
+        layer.resolved.insert(key, p.clone());
+        Ok(Some(p))
+    }
+}
+
+/// Splits an entry path into plain components. `./` prefixes are fine; absolute paths and `..`
+/// are refused (a layer has no business naming anything above its root).
+fn clean(path: &Path) -> std::result::Result<Vec<OsString>, String> {
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n.to_owned()),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute path refused (outside the image root)".into())
+            }
+            Component::ParentDir => {
+                return Err("'..' in path refused (outside the image root)".into())
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Unpacks `layers` (blobs in `store`) into `root`, verifying each blob's digest as it streams.
+pub fn unpack_image(store: &crate::Store, layers: &[Digest], root: &Path) -> Result<()> {
+    let mut u = Unpacker::new(root);
+    for d in layers {
+        let mut r = store.open_blob(d)?;
+        let res = u.apply(d, &mut r);
+        let check = r.finish().map_err(|e| Error::Io {
+            op: "read",
+            path: store.blob_path(d),
+            source: e,
+        });
+        // A corrupted blob explains any unpack error it causes: report that first.
+        match check {
+            Ok((actual, _)) if actual != *d => {
+                return Err(Error::BlobCorrupted {
+                    digest: d.clone(),
+                    actual,
+                })
+            }
+            Ok(_) => res?,
+            Err(e) => return Err(res.err().unwrap_or(e)),
+        }
+    }
+    u.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_refuses_escapes() {
+        assert_eq!(clean(Path::new("./a/b")).unwrap(), vec!["a", "b"]);
+        assert!(clean(Path::new("../../etc/passwd")).is_err());
+        assert!(clean(Path::new("a/../../x")).is_err());
+        assert!(clean(Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn reads_all_three_compressions() {
+        let data = b"hello world".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(&data[..], 1).unwrap();
+        for input in [data.clone(), gz, zs] {
+            let mut out = Vec::new();
+            decompress(&input[..])
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, data);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Pulls from Debian's `docker-registry` (distribution 2.8) started by the test on 127.0.0.1, with
+//! and without htpasswd auth, by tag and by digest, through a multi-arch index and through a
+//! mirror; a registry answering 500 is a clear error that leaves nothing behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::{Client, Reference, RegistryOperation};
+use vpod_images::oci::{self, Descriptor, Manifest};
+use vpod_images::{pull, Digest, Error, FsType, RegistryAuth, RegistryConfig, Store};
+
+struct Registry {
+    child: Child,
+    host: String,
+    _dir: TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts docker-registry on a free loopback port; with `user`, behind htpasswd basic auth.
+fn start_registry(user: Option<(&str, &str)>) -> Registry {
+    let dir = TempDir::new("registry");
+    let port = free_port();
+    let mut cfg = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: 127.0.0.1:{port}\n",
+        dir.path("data").display()
+    );
+    if let Some((u, p)) = user {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", u, p])
+            .output()
+            .expect("htpasswd (apache2-utils) runs");
+        assert!(out.status.success());
+        std::fs::write(dir.path("htpasswd"), &out.stdout).unwrap();
+        cfg += &format!(
+            "auth:\n  htpasswd:\n    realm: vpod-test\n    path: {}\n",
+            dir.path("htpasswd").display()
+        );
+    }
+    std::fs::write(dir.path("config.yml"), cfg).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (Debian package) runs");
+    let host = format!("127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(&host).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "docker-registry did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry {
+        child,
+        host,
+        _dir: dir,
+    }
+}
+
+fn plain_client() -> Client {
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..ClientConfig::default()
+    })
+}
+
+/// Pushes the busybox test image as `repo:tag` and, beside it, an index (tag `multi`) with an
+/// arm64 decoy first. Returns the amd64 manifest digest and the index digest.
+async fn push_test_image(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    auth: &RegistryAuth,
+) -> (Digest, Digest) {
+    let client = plain_client();
+    let r = Reference::with_tag(host.into(), repo.into(), tag.into());
+    client
+        .auth(&r, auth, RegistryOperation::Push)
+        .await
+        .unwrap();
+    let layers = busybox_layers();
+    let config = config_json(&layers, &["/bin/sh"]);
+    let mut descs = Vec::new();
+    for l in &layers {
+        let (data, mt) = compress(l, Compression::Gzip);
+        let d = Digest::of(&data);
+        client
+            .push_blob(&r, data.clone(), d.as_str())
+            .await
+            .unwrap();
+        descs.push(Descriptor {
+            media_type: mt.into(),
+            digest: d,
+            size: data.len() as u64,
+            platform: None,
+            annotations: Default::default(),
+        });
+    }
+    let cd = Digest::of(&config);
+    client
+        .push_blob(&r, config.clone(), cd.as_str())
+        .await
+        .unwrap();
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: oci::OCI_CONFIG.into(),
+            digest: cd,
+            size: config.len() as u64,
+            platform: None,
+            annotations: Default::default(),
+        },
+        layers: descs,
+    };
+    let mbytes = serde_json::to_vec(&manifest).unwrap();
+    let md = Digest::of(&mbytes);
+    client
+        .push_manifest_raw(
+            &r,
+            mbytes.clone(),
+            http::HeaderValue::from_static(oci::OCI_MANIFEST),
+        )
+        .await
+        .unwrap();
+    let platform = |arch: &str| oci::Platform {
+        architecture: arch.into(),
+        os: "linux".into(),
+        variant: None,
+    };
+    let entry = |p: oci::Platform| Descriptor {
+        media_type: oci::OCI_MANIFEST.into(),
+        digest: md.clone(),
+        size: mbytes.len() as u64,
+        platform: Some(p),
+        annotations: Default::default(),
+    };
+    // The decoy points at the same manifest bytes; only the platform tells them apart, so the
+    // test checks the picker by the arm64 entry coming first.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::OCI_INDEX,
+        "manifests": [entry(platform("arm64")), entry(platform("amd64"))]
+    });
+    let ibytes = serde_json::to_vec(&index).unwrap();
+    let multi = Reference::with_tag(host.into(), repo.into(), "multi".into());
+    client
+        .push_manifest_raw(
+            &multi,
+            ibytes.clone(),
+            http::HeaderValue::from_static(oci::OCI_INDEX),
+        )
+        .await
+        .unwrap();
+    (md, Digest::of(&ibytes))
+}
+
+fn no_progress(_: vpod_images::Progress) {}
+
+fn assert_store_clean(store: &Store) {
+    assert_eq!(list(&store.dir().join("ingest")), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_by_tag_and_digest_without_auth_and_fetches_nothing_twice() {
+    let reg = start_registry(None);
+    let (md, index_digest) =
+        push_test_image(&reg.host, "vpod/busybox", "v1", &RegistryAuth::Anonymous).await;
+    let t = TempDir::new("pull");
+    let store = Store::open(&t.path("root")).unwrap();
+    let cfg = RegistryConfig::default();
+
+    let by_tag = format!("{}/vpod/busybox:v1", reg.host);
+    let p = pull(
+        &store,
+        &by_tag,
+        &RegistryAuth::Anonymous,
+        &cfg,
+        &no_progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.manifest, md);
+    assert_eq!((p.fetched_blobs, p.reused_blobs), (3, 0));
+    assert_eq!(store.resolve(&by_tag).unwrap(), md);
+
+    // Same blobs again under a digest reference: nothing is fetched.
+    let by_digest = format!("{}/vpod/busybox@{md}", reg.host);
+    let p = pull(
+        &store,
+        &by_digest,
+        &RegistryAuth::Anonymous,
+        &cfg,
+        &no_progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.manifest, md);
+    assert_eq!((p.fetched_blobs, p.reused_blobs), (0, 3));
+
+    // The index resolves to linux/amd64.
+    let multi = format!("{}/vpod/busybox:multi", reg.host);
+    let p = pull(&store, &multi, &RegistryAuth::Anonymous, &cfg, &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(p.manifest, md);
+    assert!(store.has_blob(&index_digest));
+
+    // A digest that the registry's content doesn't match is refused.
+    let wrong = format!("{}/vpod/busybox@{}", reg.host, Digest::of(b"nope"));
+    let e = pull(&store, &wrong, &RegistryAuth::Anonymous, &cfg, &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Registry { .. }), "{e}");
+
+    let img = store.block_image(&by_tag).unwrap();
+    assert!(img.built);
+    assert_eq!(img.info.manifest, md);
+    assert_store_clean(&store);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_with_basic_auth_and_refuses_bad_credentials() {
+    let reg = start_registry(Some(("vpod", "s3cret")));
+    let auth = RegistryAuth::Basic("vpod".into(), "s3cret".into());
+    let (md, _) = push_test_image(&reg.host, "private/busybox", "v2", &auth).await;
+    let t = TempDir::new("pull-auth");
+    let store = Store::open(&t.path("root")).unwrap();
+    let cfg = RegistryConfig::default();
+    let r = format!("{}/private/busybox:v2", reg.host);
+
+    let e = pull(&store, &r, &RegistryAuth::Anonymous, &cfg, &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Registry { .. }), "{e}");
+    let bad = RegistryAuth::Basic("vpod".into(), "wrong".into());
+    let e = pull(&store, &r, &bad, &cfg, &no_progress)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Registry { .. }), "{e}");
+    assert!(store.refs().unwrap().is_empty());
+
+    let p = pull(&store, &r, &auth, &cfg, &no_progress).await.unwrap();
+    assert_eq!(p.manifest, md);
+    let p = pull(
+        &store,
+        &format!("{}/private/busybox@{md}", reg.host),
+        &auth,
+        &cfg,
+        &no_progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.fetched_blobs, 0);
+    store.ensure_block_image(&md, FsType::Erofs).unwrap();
+    assert_store_clean(&store);
+}
+
+/// An HTTP server that answers 500 to everything (bounded: it stops after `max` requests).
+fn broken_registry(max: usize) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(max) {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "internal error";
+            let _ = write!(
+                s,
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_answering_500_is_a_clear_error_and_a_mirror_is_tried_first() {
+    let broken = broken_registry(50);
+    let t = TempDir::new("pull-500");
+    let store = Store::open(&t.path("root")).unwrap();
+    let e = pull(
+        &store,
+        &format!("{broken}/vpod/busybox:v1"),
+        &RegistryAuth::Anonymous,
+        &RegistryConfig::default(),
+        &no_progress,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::Registry { .. }), "{e}");
+    assert!(e.to_string().contains(&broken), "{e}");
+    assert!(store.refs().unwrap().is_empty());
+    assert_store_clean(&store);
+
+    // Mirrors: a broken one, then a good one, for a registry that doesn't exist at all.
+    let reg = start_registry(None);
+    let (md, _) = push_test_image(
+        &reg.host,
+        "library/busybox",
+        "mirrored",
+        &RegistryAuth::Anonymous,
+    )
+    .await;
+    let cfg: RegistryConfig = toml::from_str(&format!(
+        "[mirrors]\n\"registry.invalid\" = [\"{broken}\", \"{}\"]\n",
+        reg.host
+    ))
+    .unwrap();
+    let p = pull(
+        &store,
+        "registry.invalid/library/busybox:mirrored",
+        &RegistryAuth::Anonymous,
+        &cfg,
+        &no_progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.manifest, md);
+    assert_eq!(p.endpoint, reg.host);
+    assert_eq!(
+        store
+            .resolve("registry.invalid/library/busybox:mirrored")
+            .unwrap(),
+        md
+    );
+}
