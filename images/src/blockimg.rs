@@ -202,6 +202,20 @@ impl Store {
         Ok(None)
     }
 
+    /// The parsed configuration blob of an image (manifest or index digest).
+    pub fn image_config(
+        &self,
+        digest: &Digest,
+    ) -> Result<(Digest, crate::oci::Manifest, ConfigFile)> {
+        let (md, manifest) = self.manifest(digest)?;
+        let bytes = self.read_blob(&manifest.config.digest)?;
+        let config = serde_json::from_slice(&bytes).map_err(|e| Error::Json {
+            what: format!("image config {}", manifest.config.digest),
+            source: e,
+        })?;
+        Ok((md, manifest, config))
+    }
+
     /// The block image of a stored image (by name or digest), built if not cached.
     pub fn block_image(&self, name: &str) -> Result<BlockImage> {
         let d = self.resolve(name)?;
@@ -221,12 +235,7 @@ impl Store {
             return Ok(b);
         }
         let t0 = Instant::now();
-        let config_bytes = self.read_blob(&manifest.config.digest)?;
-        let config: ConfigFile =
-            serde_json::from_slice(&config_bytes).map_err(|e| Error::Json {
-                what: format!("image config {}", manifest.config.digest),
-                source: e,
-            })?;
+        let (_, _, config) = self.image_config(&manifest_digest)?;
         let layers: Vec<Digest> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
         let work = WorkDir(self.work_dir().join(format!(
             "{}-{}",

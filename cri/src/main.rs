@@ -1,0 +1,271 @@
+//! `vpod`: the node-side command. Today: `vpod image ...` over the image store of vpod-images.
+//! (The CRI server, `vpod serve`, grows here later.)
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vpod_images::{FsType, Progress, RegistryAuth, RegistryConfig, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "vpod",
+    version,
+    about = "vpod: every Kubernetes pod in its own microVM"
+)]
+struct Cli {
+    /// State directory (image store under <root>/images).
+    #[arg(long, global = true, default_value = vpod_images::DEFAULT_ROOT)]
+    root: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage OCI images and their block images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Pull an image from a registry (tag or digest) and build its block image.
+    Pull {
+        reference: String,
+        /// User name for basic auth (password from --password-stdin or VPOD_REGISTRY_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// A bearer token (or VPOD_REGISTRY_TOKEN).
+        #[arg(long, conflicts_with = "username")]
+        token: Option<String>,
+        /// Registry config (insecure hosts, mirrors), TOML.
+        #[arg(long, default_value = "/etc/vpod/registries.toml")]
+        registry_config: PathBuf,
+        /// Only fetch; build the block image on first use.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Import an OCI image layout (dir or tar) or a `docker save` tar.
+    Import {
+        path: PathBuf,
+        /// Name for the image (when the archive holds one).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// List images.
+    Ls,
+    /// Show an image's manifest, configuration and block image, as JSON.
+    Inspect { reference: String },
+    /// Build (or find cached) the block image of an image and print its path.
+    Disk {
+        reference: String,
+        /// erofs (default when mkfs.erofs is installed) or ext4.
+        #[arg(long)]
+        ext4: bool,
+    },
+    /// Remove an image reference (refused while a pod uses the image).
+    Rm { reference: String },
+    /// Remove blobs and block images that no reference or pod uses.
+    Prune,
+    /// Store usage figures, as JSON.
+    Usage,
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn build(store: &Store, digest: &vpod_images::Digest) -> Result<(), vpod_images::Error> {
+    let img = store.ensure_block_image(digest, FsType::detect())?;
+    if img.built {
+        eprintln!(
+            "block image {} ({}, unpack {:.0} ms, mkfs {:.0} ms)",
+            img.path.display(),
+            mib(img.info.disk_size),
+            img.stats.unpack_ms,
+            img.stats.mkfs_ms
+        );
+    } else {
+        eprintln!("block image {} (cached)", img.path.display());
+    }
+    Ok(())
+}
+
+fn auth(
+    username: Option<String>,
+    password_stdin: bool,
+    token: Option<String>,
+) -> Result<RegistryAuth, String> {
+    if let Some(t) = token.or_else(|| std::env::var("VPOD_REGISTRY_TOKEN").ok()) {
+        return Ok(RegistryAuth::Bearer(t));
+    }
+    let Some(user) = username else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let password = if password_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading the password from stdin: {e}"))?;
+        s.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        std::env::var("VPOD_REGISTRY_PASSWORD")
+            .map_err(|_| "--username needs --password-stdin or VPOD_REGISTRY_PASSWORD".to_owned())?
+    };
+    Ok(RegistryAuth::Basic(user, password))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
+    let e = |e: vpod_images::Error| e.to_string();
+    let Cmd::Image(cmd) = cli.cmd;
+    match cmd {
+        ImageCmd::Pull {
+            reference,
+            username,
+            password_stdin,
+            token,
+            registry_config,
+            no_build,
+        } => {
+            let auth = auth(username, password_stdin, token)?;
+            let cfg = RegistryConfig::load(&registry_config).map_err(e)?;
+            let tty = std::io::stderr().is_terminal();
+            let progress = move |p: Progress| match p {
+                Progress::Resolved {
+                    manifest,
+                    endpoint,
+                    blobs,
+                    missing,
+                    bytes,
+                } => eprintln!(
+                    "{manifest} from {endpoint}: {missing} of {blobs} blobs to fetch ({})",
+                    mib(bytes)
+                ),
+                Progress::BlobDone { digest, size } if tty => {
+                    eprintln!("  fetched {} {}", digest.short(), mib(size))
+                }
+                Progress::BlobDone { .. } => {}
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| format!("tokio runtime: {err}"))?;
+            let pulled = rt
+                .block_on(vpod_images::pull(
+                    &store, &reference, &auth, &cfg, &progress,
+                ))
+                .map_err(e)?;
+            println!("{} {}", pulled.name, pulled.manifest);
+            if !no_build {
+                build(&store, &pulled.manifest).map_err(e)?;
+            }
+        }
+        ImageCmd::Import {
+            path,
+            name,
+            no_build,
+        } => {
+            for i in vpod_images::import(&store, &path, name.as_deref()).map_err(e)? {
+                println!("{} {}", i.name, i.manifest);
+                if !no_build {
+                    build(&store, &i.manifest).map_err(e)?;
+                }
+            }
+        }
+        ImageCmd::Ls => {
+            println!(
+                "{:<60} {:<14} {:>12} {:>12}",
+                "NAME", "DIGEST", "LAYERS", "DISK"
+            );
+            for (name, d) in store.refs().map_err(e)? {
+                let (layers, disk) = match store.manifest(&d) {
+                    Ok((md, m)) => (
+                        mib(m.layers.iter().map(|l| l.size).sum()),
+                        store
+                            .cached_block_image(&md)
+                            .ok()
+                            .flatten()
+                            .map_or("-".to_owned(), |b| mib(b.info.disk_size)),
+                    ),
+                    Err(err) => (format!("error: {err}"), "-".into()),
+                };
+                println!("{name:<60} {:<14} {layers:>12} {disk:>12}", d.short());
+            }
+        }
+        ImageCmd::Inspect { reference } => {
+            let d = store.resolve(&reference).map_err(e)?;
+            let (md, manifest, config) = store.image_config(&d).map_err(e)?;
+            let names: Vec<String> = store
+                .refs()
+                .map_err(e)?
+                .into_iter()
+                .filter(|(_, v)| *v == d)
+                .map(|(k, _)| k)
+                .collect();
+            let disk = store.cached_block_image(&md).map_err(e)?;
+            let out = serde_json::json!({
+                "names": names,
+                "digest": d,
+                "manifest": md,
+                "layers": manifest.layers,
+                "architecture": config.architecture,
+                "os": config.os,
+                "config": config.config.unwrap_or_default(),
+                "block_image": disk.map(|b| serde_json::json!({"path": b.path, "fs_type": b.info.fs_type, "size": b.info.disk_size})),
+                "used_by": store.leases(&md).map_err(e)?,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+        }
+        ImageCmd::Disk { reference, ext4 } => {
+            let d = store.resolve(&reference).map_err(e)?;
+            let fs = if ext4 { FsType::Ext4 } else { FsType::detect() };
+            let img = store.ensure_block_image(&d, fs).map_err(e)?;
+            println!("{}", img.path.display());
+        }
+        ImageCmd::Rm { reference } => {
+            for n in store.remove(&reference).map_err(e)? {
+                println!("untagged {n}");
+            }
+        }
+        ImageCmd::Prune => {
+            let r = store.prune().map_err(e)?;
+            println!(
+                "removed {} blobs, {} block images, {} temp files; freed {}",
+                r.blobs_removed,
+                r.disks_removed,
+                r.temp_removed,
+                mib(r.bytes_freed)
+            );
+        }
+        ImageCmd::Usage => {
+            let u = store.usage().map_err(e)?;
+            println!("{}", serde_json::to_string_pretty(&u).expect("json"));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VPOD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("vpod: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
