@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED := target/debug/testbed
 
-.PHONY: deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot clean-cache
+.PHONY: deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images clean-cache
 
 deps:
 	bash scripts/install-deps.sh
@@ -41,4 +41,7 @@ bench-testbed: testbed
 bench-boot: build
 	$(CARGO) bench -p vpod-benches --bench boot
 
-bench: bench-testbed bench-boot
+bench-images: deps
+	$(CARGO) bench -p vpod-benches --bench images
+
+bench: bench-testbed bench-boot bench-images

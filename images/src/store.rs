@@ -262,6 +262,21 @@ impl Store {
         }
     }
 
+    /// Re-hashes a stored blob: an error if it is missing or its content changed.
+    pub fn verify_blob(&self, d: &Digest) -> Result<()> {
+        let (actual, _) = self
+            .open_blob(d)?
+            .finish()
+            .ctx("read", &self.blob_path(d))?;
+        if actual != *d {
+            return Err(Error::BlobCorrupted {
+                digest: d.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     /// Reads a whole (small) blob and verifies it.
     pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
         let p = self.blob_path(d);

@@ -9,12 +9,14 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
 
 use nix::sys::stat::{lutimes, makedev, mknod, Mode, SFlag};
 use nix::sys::time::TimeVal;
 use tar::EntryType;
 
-use crate::digest::Digest;
+use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -63,14 +65,24 @@ impl Unpacker {
 
     /// Applies one layer read from `r` (compressed or not). Reads `r` to the end of the tar.
     pub fn apply(&mut self, digest: &Digest, r: impl Read) -> Result<()> {
+        let stream =
+            decompress(BufReader::with_capacity(1 << 20, r)).map_err(|e| Error::LayerIo {
+                layer: digest.clone(),
+                op: "read",
+                entry: String::new(),
+                source: e,
+            })?;
+        self.apply_tar(digest, stream)
+    }
+
+    /// Applies one layer from an already decompressed tar stream.
+    pub fn apply_tar(&mut self, digest: &Digest, stream: impl Read) -> Result<()> {
         let io_err = |op: &'static str, entry: &str, source: io::Error| Error::LayerIo {
             layer: digest.clone(),
             op,
             entry: entry.to_owned(),
             source,
         };
-        let stream =
-            decompress(BufReader::with_capacity(1 << 20, r)).map_err(|e| io_err("read", "", e))?;
         let mut archive = tar::Archive::new(stream);
         let mut layer = Layer {
             digest,
@@ -434,27 +446,104 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
+/// A `Read` over chunks sent by another thread.
+struct ChannelReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // producer done
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads a blob, hashing and decompressing it, on its own thread: the caller writes files
+/// meanwhile (two cores: hashing + inflating on one, tar + file writes on the other).
+fn spawn_decompressor(
+    mut blob: HashingReader<std::fs::File>,
+) -> (ChannelReader, JoinHandle<io::Result<Digest>>) {
+    let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(16);
+    let handle = std::thread::spawn(move || {
+        let res = (|| {
+            let mut dec = decompress(BufReader::with_capacity(1 << 20, &mut blob))?;
+            loop {
+                let mut buf = vec![0u8; 256 << 10];
+                let mut n = 0;
+                while n < buf.len() {
+                    match dec.read(&mut buf[n..])? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                if tx.send(Ok(buf)).is_err() {
+                    return Err(io::Error::other("unpack stopped"));
+                }
+            }
+        })();
+        match res {
+            Ok(()) => blob.finish().map(|(d, _)| d),
+            Err(e) => {
+                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    });
+    (
+        ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        },
+        handle,
+    )
+}
+
 /// Unpacks `layers` (blobs in `store`) into `root`, verifying each blob's digest as it streams.
 pub fn unpack_image(store: &crate::Store, layers: &[Digest], root: &Path) -> Result<()> {
     let mut u = Unpacker::new(root);
     for d in layers {
-        let mut r = store.open_blob(d)?;
-        let res = u.apply(d, &mut r);
-        let check = r.finish().map_err(|e| Error::Io {
-            op: "read",
-            path: store.blob_path(d),
-            source: e,
-        });
-        // A corrupted blob explains any unpack error it causes: report that first.
-        match check {
-            Ok((actual, _)) if actual != *d => {
+        let (reader, producer) = spawn_decompressor(store.open_blob(d)?);
+        let res = u.apply_tar(d, reader);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("decompressor panicked")));
+        match (res, produced) {
+            (Ok(()), Ok(actual)) if actual == *d => {}
+            (Ok(()), Ok(actual)) => {
                 return Err(Error::BlobCorrupted {
                     digest: d.clone(),
                     actual,
                 })
             }
-            Ok(_) => res?,
-            Err(e) => return Err(res.err().unwrap_or(e)),
+            // A corrupted blob explains any unpack error it causes: report that first.
+            (res, produced) => {
+                store.verify_blob(d)?;
+                res?;
+                produced.map_err(|e| Error::Io {
+                    op: "read",
+                    path: store.blob_path(d),
+                    source: e,
+                })?;
+            }
         }
     }
     u.finish()
