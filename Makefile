@@ -24,6 +24,7 @@ testbed: deps
 
 build: guest testbed
 	$(CARGO) build --release -p vpod-vmm
+	$(CARGO) build --release -p vpod-agent-api --example agentctl
 
 test: guest testbed
 	$(CARGO) test --workspace --no-fail-fast

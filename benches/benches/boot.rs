@@ -207,6 +207,12 @@ async fn measured(
     })
 }
 
+/// The part of `vpod-vmm --metrics` JSON the bench reads.
+#[derive(Deserialize)]
+struct MetricsFile {
+    metrics: VmmMetrics,
+}
+
 #[derive(Deserialize)]
 struct VmmMetrics {
     start_to_first_kvm_run_us: Option<u64>,
@@ -248,10 +254,13 @@ async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
         if st.code() != Some(0) {
             return Err(format!("vpod-vmm exited {st} after poweroff"));
         }
-        let m: VmmMetrics =
+        let m: MetricsFile =
             serde_json::from_slice(&std::fs::read(&metrics).map_err(|e| format!("metrics: {e}"))?)
                 .map_err(|e| format!("metrics: {e}"))?;
-        b.setup_ms = m.start_to_first_kvm_run_us.map(|us| us as f64 / 1e3);
+        b.setup_ms = m
+            .metrics
+            .start_to_first_kvm_run_us
+            .map(|us| us as f64 / 1e3);
         Ok(b)
     }
     .await;
@@ -390,8 +399,8 @@ fn host_setup(f: &Files, runs: usize) -> Vec<f64> {
         let _ = child.wait();
         if let Some(us) = std::fs::read(&metrics)
             .ok()
-            .and_then(|b| serde_json::from_slice::<VmmMetrics>(&b).ok())
-            .and_then(|m| m.start_to_first_kvm_run_us)
+            .and_then(|b| serde_json::from_slice::<MetricsFile>(&b).ok())
+            .and_then(|m| m.metrics.start_to_first_kvm_run_us)
         {
             v.push(us as f64 / 1e3);
         }

@@ -11,6 +11,7 @@ pub mod health;
 pub mod kmsg;
 pub mod log;
 pub mod power;
+pub mod ready;
 pub mod reaper;
 pub mod service;
 pub mod setup;

@@ -126,6 +126,7 @@ async fn run(
             let listener = bind_vsock(*port, &log).await;
             let listening = Stamp::now();
             announce(&log, &format!("vsock port {port}"), init_start, listening);
+            tokio::spawn(vpod_init::ready::notify_host(listening, log.clone()));
             let (service, shutdown) = AgentService::new(config(listening));
             Ok(serve(service, shutdown, listener.incoming(), SHUTDOWN_DRAIN).await?)
         }

@@ -9,8 +9,10 @@
 //! trait ([`Agent`], wrapped by [`AgentServer`]) come from `proto/agent.proto`.
 
 mod client;
+pub mod ready;
 
 pub use client::{connect, connect_with_retry, vsock_handshake, Error, HANDSHAKE_TIMEOUT};
+pub use ready::{ReadyListener, AGENT_READY_PORT};
 
 /// Generated protobuf messages, client and server for `vpod.agent.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
