@@ -218,12 +218,10 @@ struct VmmMetrics {
     start_to_first_kvm_run_us: Option<u64>,
 }
 
-async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
-    let uds = dir.join(format!("vpod{i}.sock"));
-    let metrics = dir.join(format!("vpod{i}.json"));
-    let t0 = Instant::now();
-    let mut child = Command::new(&f.vmm)
-        .arg("--kernel")
+/// vpod-vmm as both measurements run it: 1 vCPU, MEM_MIB, console off, metrics to `metrics`.
+fn vmm_command(f: &Files, metrics: &Path) -> Command {
+    let mut c = Command::new(&f.vmm);
+    c.arg("--kernel")
         .arg(&f.kernel)
         .arg("--initrd")
         .arg(&f.initrd)
@@ -234,12 +232,20 @@ async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
             &MEM_MIB.to_string(),
             "--console",
             "off",
-            "--vsock",
+            "--metrics",
         ])
+        .arg(metrics)
+        .stdin(Stdio::null());
+    c
+}
+
+async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
+    let uds = dir.join(format!("vpod{i}.sock"));
+    let metrics = dir.join(format!("vpod{i}.json"));
+    let t0 = Instant::now();
+    let mut child = vmm_command(f, &metrics)
+        .arg("--vsock")
         .arg(&uds)
-        .arg("--metrics")
-        .arg(&metrics)
-        .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("spawn vpod-vmm: {e}"))?;
     let res = async {
@@ -373,24 +379,7 @@ fn host_setup(f: &Files, runs: usize) -> Vec<f64> {
     let mut v = Vec::new();
     for i in 0..runs {
         let metrics = dir.join(format!("m{i}.json"));
-        let Ok(mut child) = Command::new(&f.vmm)
-            .arg("--kernel")
-            .arg(&f.kernel)
-            .arg("--initrd")
-            .arg(&f.initrd)
-            .args([
-                "--vcpus",
-                "1",
-                "--mem-mib",
-                &MEM_MIB.to_string(),
-                "--console",
-                "off",
-                "--metrics",
-            ])
-            .arg(&metrics)
-            .stdin(Stdio::null())
-            .spawn()
-        else {
+        let Ok(mut child) = vmm_command(f, &metrics).spawn() else {
             break;
         };
         std::thread::sleep(Duration::from_millis(300));
