@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use vpod_agent_api::pb::{ShutdownKind, ShutdownRequest};
-use vpod_agent_api::{connect_with_retry, AGENT_VSOCK_PORT};
+use vpod_agent_api::{connect_with_retry, ReadyListener, AGENT_VSOCK_PORT};
 use vpod_vmm::{Console, DiskConfig, NetConfig, VmConfig, VmExit, Vmm, VsockConfig};
 
 /// Boots are serialised: under the test bed, VMs share two emulated CPUs.
@@ -115,9 +115,18 @@ fn boots_to_the_agent_which_answers_and_powers_off() {
         guest_cid: 3,
     });
     cfg.rng = true;
+    // Guest-to-host vsock: the guest's READY call arrives on `<uds>_1025`.
+    let ready = ReadyListener::bind(&uds).expect("ready socket binds");
     let vm = Vmm::start(cfg).expect("VM starts");
     let rt = runtime();
     rt.block_on(async {
+        let ready_ns = ready.wait(AGENT_TIMEOUT).await.unwrap_or_else(|e| {
+            panic!(
+                "no READY call from the guest: {e}\nconsole:\n{}",
+                read(&dir.path("console.log"))
+            )
+        });
+        // Host-to-guest vsock: the agent's gRPC port.
         let mut agent = connect_with_retry(&uds, AGENT_VSOCK_PORT, AGENT_TIMEOUT)
             .await
             .unwrap_or_else(|e| {
@@ -149,6 +158,10 @@ fn boots_to_the_agent_which_answers_and_powers_off() {
             .into_inner();
         assert!(t.init_start_boottime_ns > 0);
         assert!(t.agent_listening_boottime_ns >= t.init_start_boottime_ns);
+        assert_eq!(
+            ready_ns, t.agent_listening_boottime_ns,
+            "the READY call carries the agent-listening time"
+        );
         agent
             .shutdown(ShutdownRequest {
                 kind: ShutdownKind::Poweroff as i32,
@@ -158,6 +171,7 @@ fn boots_to_the_agent_which_answers_and_powers_off() {
     });
     assert_eq!(vm.wait(), VmExit::Poweroff);
     assert!(!uds.exists(), "the vsock socket file outlived the VM");
+    drop(ready);
 }
 
 #[test]
