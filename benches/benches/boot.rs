@@ -7,6 +7,7 @@
 //! - vpod-vmm: userspace vsock, the host end a unix socket (`<uds>_1025`);
 //! - QEMU `-M microvm,acpi=off` with `vhost-vsock-device` (in-kernel vsock: the host end an
 //!   AF_VSOCK listener), console discarded in both.
+//!
 //! Afterwards the host connects to the agent (port 1024) for its BootTimes.
 //!
 //! Stages come from the VMM's metrics (setup) and the agent's BootTimes (guest clock: kernel until
