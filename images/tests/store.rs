@@ -477,3 +477,110 @@ fn a_blob_with_the_wrong_digest_never_enters_the_store() {
     assert!(matches!(e, Error::SizeMismatch { .. }), "{e}");
     assert_store_clean(&store);
 }
+
+/// A tmpfs of `size` mounted at a fresh dir; unmounted (lazily) on drop.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = TempDir::new("tmpfs");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &dir.0,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .expect("mount tmpfs");
+        Tmpfs { dir }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.dir.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Incompressible bytes (xorshift), so a layer of them stays big once gzipped.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+fn assert_no_space(e: &Error) {
+    let s = e.to_string();
+    assert!(
+        s.to_lowercase().contains("no space left"),
+        "ENOSPC not named: {s}"
+    );
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_written() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = TempDir::new("full");
+    let fs = Tmpfs::mount("8m");
+    let store = Store::open(&fs.dir.path("root")).unwrap();
+    let blobs_before = list(&store.dir().join("blobs/sha256"));
+
+    // 1. A layer blob bigger than the disk: the import fails while ingesting it.
+    let big = Layer::new().file("noise", &noise(12 << 20), 0o644).tar();
+    let layout = t.path("big");
+    let md = write_layout(&layout, &[big], Compression::Gzip, "big");
+    let e = import(&store, &layout, None).unwrap_err();
+    assert_no_space(&e);
+    assert!(
+        store.refs().unwrap().is_empty(),
+        "no ref for a failed import"
+    );
+    // Blobs committed before the disk filled (manifest, config) are whole and verified; the
+    // layer that didn't fit is not there at all; prune frees the rest.
+    let _ = md;
+    for b in list(&store.dir().join("blobs/sha256")) {
+        assert!(!blobs_before.contains(&b));
+        store.verify_blob(&Digest::from_hex(&b).unwrap()).unwrap();
+        let size = std::fs::metadata(store.dir().join("blobs/sha256").join(&b))
+            .unwrap()
+            .len();
+        assert!(size < 1 << 20, "a partial layer blob {b} ({size} bytes)");
+    }
+    assert_store_clean(&store);
+
+    // 2. Blobs that fit (zeros gzip to almost nothing) but a tree and block image that don't:
+    //    the import succeeds, the build fails with ENOSPC and leaves no work tree, temp file
+    //    or block image.
+    let zeros = Layer::new()
+        .dir("data", 0o755)
+        .file("data/zeros", &vec![0u8; 12 << 20], 0o644)
+        .tar();
+    let layout = t.path("zeros");
+    let md = write_layout(&layout, &[zeros], Compression::Gzip, "zeros");
+    store.prune().unwrap();
+    let imported = import(&store, &layout, None).unwrap();
+    assert_eq!(imported[0].manifest, md);
+    let e = store.ensure_block_image(&md, FsType::Erofs).unwrap_err();
+    assert_no_space(&e);
+    assert!(store.cached_block_image(&md).unwrap().is_none());
+    let disks: Vec<String> = list(&store.dir().join("disks"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(disks, Vec::<String>::new(), "no partial block image");
+    assert_store_clean(&store);
+    // The store still works: the image is intact and named.
+    assert_eq!(store.resolve("localhost/zeros:zeros").unwrap(), md);
+    store.verify_blob(&md).unwrap();
+}
