@@ -1,0 +1,191 @@
+//! Two `vpod` processes on one store root at the same time: both import the same image and ask
+//! for its block image; the store's file locks make exactly one of them build it.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+use vpod_images::{Digest, Store};
+
+fn blob(dir: &Path, data: &[u8]) -> Digest {
+    let d = Digest::of(data);
+    std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
+    d
+}
+
+/// Incompressible bytes, so unpacking and mkfs take long enough for the two to overlap.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..len / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect()
+}
+
+/// A two-layer OCI layout (busybox, then 8 MiB of noise).
+fn layout(dir: &Path) -> Digest {
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let tar = |files: &[(&str, Vec<u8>)]| {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    };
+    let layers = [
+        tar(&[("bin/busybox", std::fs::read("/bin/busybox").unwrap())]),
+        tar(&[("data/noise", noise(8 << 20))]),
+    ];
+    let lds: Vec<Digest> = layers.iter().map(|l| blob(dir, l)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/busybox", "sh"]},
+        "rootfs": {"type": "layers", "diff_ids": lds}
+    }))
+    .unwrap();
+    let cd = blob(dir, &config);
+    let ldesc: Vec<_> = layers
+        .iter()
+        .zip(&lds)
+        .map(|(l, d)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": l.len()}))
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": ldesc
+    }))
+    .unwrap();
+    let md = blob(dir, &manifest);
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    md
+}
+
+fn spawn(root: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vpod"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vpod runs")
+}
+
+fn ok(o: Output) -> (String, String) {
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(
+        o.status.success(),
+        "status {:?}\nstdout: {out}\nstderr: {err}",
+        o.status
+    );
+    (out, err)
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The store after the race: every blob verifies, exactly one block image, no leftovers.
+fn assert_store_sound(root: &Path, md: &Digest) {
+    let store = Store::open(root).unwrap();
+    let root = store.dir();
+    let blobs = list(&root.join("blobs/sha256"));
+    assert_eq!(blobs.len(), 4, "manifest, config, two layers: {blobs:?}");
+    for b in &blobs {
+        store.verify_blob(&Digest::from_hex(b).unwrap()).unwrap();
+    }
+    let disks: Vec<String> = list(&root.join("disks"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(
+        disks,
+        vec![format!("{}.erofs", md.hex()), format!("{}.json", md.hex())],
+        "exactly one block image"
+    );
+    assert_eq!(
+        list(&root.join("ingest")),
+        Vec::<String>::new(),
+        "temp files"
+    );
+    assert_eq!(list(&root.join("work")), Vec::<String>::new(), "work trees");
+    assert_eq!(store.resolve("race:1").unwrap(), *md);
+}
+
+#[test]
+fn two_processes_import_and_build_the_same_image_at_once() {
+    let t = std::env::temp_dir().join(format!("vpod-two-proc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    let md = layout(&t.join("layout"));
+    let lp = t.join("layout");
+    let lp = lp.to_str().unwrap();
+
+    // Round 1: both import (blobs ingested side by side) and then build.
+    let root = t.join("root1");
+    let a = spawn(&root, &["image", "import", lp, "--name", "race:1"]);
+    let b = spawn(&root, &["image", "import", lp, "--name", "race:1"]);
+    let (a, b) = (
+        ok(a.wait_with_output().unwrap()),
+        ok(b.wait_with_output().unwrap()),
+    );
+    let want = format!("docker.io/library/race:1 {md}");
+    assert_eq!((a.0.trim(), b.0.trim()), (want.as_str(), want.as_str()));
+    let built = [&a.1, &b.1].iter().filter(|e| e.contains("unpack")).count();
+    let cached = [&a.1, &b.1]
+        .iter()
+        .filter(|e| e.contains("(cached)"))
+        .count();
+    assert_eq!(
+        (built, cached),
+        (1, 1),
+        "one builds, one waits: {a:?} {b:?}"
+    );
+    assert_store_sound(&root, &md);
+
+    // Round 2: imported without a build, then two `image disk` at once.
+    let root = t.join("root2");
+    ok(spawn(
+        &root,
+        &["image", "import", lp, "--name", "race:1", "--no-build"],
+    )
+    .wait_with_output()
+    .unwrap());
+    let a = spawn(&root, &["image", "disk", "race:1"]);
+    let b = spawn(&root, &["image", "disk", "race:1"]);
+    let (a, b) = (
+        ok(a.wait_with_output().unwrap()),
+        ok(b.wait_with_output().unwrap()),
+    );
+    assert_eq!(a.0, b.0, "both print the same block image");
+    assert!(
+        a.0.trim().ends_with(&format!("disks/{}.erofs", md.hex())),
+        "{a:?}"
+    );
+    assert_store_sound(&root, &md);
+    let _ = std::fs::remove_dir_all(&t);
+}
