@@ -10,8 +10,9 @@ PKGS=(
   linux-source-6.1 build-essential bc bison flex libelf-dev libssl-dev xz-utils
   # images and disks
   erofs-utils e2fsprogs
-  # image pull tests: a local registry (distribution 2.8) and htpasswd for its basic auth
-  docker-registry apache2-utils
+  # image pull tests: a local registry (distribution 2.8), htpasswd for its basic auth, and the
+  # openssl CLI that makes and signs the test token server's certificate and JWTs
+  docker-registry apache2-utils openssl
   # agent API code generation
   protobuf-compiler
   # network tests

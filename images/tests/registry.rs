@@ -38,6 +38,11 @@ fn free_port() -> u16 {
 
 /// Starts docker-registry on a free loopback port; with `user`, behind htpasswd basic auth.
 fn start_registry(user: Option<(&str, &str)>) -> Registry {
+    start_registry_with(user, None)
+}
+
+/// As [`start_registry`]; `token_auth` is an `auth: token:` section to use instead.
+fn start_registry_with(user: Option<(&str, &str)>, token_auth: Option<String>) -> Registry {
     let dir = TempDir::new("registry");
     let port = free_port();
     let mut cfg = format!(
@@ -56,6 +61,9 @@ fn start_registry(user: Option<(&str, &str)>) -> Registry {
             "auth:\n  htpasswd:\n    realm: vpod-test\n    path: {}\n",
             dir.path("htpasswd").display()
         );
+    }
+    if let Some(t) = token_auth {
+        cfg += &t;
     }
     std::fs::write(dir.path("config.yml"), cfg).unwrap();
     let child = Command::new("docker-registry")
@@ -351,4 +359,292 @@ async fn a_registry_answering_500_is_a_clear_error_and_a_mirror_is_tried_first()
             .unwrap(),
         md
     );
+}
+
+/// RFC 4648 base64, url-safe without padding (JWT) or standard with padding (x5c, Basic).
+fn base64(data: &[u8], url: bool) -> String {
+    let abc: &[u8; 64] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..=c.len() {
+            out.push(abc[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+        if !url {
+            for _ in c.len()..3 {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A token server (the `realm` of distribution's token auth): GET /token with the right Basic
+/// credentials gets an RS256 JWT, signed with the `openssl` CLI by a key whose self-signed
+/// certificate the registry trusts (`rootcertbundle`) and which the JWT carries in `x5c`,
+/// granting the requested scope. Anything else is 401.
+struct TokenServer {
+    realm: String,
+    dir: TempDir,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const SERVICE: &str = "vpod-test-registry";
+const ISSUER: &str = "vpod-test-token-issuer";
+
+fn start_token_server(user: &str, password: &str) -> TokenServer {
+    let dir = TempDir::new("token");
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=vpod-test-token-issuer", "-keyout"])
+        .arg(dir.path("key.pem"))
+        .arg("-out")
+        .arg(dir.path("cert.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(dir.path("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    let x5c = base64(&der.stdout, false);
+    let key = dir.path("key.pem");
+    let work = dir.0.clone();
+    let expected = format!(
+        "Basic {}",
+        base64(format!("{user}:{password}").as_bytes(), false)
+    );
+    let user = user.to_owned();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let realm = format!("http://{}/token", l.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = requests.clone();
+    std::thread::spawn(move || {
+        for (seq, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).into_owned();
+            let target = req.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let authorized = req.lines().any(|h| {
+                h.split_once(':').is_some_and(|(k, v)| {
+                    k.eq_ignore_ascii_case("authorization") && v.trim() == expected
+                })
+            });
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let (status, body) = if path != "/token" {
+                ("404 Not Found", "{}".to_owned())
+            } else if !authorized {
+                (
+                    "401 Unauthorized",
+                    r#"{"details":"bad credentials"}"#.to_owned(),
+                )
+            } else {
+                let access: Vec<serde_json::Value> = query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter(|(k, _)| *k == "scope")
+                    .filter_map(|(_, v)| {
+                        let v = url_decode(v);
+                        let mut p = v.splitn(3, ':');
+                        let (t, name, actions) = (p.next()?, p.next()?, p.next()?);
+                        Some(serde_json::json!({
+                            "type": t, "name": name,
+                            "actions": actions.split(',').collect::<Vec<_>>()
+                        }))
+                    })
+                    .collect();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+                let claims = serde_json::json!({
+                    "iss": ISSUER, "sub": user, "aud": SERVICE,
+                    "exp": now + 300, "nbf": now - 10, "iat": now,
+                    "jti": format!("vpod-{seq}"), "access": access
+                });
+                let signing_input = format!(
+                    "{}.{}",
+                    base64(header.to_string().as_bytes(), true),
+                    base64(claims.to_string().as_bytes(), true)
+                );
+                let input = work.join(format!("in-{seq}"));
+                std::fs::write(&input, &signing_input).unwrap();
+                let sig = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign"])
+                    .arg(&key)
+                    .arg(&input)
+                    .output()
+                    .unwrap();
+                assert!(sig.status.success());
+                let jwt = format!("{signing_input}.{}", base64(&sig.stdout, true));
+                (
+                    "200 OK",
+                    serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300})
+                        .to_string(),
+                )
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    TokenServer {
+        realm,
+        dir,
+        requests,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_with_bearer_tokens_from_a_token_server_and_refuses_bad_credentials() {
+    let ts = start_token_server("vpod", "t0ken-pass");
+    let reg = start_registry_with(
+        None,
+        Some(format!(
+            "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    \
+             rootcertbundle: {}\n",
+            ts.realm,
+            ts.dir.path("cert.pem").display()
+        )),
+    );
+    // The registry itself demands a bearer token, pointing at the token server.
+    let mut s = std::net::TcpStream::connect(&reg.host).unwrap();
+    write!(
+        s,
+        "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        reg.host
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(
+        resp.contains(&format!("Bearer realm=\"{}\"", ts.realm)),
+        "{resp}"
+    );
+
+    let auth = RegistryAuth::Basic("vpod".into(), "t0ken-pass".into());
+    let (md, _) = push_test_image(&reg.host, "private/busybox", "v3", &auth).await;
+    let t = TempDir::new("pull-bearer");
+    let store = Store::open(&t.path("root")).unwrap();
+    let cfg = RegistryConfig::default();
+    let r = format!("{}/private/busybox:v3", reg.host);
+
+    for bad in [
+        RegistryAuth::Anonymous,
+        RegistryAuth::Basic("vpod".into(), "wrong".into()),
+        RegistryAuth::Bearer("not-a-token".into()),
+    ] {
+        let e = pull(&store, &r, &bad, &cfg, &no_progress)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Registry { .. }), "{e}");
+        let text = format!("{e}: {:?}", std::error::Error::source(&e));
+        assert!(
+            text.contains("401") || text.to_lowercase().contains("auth"),
+            "not an auth error: {text}"
+        );
+        assert!(store.refs().unwrap().is_empty());
+        assert_eq!(
+            list(&store.dir().join("blobs/sha256")),
+            Vec::<String>::new()
+        );
+        assert_store_clean(&store);
+    }
+
+    let before = ts.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let p = pull(&store, &r, &auth, &cfg, &no_progress).await.unwrap();
+    assert_eq!(p.manifest, md);
+    assert_eq!((p.fetched_blobs, p.reused_blobs), (3, 0));
+    assert!(
+        ts.requests.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the pull fetched a token"
+    );
+    assert_eq!(store.resolve(&r).unwrap(), md);
+    let img = store.ensure_block_image(&md, FsType::Erofs).unwrap();
+    assert!(img.built);
+    assert_store_clean(&store);
+
+    // A token obtained beforehand (`vpod image pull --token`) is sent as is.
+    let token = fetch_token(&ts, "vpod", "t0ken-pass", "repository:private/busybox:pull");
+    let t2 = TempDir::new("pull-bearer-token");
+    let store = Store::open(&t2.path("root")).unwrap();
+    let p = pull(&store, &r, &RegistryAuth::Bearer(token), &cfg, &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(p.manifest, md);
+    assert_store_clean(&store);
+}
+
+/// GET the token server's realm as a client would, returning the token.
+fn fetch_token(ts: &TokenServer, user: &str, password: &str, scope: &str) -> String {
+    let (host, path) = ts
+        .realm
+        .trim_start_matches("http://")
+        .split_once('/')
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET /{path}?service={SERVICE}&scope={} HTTP/1.1\r\nHost: {host}\r\n\
+         Authorization: Basic {}\r\nConnection: close\r\n\r\n",
+        scope.replace(':', "%3A").replace('/', "%2F"),
+        base64(format!("{user}:{password}").as_bytes(), false)
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{resp}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["token"].as_str().unwrap().to_owned()
 }
