@@ -137,6 +137,28 @@ fn assert_store_sound(root: &Path, md: &Digest) {
     assert_eq!(store.resolve("race:1").unwrap(), *md);
 }
 
+/// Waits until `n` processes are blocked on the flock of `path` (the "->" lines of /proc/locks).
+fn wait_for_waiters(path: &Path, n: usize) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = format!(":{}", std::fs::metadata(path).unwrap().ino());
+    let t0 = std::time::Instant::now();
+    loop {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        let waiting = locks
+            .lines()
+            .filter(|l| l.contains("->") && l.split_whitespace().any(|f| f.ends_with(&ino)))
+            .count();
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "{waiting} of {n} processes reached the build lock:\n{locks}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn two_processes_import_and_build_the_same_image_at_once() {
     let t = std::env::temp_dir().join(format!("vpod-two-proc-{}", std::process::id()));
@@ -145,10 +167,23 @@ fn two_processes_import_and_build_the_same_image_at_once() {
     let lp = t.join("layout");
     let lp = lp.to_str().unwrap();
 
-    // Round 1: both import (blobs ingested side by side) and then build.
+    // Round 1: both import (blobs ingested side by side) and then build. The test holds the
+    // image's build lock until both processes wait on it, so the two really meet there.
     let root = t.join("root1");
+    let store_dir = Store::open(&root).unwrap().dir().to_owned();
+    let lock_path = store_dir.join(format!("disks/{}.lock", md.hex()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    lock.lock().unwrap();
     let a = spawn(&root, &["image", "import", lp, "--name", "race:1"]);
     let b = spawn(&root, &["image", "import", lp, "--name", "race:1"]);
+    wait_for_waiters(&lock_path, 2);
+    lock.unlock().unwrap();
+    drop(lock);
     let (a, b) = (
         ok(a.wait_with_output().unwrap()),
         ok(b.wait_with_output().unwrap()),
