@@ -519,6 +519,7 @@ fn noise(len: usize) -> Vec<u8> {
 
 fn assert_no_space(e: &Error) {
     let s = e.to_string();
+    eprintln!("full disk: {s}");
     assert!(
         s.to_lowercase().contains("no space left"),
         "ENOSPC not named: {s}"
@@ -583,4 +584,25 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_written() {
     // The store still works: the image is intact and named.
     assert_eq!(store.resolve("localhost/zeros:zeros").unwrap(), md);
     store.verify_blob(&md).unwrap();
+
+    // 3. The work tree fits but the block image beside it doesn't: mkfs fails with ENOSPC and
+    //    its partial output is removed.
+    let fs = Tmpfs::mount("7m");
+    let store = Store::open(&fs.dir.path("root")).unwrap();
+    let half = Layer::new()
+        .dir("data", 0o755)
+        .file("data/zeros", &vec![0u8; 4 << 20], 0o644)
+        .tar();
+    let layout = t.path("half");
+    let md = write_layout(&layout, &[half], Compression::Gzip, "half");
+    import(&store, &layout, None).unwrap();
+    let e = store.ensure_block_image(&md, FsType::Erofs).unwrap_err();
+    assert_no_space(&e);
+    assert!(store.cached_block_image(&md).unwrap().is_none());
+    let disks: Vec<String> = list(&store.dir().join("disks"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(disks, Vec::<String>::new(), "no partial block image");
+    assert_store_clean(&store);
 }
