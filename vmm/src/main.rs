@@ -156,6 +156,7 @@ fn main() -> ExitCode {
     // Detached: it ends with the process.
     let _ = std::thread::Builder::new()
         .name("signals".into())
+        .stack_size(vpod_vmm::THREAD_STACK_SIZE)
         .spawn(move || {
             let mut sig: libc::c_int = 0;
             // SAFETY: `sigset` is initialised and `sig` is a valid out pointer.
