@@ -517,6 +517,16 @@ fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Neither a cached nor a partial block image of `md` (lock files aside) is left in the store.
+fn assert_no_block_image(store: &Store, md: &Digest) {
+    assert!(store.cached_block_image(md).unwrap().is_none());
+    let disks: Vec<String> = list(&store.dir().join("disks"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(disks, Vec::<String>::new(), "no partial block image");
+}
+
 fn assert_no_space(e: &Error) {
     let s = e.to_string();
     eprintln!("full disk: {s}");
@@ -574,12 +584,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_written() {
     assert_eq!(imported[0].manifest, md);
     let e = store.ensure_block_image(&md, FsType::Erofs).unwrap_err();
     assert_no_space(&e);
-    assert!(store.cached_block_image(&md).unwrap().is_none());
-    let disks: Vec<String> = list(&store.dir().join("disks"))
-        .into_iter()
-        .filter(|n| !n.ends_with(".lock"))
-        .collect();
-    assert_eq!(disks, Vec::<String>::new(), "no partial block image");
+    assert_no_block_image(&store, &md);
     assert_store_clean(&store);
     // The store still works: the image is intact and named.
     assert_eq!(store.resolve("localhost/zeros:zeros").unwrap(), md);
@@ -598,11 +603,6 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_written() {
     import(&store, &layout, None).unwrap();
     let e = store.ensure_block_image(&md, FsType::Erofs).unwrap_err();
     assert_no_space(&e);
-    assert!(store.cached_block_image(&md).unwrap().is_none());
-    let disks: Vec<String> = list(&store.dir().join("disks"))
-        .into_iter()
-        .filter(|n| !n.ends_with(".lock"))
-        .collect();
-    assert_eq!(disks, Vec::<String>::new(), "no partial block image");
+    assert_no_block_image(&store, &md);
     assert_store_clean(&store);
 }
