@@ -7,13 +7,17 @@
 
 pub mod args;
 pub mod clock;
+pub mod container;
+pub mod disks;
 pub mod health;
 pub mod kmsg;
 pub mod log;
+pub mod pod;
 pub mod power;
 pub mod ready;
 pub mod reaper;
 pub mod service;
 pub mod setup;
+pub mod volumes;
 
 pub use service::{serve, AgentConfig, AgentService, ServeError, ShutdownRequested};

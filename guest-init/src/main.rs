@@ -5,6 +5,7 @@
 //! start a single-threaded runtime, bind the listener, announce. Nothing
 //! slow (disks, network beyond `lo`) happens before the agent listens.
 
+use std::ffi::OsStr;
 use std::fmt::Display;
 use std::io::Write;
 use std::path::Path;
@@ -17,7 +18,9 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use vpod_agent_api::pb::ShutdownKind;
 use vpod_init::args::{Args, Listen};
 use vpod_init::clock::Stamp;
+use vpod_init::container::init::CONTAINER_INIT_ARG;
 use vpod_init::log::{AgentLog, DEFAULT_CAPACITY, LEVEL_NOTICE};
+use vpod_init::reaper::Reaper;
 use vpod_init::{power, reaper, serve, setup, AgentConfig, AgentService, ServeError};
 
 /// How long open connections may take to finish after a Shutdown request.
@@ -42,6 +45,10 @@ enum InitError {
 
 fn main() {
     let init_start = Stamp::now();
+    // The same binary is each container's init (see container::init).
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(CONTAINER_INIT_ARG)) {
+        vpod_init::container::init::main()
+    }
     // PID 1 reaps orphans wherever it runs; only the guest's init (PID 1 on
     // the initramfs) sets the system up and powers it off.
     let pid1 = std::process::id() == 1;
@@ -110,15 +117,17 @@ async fn run(
     log: Arc<AgentLog>,
     pid1: bool,
 ) -> Result<ShutdownKind, InitError> {
-    if pid1 {
-        tokio::spawn(reaper::reap_children(log.clone()));
-    }
+    // Outside PID 1 it still waits for its own children (containers).
+    let _ = pid1;
+    let reaper = Reaper::new();
+    tokio::spawn(reaper::reap_children(reaper.clone(), log.clone()));
     let config = |agent_listening| AgentConfig {
         init_start,
         agent_listening,
         kmsg_path: args.kmsg.clone(),
         proc_root: args.proc_root.clone(),
         log: log.clone(),
+        reaper: reaper.clone(),
     };
 
     match &args.listen {

@@ -1,7 +1,7 @@
 //! The `vpod.agent.v1.Agent` gRPC service and the server loop around it.
 
 use std::path::PathBuf;
-use std::pin::Pin;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +13,14 @@ use tonic::transport::server::Connected;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use vpod_agent_api::pb::{
-    BootTimesRequest, BootTimesResponse, HealthReport, HealthRequest, LogEntry, LogSource,
-    LogsRequest, PingRequest, PingResponse, ShutdownKind, ShutdownRequest, ShutdownResponse,
-    VersionRequest, VersionResponse,
+    BootTimesRequest, BootTimesResponse, ContainerRef, ContainerStatsResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecInput, ExecOutput, ExitStatus,
+    HealthReport, HealthRequest, KillContainerRequest, KillContainerResponse,
+    ListContainersRequest, ListContainersResponse, LogEntry, LogSource, LogsRequest,
+    MountEphemeralRequest, MountEphemeralResponse, OutputChunk, PingRequest, PingResponse,
+    PutVolumeRequest, PutVolumeResponse, RemoveContainerResponse, ResizeTtyRequest,
+    ResizeTtyResponse, ShutdownKind, ShutdownRequest, ShutdownResponse, StartContainerResponse,
+    StdinChunk, StopContainerRequest, VersionRequest, VersionResponse, WriteStdinResponse,
 };
 use vpod_agent_api::{AgentServer, API_VERSION};
 
@@ -23,6 +28,7 @@ use crate::clock::{boottime_ns, realtime_ns, Stamp};
 use crate::health::read_health;
 use crate::kmsg::{KmsgReader, ReadOutcome};
 use crate::log::AgentLog;
+use crate::pod::Pod;
 
 /// Smallest `Health` interval accepted; below it a client floods itself.
 pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
@@ -30,7 +36,7 @@ pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(10);
 /// Items buffered per streaming RPC before the producer waits for the client.
 const STREAM_BUFFER: usize = 128;
 
-type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use crate::pod::RpcStream;
 
 /// What the service needs to know about its guest.
 #[derive(Debug)]
@@ -45,12 +51,15 @@ pub struct AgentConfig {
     pub proc_root: PathBuf,
     /// The agent's own log, shared with the rest of init.
     pub log: Arc<AgentLog>,
+    /// Waits for every child; containers and execs claim their statuses here.
+    pub reaper: Arc<crate::reaper::Reaper>,
 }
 
 /// The agent service. Create with [`AgentService::new`], run with [`serve`].
 #[derive(Debug)]
 pub struct AgentService {
     cfg: Arc<AgentConfig>,
+    pod: Pod,
     shutdown_tx: watch::Sender<Option<ShutdownKind>>,
 }
 
@@ -81,6 +90,7 @@ impl AgentService {
         let (shutdown_tx, rx) = watch::channel(None);
         (
             AgentService {
+                pod: Pod::new(cfg.reaper.clone(), cfg.log.clone()),
                 cfg: Arc::new(cfg),
                 shutdown_tx,
             },
@@ -133,6 +143,108 @@ where
 
 #[tonic::async_trait]
 impl vpod_agent_api::Agent for AgentService {
+    async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.pod.create_container(req).await
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        self.pod.start_container(req).await
+    }
+
+    type AttachStream = RpcStream<OutputChunk>;
+
+    async fn attach(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        self.pod.attach(req)
+    }
+
+    async fn write_stdin(
+        &self,
+        req: Request<tonic::Streaming<StdinChunk>>,
+    ) -> Result<Response<WriteStdinResponse>, Status> {
+        self.pod.write_stdin(req).await
+    }
+
+    async fn kill_container(
+        &self,
+        req: Request<KillContainerRequest>,
+    ) -> Result<Response<KillContainerResponse>, Status> {
+        self.pod.kill(req)
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Result<Response<ExitStatus>, Status> {
+        self.pod.stop(req).await
+    }
+
+    async fn wait_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ExitStatus>, Status> {
+        self.pod.wait(req).await
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.pod.remove(req).await
+    }
+
+    async fn list_containers(
+        &self,
+        _req: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Ok(self.pod.list())
+    }
+
+    async fn container_stats(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        self.pod.stats(req)
+    }
+
+    async fn resize_tty(
+        &self,
+        req: Request<ResizeTtyRequest>,
+    ) -> Result<Response<ResizeTtyResponse>, Status> {
+        self.pod.resize(req)
+    }
+
+    type ExecStream = RpcStream<ExecOutput>;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        self.pod.exec(req).await
+    }
+
+    async fn put_volume(
+        &self,
+        req: Request<PutVolumeRequest>,
+    ) -> Result<Response<PutVolumeResponse>, Status> {
+        self.pod.put_volume(req).await
+    }
+
+    async fn mount_ephemeral(
+        &self,
+        req: Request<MountEphemeralRequest>,
+    ) -> Result<Response<MountEphemeralResponse>, Status> {
+        self.pod.mount_ephemeral(req).await
+    }
+
     async fn version(
         &self,
         _req: Request<VersionRequest>,

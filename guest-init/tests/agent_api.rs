@@ -120,6 +120,7 @@ impl Harness {
             kmsg_path,
             proc_root: PathBuf::from("/proc"),
             log: log.clone(),
+            reaper: vpod_init::reaper::Reaper::new(),
         });
         let server = tokio::spawn(serve(
             service,

@@ -28,7 +28,7 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// Version of the API served by this build; reported in `Version`. Bumped
 /// whenever RPCs or fields are added.
-pub const API_VERSION: u32 = 1;
+pub const API_VERSION: u32 = 2;
 
 /// x86 I/O port the guest writes one byte to right before it resets itself,
 /// so the VMM can tell a poweroff from a reboot (both reach the VMM as a

@@ -1,0 +1,320 @@
+//! The pod side of the agent service: containers, exec, volumes, disks.
+//! `service.rs` forwards the RPCs here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use vpod_agent_api::pb::{
+    exec_input, exec_output, ContainerRef, ContainerStatsResponse, CreateContainerRequest,
+    CreateContainerResponse, ExecInput, ExecOutput, ExitStatus, KillContainerRequest,
+    KillContainerResponse, ListContainersResponse, MountEphemeralRequest, MountEphemeralResponse,
+    OutputChunk, PutVolumeRequest, PutVolumeResponse, RemoveContainerResponse, ResizeTtyRequest,
+    ResizeTtyResponse, StartContainerResponse, StdinChunk, StopContainerRequest,
+    WriteStdinResponse,
+};
+
+use crate::clock::boottime_ns;
+use crate::container::{stdio, Containers};
+use crate::disks::Disks;
+use crate::log::AgentLog;
+use crate::reaper::Reaper;
+use crate::volumes::Volumes;
+
+pub type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Everything the pod RPCs act on.
+#[derive(Debug)]
+pub struct Pod {
+    pub containers: Arc<Containers>,
+    pub volumes: Arc<Volumes>,
+    pub disks: Arc<Disks>,
+}
+
+impl Pod {
+    pub fn new(reaper: Arc<Reaper>, log: Arc<AgentLog>) -> Self {
+        let disks = Arc::new(Disks::default());
+        let volumes = Arc::new(Volumes::default());
+        Pod {
+            containers: Arc::new(Containers::new(reaper, disks.clone(), volumes.clone(), log)),
+            volumes,
+            disks,
+        }
+    }
+
+    pub async fn create_container(
+        &self,
+        req: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.containers.create(req.into_inner()).await?;
+        Ok(Response::new(CreateContainerResponse {}))
+    }
+
+    pub async fn start_container(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let pid = self.containers.start(&req.into_inner().id).await?;
+        Ok(Response::new(StartContainerResponse {
+            pid: pid as u32,
+            started_boottime_ns: boottime_ns(),
+        }))
+    }
+
+    pub fn attach(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<RpcStream<OutputChunk>>, Status> {
+        let rx = self.containers.attach(&req.into_inner().id)?;
+        let stream = futures_unfold(rx);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    pub async fn write_stdin(
+        &self,
+        req: Request<Streaming<StdinChunk>>,
+    ) -> Result<Response<WriteStdinResponse>, Status> {
+        let mut input = req.into_inner();
+        let mut id = String::new();
+        let mut close = false;
+        let mut written = 0u64;
+        while let Some(chunk) = input.message().await? {
+            if id.is_empty() {
+                id = chunk.id.clone();
+                close = chunk.close_on_end;
+                if id.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "the first stdin chunk must name the container",
+                    ));
+                }
+            }
+            self.containers.write_stdin(&id, &chunk.data, false).await?;
+            written += chunk.data.len() as u64;
+        }
+        if close && !id.is_empty() {
+            self.containers.write_stdin(&id, &[], true).await?;
+        }
+        Ok(Response::new(WriteStdinResponse {
+            bytes_written: written,
+        }))
+    }
+
+    pub fn kill(
+        &self,
+        req: Request<KillContainerRequest>,
+    ) -> Result<Response<KillContainerResponse>, Status> {
+        let r = req.into_inner();
+        self.containers.kill(&r.id, r.signal, r.all)?;
+        Ok(Response::new(KillContainerResponse {}))
+    }
+
+    pub async fn stop(
+        &self,
+        req: Request<StopContainerRequest>,
+    ) -> Result<Response<ExitStatus>, Status> {
+        let r = req.into_inner();
+        let grace = Duration::from_millis(r.grace_period_ms as u64);
+        Ok(Response::new(
+            self.containers.stop(&r.id, grace, r.signal).await?,
+        ))
+    }
+
+    pub async fn wait(&self, req: Request<ContainerRef>) -> Result<Response<ExitStatus>, Status> {
+        Ok(Response::new(
+            self.containers.wait(&req.into_inner().id).await?,
+        ))
+    }
+
+    pub async fn remove(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.containers.remove(&req.into_inner().id).await?;
+        Ok(Response::new(RemoveContainerResponse {}))
+    }
+
+    pub fn list(&self) -> Response<ListContainersResponse> {
+        Response::new(ListContainersResponse {
+            containers: self.containers.list(),
+        })
+    }
+
+    pub fn stats(
+        &self,
+        req: Request<ContainerRef>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        Ok(Response::new(self.containers.stats(&req.into_inner().id)?))
+    }
+
+    pub fn resize(
+        &self,
+        req: Request<ResizeTtyRequest>,
+    ) -> Result<Response<ResizeTtyResponse>, Status> {
+        let r = req.into_inner();
+        self.containers
+            .resize(&r.id, clamp16(r.rows), clamp16(r.cols))?;
+        Ok(Response::new(ResizeTtyResponse {}))
+    }
+
+    pub async fn exec(
+        &self,
+        req: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<RpcStream<ExecOutput>>, Status> {
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("exec: empty input stream"))?;
+        let Some(exec_input::Input::Start(start)) = first.input else {
+            return Err(Status::invalid_argument(
+                "exec: the first message must be `start`",
+            ));
+        };
+        let process = start
+            .process
+            .ok_or_else(|| Status::invalid_argument("exec: start carries no process"))?;
+        let (handle, io) = self.containers.exec(&start.container_id, &process).await?;
+
+        let (tx, rx) = mpsc::channel::<Result<ExecOutput, Status>>(64);
+        let out_tx = tx.clone();
+        let out = tokio::spawn(stdio::pump(io.out, out_tx, |b| {
+            Ok(ExecOutput {
+                output: Some(exec_output::Output::Stdout(b)),
+            })
+        }));
+        let err = io.err.map(|fd| {
+            tokio::spawn(stdio::pump(fd, tx.clone(), |b| {
+                Ok(ExecOutput {
+                    output: Some(exec_output::Output::Stderr(b)),
+                })
+            }))
+        });
+        // Input: stdin bytes, resizes, end of stdin. A client that stops
+        // sending leaves the process running until it exits by itself.
+        let mut stdin = io.input;
+        let pty = io.pty;
+        let is_tty = pty.is_some();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = input.message().await {
+                match msg.input {
+                    Some(exec_input::Input::Stdin(data)) => {
+                        if let Some(fd) = &stdin {
+                            if stdio::write_all(fd, &data).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    Some(exec_input::Input::Resize(r)) => {
+                        if let Some(p) = &pty {
+                            let _ = stdio::resize(p, clamp16(r.rows), clamp16(r.cols));
+                        }
+                    }
+                    Some(exec_input::Input::CloseStdin(true)) if !is_tty => stdin = None,
+                    _ => {}
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let status = handle.wait().await;
+            // All output first, then the exit.
+            let _ = out.await;
+            if let Some(e) = err {
+                let _ = e.await;
+            }
+            let _ = tx
+                .send(Ok(ExecOutput {
+                    output: Some(exec_output::Output::Exit(status)),
+                }))
+                .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    pub async fn put_volume(
+        &self,
+        req: Request<PutVolumeRequest>,
+    ) -> Result<Response<PutVolumeResponse>, Status> {
+        let r = req.into_inner();
+        let volumes = self.volumes.clone();
+        let disks = self.disks.clone();
+        let gen = tokio::task::spawn_blocking(move || volumes.put(&r, || disks.ephemeral()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                crate::volumes::VolumeError::BadName(_)
+                | crate::volumes::VolumeError::BadPath { .. } => {
+                    Status::invalid_argument(e.to_string())
+                }
+                crate::volumes::VolumeError::MediumChanged(_)
+                | crate::volumes::VolumeError::Disk(_) => {
+                    Status::failed_precondition(e.to_string())
+                }
+                _ => Status::internal(e.to_string()),
+            })?;
+        Ok(Response::new(PutVolumeResponse { generation: gen }))
+    }
+
+    pub async fn mount_ephemeral(
+        &self,
+        req: Request<MountEphemeralRequest>,
+    ) -> Result<Response<MountEphemeralResponse>, Status> {
+        let serial = req.into_inner().disk;
+        let disks = self.disks.clone();
+        let path = tokio::task::spawn_blocking(move || disks.mount_ephemeral(&serial))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let st = nix::sys::statvfs::statvfs(&path)
+            .map_err(|e| Status::internal(format!("statvfs {}: {e}", path.display())))?;
+        let frag = st.fragment_size();
+        Ok(Response::new(MountEphemeralResponse {
+            size_bytes: st.blocks() * frag,
+            free_bytes: st.blocks_available() * frag,
+        }))
+    }
+}
+
+fn clamp16(v: u32) -> u16 {
+    v.min(u16::MAX as u32) as u16
+}
+
+/// A stream over an attached container's output until its pipes close.
+fn futures_unfold(
+    rx: tokio::sync::OwnedMutexGuard<mpsc::Receiver<OutputChunk>>,
+) -> impl Stream<Item = Result<OutputChunk, Status>> + Send + 'static {
+    tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(Guarded(rx).into_receiver()),
+        Ok,
+    )
+}
+
+/// Moves chunks from the locked receiver into a fresh channel, so the lock
+/// (one attacher) is held exactly as long as the client's stream lives.
+struct Guarded(tokio::sync::OwnedMutexGuard<mpsc::Receiver<OutputChunk>>);
+
+impl Guarded {
+    fn into_receiver(mut self) -> mpsc::Receiver<OutputChunk> {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    chunk = self.0.recv() => match chunk {
+                        Some(c) => {
+                            if tx.send(c).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+}
