@@ -1,5 +1,12 @@
-//! `vpod`: the node-side command. Today: `vpod image ...` over the image store of vpod-images.
+//! `vpod`: the node-side command: `vpod image ...` over the image store of vpod-images, and
+//! pods: `vpod run` (one-shot or `-d`), `ps`, `exec`, `logs`, `stop`, `rm`.
 //! (The CRI server, `vpod serve`, grows here later.)
+
+mod pods;
+mod quantity;
+mod record;
+mod run;
+mod term;
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -18,6 +25,9 @@ struct Cli {
     /// State directory (image store under <root>/images).
     #[arg(long, global = true, default_value = vpod_images::DEFAULT_ROOT)]
     root: PathBuf,
+    /// Runtime directory (pod records under <run-dir>/pods).
+    #[arg(long, global = true, env = "VPOD_RUN_DIR", default_value = "/run/vpod")]
+    run_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -27,6 +37,80 @@ enum Cmd {
     /// Manage OCI images and their block images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Run a container in a new pod (its own microVM).
+    Run(Box<run::RunArgs>),
+    /// List pods (running ones; -a for all).
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Run a command in a running pod's container.
+    Exec {
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        pod: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a pod's container output.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        pod: String,
+    },
+    /// Stop a pod's container (SIGTERM, then SIGKILL after the grace period) and its VM.
+    Stop {
+        /// Grace period in seconds.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        pod: String,
+    },
+    /// Remove a stopped pod's record (-f: stop it first).
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        pod: String,
+    },
+    /// Internal: the detached side of `vpod run -d`.
+    #[command(name = "__supervise", hide = true)]
+    Supervise { record: PathBuf },
+}
+
+/// Pod commands; the exit code is the container's where there is one.
+fn pod_cmd(cli: Cli) -> Result<u8, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| format!("tokio runtime: {err}"))?;
+    let run_dir = cli.run_dir.clone();
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run(args) => {
+                let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
+                run::run(*args, &store, &run_dir).await
+            }
+            Cmd::Supervise { record } => {
+                let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
+                run::supervise(&record, &store).await
+            }
+            Cmd::Ps { all } => pods::ps(&run_dir, all),
+            Cmd::Exec {
+                tty,
+                interactive,
+                pod,
+                command,
+            } => pods::exec(&run_dir, &pod, tty, interactive, command).await,
+            Cmd::Logs { follow, pod } => pods::logs(&run_dir, &pod, follow).await,
+            Cmd::Stop { time, pod } => {
+                pods::stop(&run_dir, &pod, std::time::Duration::from_secs(time)).await
+            }
+            Cmd::Rm { force, pod } => pods::rm(&run_dir, &pod, force).await,
+            Cmd::Image(_) => unreachable!("image commands are handled by run()"),
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -125,7 +209,9 @@ fn auth(
 fn run(cli: Cli) -> Result<(), String> {
     let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
     let e = |e: vpod_images::Error| e.to_string();
-    let Cmd::Image(cmd) = cli.cmd;
+    let Cmd::Image(cmd) = cli.cmd else {
+        unreachable!("pod commands are handled by pod_cmd()")
+    };
     match cmd {
         ImageCmd::Pull {
             reference,
@@ -261,11 +347,23 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Image(_)) {
+        return match run(cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("vpod: error: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match pod_cmd(cli) {
+        Ok(code) => ExitCode::from(code),
         Err(msg) => {
             eprintln!("vpod: error: {msg}");
-            ExitCode::FAILURE
+            // 125: vpod itself failed (the container's codes are 0-255 too;
+            // Docker uses the same convention).
+            ExitCode::from(125)
         }
     }
 }

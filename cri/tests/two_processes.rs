@@ -6,72 +6,20 @@ use std::process::{Child, Command, Output, Stdio};
 
 use vpod_images::{Digest, Store};
 
-fn blob(dir: &Path, data: &[u8]) -> Digest {
-    let d = Digest::of(data);
-    std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
-    d
-}
-
-/// Incompressible bytes, so unpacking and mkfs take long enough for the two to overlap.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..len / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
-}
+mod common;
 
 /// A two-layer OCI layout (busybox, then 8 MiB of noise).
 fn layout(dir: &Path) -> Digest {
-    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    let tar = |files: &[(&str, Vec<u8>)]| {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, data) in files {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o755);
-            b.append_data(&mut h, name, &data[..]).unwrap();
-        }
-        b.into_inner().unwrap()
-    };
+    use common::Entry;
     let layers = [
-        tar(&[("bin/busybox", std::fs::read("/bin/busybox").unwrap())]),
-        tar(&[("data/noise", noise(8 << 20))]),
+        common::tar(&[Entry::File(
+            "bin/busybox".into(),
+            std::fs::read("/bin/busybox").unwrap(),
+            0o755,
+        )]),
+        common::tar(&[Entry::File("data/noise".into(), common::noise(8 << 20), 0o755)]),
     ];
-    let lds: Vec<Digest> = layers.iter().map(|l| blob(dir, l)).collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/busybox", "sh"]},
-        "rootfs": {"type": "layers", "diff_ids": lds}
-    }))
-    .unwrap();
-    let cd = blob(dir, &config);
-    let ldesc: Vec<_> = layers
-        .iter()
-        .zip(&lds)
-        .map(|(l, d)| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": l.len()}))
-        .collect();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": ldesc
-    }))
-    .unwrap();
-    let md = blob(dir, &manifest);
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]}))
-        .unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    md
+    common::layout(dir, &layers, serde_json::json!({"Cmd": ["/bin/busybox", "sh"]}))
 }
 
 fn spawn(root: &Path, args: &[&str]) -> Child {

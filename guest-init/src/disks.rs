@@ -112,11 +112,15 @@ impl Disks {
         // A late disk's new size can trail its serial by a moment: retry.
         let t0 = Instant::now();
         loop {
-            match mount(Some(&dev), &target, Some("erofs"), flags, None::<&str>) {
+            // erofs normally; ext4 when the host had no mkfs.erofs.
+            let res = mount(Some(&dev), &target, Some("erofs"), flags, None::<&str>).or_else(
+                |_| mount(Some(&dev), &target, Some("ext4"), flags, Some("noload")),
+            );
+            match res {
                 Ok(()) => break,
                 Err(source) if t0.elapsed() > DISK_APPEAR_TIMEOUT => {
                     return Err(DiskError::Mount {
-                        what: "image erofs",
+                        what: "image (erofs or ext4)",
                         dev: dev.display().to_string(),
                         target: target.display().to_string(),
                         source,

@@ -4,11 +4,18 @@
 //!   for; host namespaces and hostPath volumes are refused with the field to change.
 //! - [`mounts`]: how each mount reaches the guest, read from kubelet's path layout.
 //! - [`sizing`]: the pod VM's vCPUs and memory from its containers' limits.
+//! - [`pod`]: a booted pod: its microVM (in-process), state directory and agent client.
+//! - [`ephemeral`]: the pod's private ext4 disk; [`volumes`]: host dirs pushed into the guest.
 
+pub mod defaults;
+pub mod ephemeral;
 pub mod mounts;
+pub mod pod;
 pub mod policy;
 pub mod sizing;
+pub mod volumes;
 
 pub use mounts::{MountClassifier, MountError, MountKind};
 pub use policy::{check_spec, CheckedSpec, PolicyError};
 pub use sizing::{Limits, VmSize};
+pub use pod::{ImageDisk, Pod, PodConfig, PodError};

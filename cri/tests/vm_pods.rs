@@ -1,0 +1,458 @@
+//! Pods on real microVMs: `vpod run` and its detached commands, and the
+//! sandbox library for what the CLI does not expose (two containers, late
+//! images). Named `vm_*` so cargo's runner sends it through the test bed
+//! when the host's KVM can't run Linux guests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vpod_agent_api::pb::{ContainerRef, CreateContainerRequest, MountKind, Process};
+use vpod_images::{FsType, Store};
+use vpod_sandbox::{ImageDisk, Pod, PodConfig};
+
+mod common;
+
+/// One pod at a time: the test bed has few CPUs and boots are slow there.
+static ONE_POD: Mutex<()> = Mutex::new(());
+
+fn guest_file(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest")
+        .join(name);
+    assert!(p.exists(), "{} is missing: run `make guest` first", p.display());
+    p
+}
+
+struct Env {
+    dir: PathBuf,
+    root: PathBuf,
+    run: PathBuf,
+    image: String,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let one = ONE_POD.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = std::env::temp_dir().join(format!("vpod-pods-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = dir.join("root");
+        let layout = dir.join("layout");
+        let layer = common::busybox_layer(vec![common::Entry::File(
+            "etc/hello".into(),
+            b"hello from the image\n".to_vec(),
+            0o644,
+        )]);
+        common::layout(&layout, &[layer], serde_json::json!({"Cmd": ["sh"], "Env": ["IMAGE_ENV=1"]}));
+        let store = Store::open(&root).unwrap();
+        vpod_images::import(&store, &layout, Some("busybox:test")).unwrap();
+        Env {
+            run: dir.join("run"),
+            root,
+            dir,
+            image: "busybox:test".into(),
+            _one: one,
+        }
+    }
+
+    fn vpod(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vpod"));
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--run-dir")
+            .arg(&self.run)
+            .args(args)
+            .env("VPOD_KERNEL", guest_file("vmlinux"))
+            .env("VPOD_INITRD", guest_file("initramfs.cpio"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn out(&self, args: &[&str]) -> Output {
+        self.vpod(args).output().unwrap()
+    }
+
+    /// `vpod run -d ... IMAGE -- cmd`; returns the pod id.
+    fn run_detached(&self, flags: &[&str], cmd: &[&str]) -> String {
+        let mut args = vec!["run", "-d"];
+        args.extend_from_slice(flags);
+        args.push(&self.image);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        let o = self.out(&args);
+        assert!(o.status.success(), "run -d failed: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Whatever a failed test left running goes too.
+        for e in std::fs::read_dir(self.run.join("pods")).into_iter().flatten().flatten() {
+            let _ = self
+                .vpod(&["rm", "-f", &e.file_name().to_string_lossy()])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(format!("{}: {c}", name.to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every regular file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => {
+                    if std::fs::read(&p).is_ok_and(|data| contains(&data, needle)) {
+                        hits.push(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn run_streams_output_and_exits_with_the_container_code() {
+    let env = Env::new("run");
+    let o = env.out(&[
+        "run",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hello; echo to-stderr >&2; echo env=$IMAGE_ENV host=$(hostname); exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = stdout(&o);
+    assert!(out.contains("hello from the image"), "{}", text(&o));
+    assert!(out.contains("env=1 host="), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"), "{}", text(&o));
+    // A foreground run leaves nothing behind.
+    let left: Vec<_> = std::fs::read_dir(env.run.join("pods")).unwrap().collect();
+    assert!(left.is_empty(), "records left: {left:?}");
+    assert!(processes_with("__supervise").is_empty());
+
+    let ok = env.out(&["run", &env.image, "--", "true"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+}
+
+#[test]
+fn a_memory_limit_ends_in_oomkilled_137() {
+    let env = Env::new("oom");
+    // busybox tail keeps all of a newline-free input in memory.
+    let o = env.out(&["run", "--memory", "32Mi", &env.image, "--", "tail", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(137), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("OOMKilled"), "{}", text(&o));
+}
+
+#[test]
+fn filling_the_ephemeral_disk_fails_the_writer_not_the_pod() {
+    let env = Env::new("enospc");
+    let o = env.out(&[
+        "run",
+        "--ephemeral-storage",
+        "48Mi",
+        &env.image,
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=1M count=200; echo dd-exit=$?; rm /big; echo ok > /after; cat /after",
+    ]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{all}");
+    assert!(all.contains("No space left on device"), "{all}");
+    assert!(!all.contains("dd-exit=0"), "{all}");
+    assert!(stdout(&o).contains("ok"), "the pod kept working after ENOSPC: {all}");
+}
+
+#[test]
+fn detached_pod_exec_with_a_tty_logs_stop_and_rm_leave_nothing() {
+    let env = Env::new("detached");
+    let id = env.run_detached(&[], &["sh", "-c", "echo started-ok; exec sleep 1000"]);
+    let ps = env.out(&["ps"]);
+    assert!(stdout(&ps).contains(&id) && stdout(&ps).contains("Running"), "{}", text(&ps));
+
+    let e = env.out(&["exec", "-t", &id, "--", "sh", "-c", "tty; stty size; echo exec-code; exit 7"]);
+    assert_eq!(e.status.code(), Some(7), "{}", text(&e));
+    let out = stdout(&e);
+    assert!(out.contains("/dev/pts/"), "exec -t has a tty: {}", text(&e));
+    assert!(out.contains("24 80"), "default tty size: {}", text(&e));
+    let e = env.out(&["exec", &id, "--", "sh", "-c", "[ -t 0 ] || echo no-tty; cat /etc/hello"]);
+    assert_eq!(e.status.code(), Some(0), "{}", text(&e));
+    assert!(stdout(&e).contains("no-tty") && stdout(&e).contains("hello from the image"));
+    let bad = env.out(&["exec", &id, "--", "no-such-command"]);
+    assert_eq!(bad.status.code(), Some(125), "{}", text(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("executable file not found"), "{}", text(&bad));
+
+    let t0 = Instant::now();
+    while !stdout(&env.out(&["logs", &id])).contains("started-ok") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no output in logs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rm = env.out(&["rm", &id]);
+    assert!(!rm.status.success(), "rm of a running pod must need -f");
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("is running"), "{}", text(&rm));
+
+    let stop = env.out(&["stop", "-t", "1", &id]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let ps = env.out(&["ps", "-a"]);
+    // sleep does not handle SIGTERM: it dies of it (128 + 15).
+    assert!(stdout(&ps).contains("Exited (143)"), "{}", text(&ps));
+    assert!(processes_with(&id).is_empty(), "{:?}", processes_with(&id));
+    let rm = env.out(&["rm", &id]);
+    assert!(rm.status.success(), "{}", text(&rm));
+    assert!(!env.run.join("pods").join(&id).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(env.dir.to_str().unwrap()), "{mounts}");
+    let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    assert!(!stdout(&links).contains("tap"), "{}", stdout(&links));
+}
+
+#[test]
+fn secrets_live_in_guest_ram_only_and_follow_host_updates() {
+    let env = Env::new("secret");
+    // The host copy sits on a tmpfs, like kubelet's secret volumes.
+    let src = PathBuf::from("/dev/shm").join(format!("vpod-secret-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(&src).unwrap();
+    let first = format!("s3cret-{}-first", std::process::id());
+    std::fs::write(src.join("token"), &first).unwrap();
+    let spec = format!("tok={}", src.display());
+    let id = env.run_detached(&["--secret", &spec], &["sleep", "1000"]);
+
+    let read = || stdout(&env.out(&["exec", &id, "--", "cat", "/run/secrets/tok/token"]));
+    assert_eq!(read(), first);
+    let m = env.out(&["exec", &id, "--", "sh", "-c", "grep ' /run/secrets/tok ' /proc/mounts"]);
+    assert!(stdout(&m).starts_with("tmpfs "), "secret mount: {}", text(&m));
+    let w = env.out(&["exec", &id, "--", "sh", "-c", "echo x > /run/secrets/tok/token"]);
+    assert!(!w.status.success(), "secret volume must be read-only: {}", text(&w));
+
+    // kubelet-style update: new content appears in the guest.
+    let second = format!("s3cret-{}-second", std::process::id());
+    std::fs::write(src.join("token"), &second).unwrap();
+    let t0 = Instant::now();
+    while read() != second {
+        assert!(t0.elapsed() < Duration::from_secs(60), "update never reached the guest");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Neither value is in any file of the pod (its disk image included),
+    // the store, or the logs.
+    let vm_dir = env.run.join("pods").join(&id);
+    for needle in [&first, &second] {
+        let mut hits = files_holding(&vm_dir, needle.as_bytes());
+        hits.extend(files_holding(&env.root, needle.as_bytes()));
+        assert!(hits.is_empty(), "secret bytes found on the host in {hits:?}");
+    }
+    let stop = env.out(&["rm", "-f", &id]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let _ = std::fs::remove_dir_all(&src);
+}
+
+#[test]
+fn clear_errors_for_bad_limits_and_unknown_images() {
+    let env = Env::new("errors");
+    let o = env.out(&["run", "--memory", "lots", &env.image, "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--memory"), "{}", text(&o));
+    let o = env.out(&["run", "no-such-image:1", "--", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-image"), "{}", text(&o));
+    let o = env
+        .vpod(&["run", &env.image, "--", "true"])
+        .env("VPOD_KERNEL", "/nonexistent/vmlinux")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("guest kernel /nonexistent/vmlinux not found"), "{}", text(&o));
+    assert!(std::fs::read_dir(env.run.join("pods")).unwrap().next().is_none());
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn container(id: &str, serial: &str, args: &[&str]) -> CreateContainerRequest {
+    CreateContainerRequest {
+        id: id.into(),
+        image_disk: serial.into(),
+        process: Some(Process {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            capabilities: vpod_sandbox::defaults::CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            ..Default::default()
+        }),
+        hostname: id.into(),
+        ..Default::default()
+    }
+}
+
+fn pod_config(env: &Env, images: Vec<ImageDisk>, slots: usize) -> PodConfig {
+    PodConfig {
+        id: "lib-pod".into(),
+        dir: env.dir.join("pod"),
+        kernel: guest_file("vmlinux"),
+        initrd: guest_file("initramfs.cpio"),
+        vcpus: 1,
+        mem_mib: 256,
+        ephemeral_bytes: 64 << 20,
+        images,
+        spare_slots: slots,
+        hostname: "lib-pod".into(),
+        boot_timeout: Duration::from_secs(240),
+    }
+}
+
+fn image_disk(env: &Env) -> PathBuf {
+    let store = Store::open(&env.root).unwrap();
+    let d = store.resolve(&env.image).unwrap();
+    store.ensure_block_image(&d, FsType::detect()).unwrap().path
+}
+
+#[test]
+fn two_containers_share_localhost_but_not_files() {
+    let env = Env::new("two");
+    let disk = image_disk(&env);
+    runtime().block_on(async {
+        let pod = Pod::boot(pod_config(
+            &env,
+            vec![ImageDisk {
+                serial: "img0".into(),
+                path: disk,
+            }],
+            0,
+        ))
+        .await
+        .unwrap();
+        pod.create_container(container(
+            "server",
+            "img0",
+            &["sh", "-c", "echo mine > /tmp/server-file; nc -l -p 8080 -e echo hello-over-localhost"],
+        ))
+        .await
+        .unwrap();
+        pod.start_container("server").await.unwrap();
+        let client_cmd = "sleep 1; \
+             [ -e /tmp/server-file ] && echo SEES-SERVER-FILE; \
+             for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 8080 && exit 0; sleep 1; done; exit 1";
+        pod.create_container(container("client", "img0", &["sh", "-c", client_cmd]))
+            .await
+            .unwrap();
+        let mut out = pod
+            .agent()
+            .attach(ContainerRef { id: "client".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        pod.start_container("client").await.unwrap();
+        let mut text = Vec::new();
+        while let Ok(Some(c)) = out.message().await {
+            text.extend(c.data);
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let status = pod.wait_container("client").await.unwrap();
+        assert_eq!(status.exit_code, 0, "client: {text}");
+        assert!(text.contains("hello-over-localhost"), "{text}");
+        assert!(!text.contains("SEES-SERVER-FILE"), "{text}");
+        // Each has its own PID namespace: the client is PID 1 of its own.
+        let server = pod.wait_container("server").await.unwrap();
+        assert_eq!(server.exit_code, 0);
+        pod.remove_container("server").await.unwrap();
+        pod.remove_container("client").await.unwrap();
+        pod.shutdown(Duration::from_secs(30)).await;
+    });
+    assert!(!env.dir.join("pod").exists(), "pod dir left behind");
+}
+
+#[test]
+fn a_late_container_gets_its_image_through_a_slot() {
+    let env = Env::new("late");
+    let disk = image_disk(&env);
+    runtime().block_on(async {
+        let pod = Pod::boot(pod_config(&env, Vec::new(), 1)).await.unwrap();
+        pod.attach_image(&ImageDisk {
+            serial: "img-late".into(),
+            path: disk,
+        })
+        .unwrap();
+        pod.create_container(container("late", "img-late", &["cat", "/etc/hello"]))
+            .await
+            .unwrap();
+        let mut out = pod
+            .agent()
+            .attach(ContainerRef { id: "late".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        pod.start_container("late").await.unwrap();
+        let mut text = Vec::new();
+        while let Ok(Some(c)) = out.message().await {
+            text.extend(c.data);
+        }
+        assert_eq!(String::from_utf8_lossy(&text), "hello from the image\n");
+        assert_eq!(pod.wait_container("late").await.unwrap().exit_code, 0);
+        // Tmpfs mounts and emptyDirs go where asked.
+        let mut c = container("vols", "img-late", &["sh", "-c", "grep ' /scratch ' /proc/mounts"]);
+        c.mounts.push(vpod_agent_api::pb::Mount {
+            destination: "/scratch".into(),
+            kind: MountKind::Tmpfs as i32,
+            ..Default::default()
+        });
+        pod.create_container(c).await.unwrap();
+        pod.start_container("vols").await.unwrap();
+        assert_eq!(pod.wait_container("vols").await.unwrap().exit_code, 0);
+        pod.shutdown(Duration::from_secs(30)).await;
+    });
+}

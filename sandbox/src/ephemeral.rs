@@ -1,0 +1,94 @@
+//! The pod's ephemeral disk: one sparse file, formatted ext4 on the host
+//! before any pod data exists, so the host never reads what the guest
+//! writes. Its size is the pod's ephemeral-storage limit; a full disk is
+//! ENOSPC for the writer in the guest, never a host problem (the file
+//! cannot grow past its size).
+
+use std::path::Path;
+use std::process::Command;
+
+/// Default size when the pod sets no ephemeral-storage limit.
+pub const DEFAULT_EPHEMERAL_BYTES: u64 = 4 << 30;
+/// Below this mkfs.ext4 cannot make a useful filesystem.
+pub const MIN_EPHEMERAL_BYTES: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EphemeralError {
+    #[error("size {0} bytes is below the {MIN_EPHEMERAL_BYTES}-byte minimum (ephemeral-storage limit)")]
+    TooSmall(u64),
+    #[error("create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("run mkfs.ext4 (install e2fsprogs): {0}")]
+    Mkfs(std::io::Error),
+    #[error("mkfs.ext4 {path} failed: {stderr}")]
+    MkfsFailed { path: String, stderr: String },
+}
+
+/// Creates the sparse file `path` of `bytes` and makes an ext4 on it.
+pub fn create(path: &Path, bytes: u64) -> Result<(), EphemeralError> {
+    if bytes < MIN_EPHEMERAL_BYTES {
+        return Err(EphemeralError::TooSmall(bytes));
+    }
+    let create_err = |source| EphemeralError::Create {
+        path: path.display().to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(create_err)?;
+    f.set_len(bytes).map_err(create_err)?;
+    drop(f);
+    // No reserved blocks (one writer, the pod); lazy init keeps mkfs from
+    // writing the whole inode table, so the file stays sparse and it is fast.
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-L",
+            "vpod-ephemeral",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        ])
+        .arg(path)
+        .output()
+        .map_err(EphemeralError::Mkfs)?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(path);
+        return Err(EphemeralError::MkfsFailed {
+            path: path.display().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn makes_a_sparse_ext4() {
+        let dir = std::env::temp_dir().join(format!("vpod-eph-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("e.img");
+        create(&p, 64 << 20).unwrap();
+        let md = std::fs::metadata(&p).unwrap();
+        assert_eq!(md.len(), 64 << 20);
+        assert!(md.blocks() * 512 < 16 << 20, "not sparse: {} blocks", md.blocks());
+        let magic = std::fs::read(&p).unwrap();
+        // ext2/3/4 superblock magic at 1024 + 56.
+        assert_eq!(&magic[1080..1082], &[0x53, 0xef]);
+        assert!(matches!(create(&p, 64 << 20), Err(EphemeralError::Create { .. })));
+        assert!(matches!(create(&dir.join("s"), 1 << 20), Err(EphemeralError::TooSmall(_))));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
