@@ -167,6 +167,11 @@ fn mounts() -> [MountSpec; 8] {
 pub fn setup_system(log: &Arc<AgentLog>) -> Result<(), SetupError> {
     let start = Stamp::now();
 
+    if let Err(e) = leave_rootfs() {
+        // Containers then fail to start (pivot_root), the rest works.
+        log.warn(format!("move the root off the initramfs mount: {e}"));
+    }
+
     for m in mounts() {
         mkdir_p(m.target)?;
         match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
@@ -223,6 +228,28 @@ pub fn setup_system(log: &Arc<AgentLog>) -> Result<(), SetupError> {
         "system setup done in {:.3} ms (hostname {hostname})",
         Stamp::now().ms_since(&start)
     ));
+    Ok(())
+}
+
+/// Puts a bind mount of the initramfs over it and makes that our root.
+///
+/// pivot_root(2) refuses to move the root when the current root is the
+/// kernel's initial rootfs mount, and containers need pivot_root: with it
+/// their old root is detached, where a chroot-based switch would leave the
+/// whole guest reachable to a process with CAP_SYS_CHROOT. After this the
+/// rootfs mount is only the empty parent every Linux mount tree has.
+/// Everything mounted later sits on the bind mount.
+fn leave_rootfs() -> Result<(), Errno> {
+    const NEW: &str = "/.vpod-root";
+    match nix::unistd::mkdir(NEW, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    mount(Some("/"), NEW, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+    nix::unistd::chdir(NEW)?;
+    mount(Some(NEW), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    nix::unistd::chroot(".")?;
+    nix::unistd::chdir("/")?;
     Ok(())
 }
 

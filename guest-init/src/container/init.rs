@@ -588,10 +588,11 @@ fn exec_process(p: &ProcessConfig) -> Result<Never, String> {
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {}: {e}", p.gid))?;
     let uid = Uid::from_raw(p.uid);
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {}: {e}", p.uid))?;
-    caps::set(None, caps::CapSet::Permitted, &keep)
-        .map_err(|e| format!("set permitted capabilities: {e}"))?;
+    // Effective first: it must stay a subset of permitted at every step.
     caps::set(None, caps::CapSet::Effective, &keep)
         .map_err(|e| format!("set effective capabilities: {e}"))?;
+    caps::set(None, caps::CapSet::Permitted, &keep)
+        .map_err(|e| format!("set permitted capabilities: {e}"))?;
     caps::set(None, caps::CapSet::Inheritable, &keep)
         .map_err(|e| format!("set inheritable capabilities: {e}"))?;
     if p.uid != 0 {
