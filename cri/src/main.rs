@@ -90,7 +90,7 @@ fn pod_cmd(cli: Cli) -> Result<u8, String> {
         match cli.cmd {
             Cmd::Run(args) => {
                 let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
-                run::run(*args, &store, &run_dir).await
+                run::run(*args, &store, &cli.root, &run_dir).await
             }
             Cmd::Supervise { record } => {
                 let store = Store::open(&cli.root).map_err(|e| e.to_string())?;

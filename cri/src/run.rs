@@ -81,7 +81,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub privileged: bool,
     /// Guest kernel (vmlinux).
-    #[arg(long, env = "VPOD_KERNEL", default_value = "/var/lib/vpod/guest/vmlinux")]
+    #[arg(
+        long,
+        env = "VPOD_KERNEL",
+        default_value = "/var/lib/vpod/guest/vmlinux"
+    )]
     pub kernel: PathBuf,
     /// Guest initramfs with vpod-init.
     #[arg(
@@ -104,7 +108,11 @@ struct Plan {
     volumes: Vec<HostVolume>,
 }
 
-fn split_volume(spec: &str, flag: &str, default_root: &str) -> Result<(String, PathBuf, String), String> {
+fn split_volume(
+    spec: &str,
+    flag: &str,
+    default_root: &str,
+) -> Result<(String, PathBuf, String), String> {
     let (name, rest) = spec
         .split_once('=')
         .ok_or_else(|| format!("--{flag} {spec:?}: expected NAME=DIR[:DEST]"))?;
@@ -117,7 +125,10 @@ fn split_volume(spec: &str, flag: &str, default_root: &str) -> Result<(String, P
     }
     let dir = PathBuf::from(dir);
     if !dir.is_dir() {
-        return Err(format!("--{flag} {spec:?}: {} is not a directory", dir.display()));
+        return Err(format!(
+            "--{flag} {spec:?}: {} is not a directory",
+            dir.display()
+        ));
     }
     Ok((name.to_owned(), dir, dest))
 }
@@ -146,8 +157,8 @@ fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Plan, 
         .as_deref()
         .map(|c| parse_cpus(c).map_err(|e| format!("--cpus {e}")))
         .transpose()?;
-    let ephemeral = parse_bytes(&args.ephemeral_storage)
-        .map_err(|e| format!("--ephemeral-storage {e}"))?;
+    let ephemeral =
+        parse_bytes(&args.ephemeral_storage).map_err(|e| format!("--ephemeral-storage {e}"))?;
     if let Some(m) = memory {
         if m < vpod_sandbox::sizing::MIN_CONTAINER_MIB << 20 {
             return Err(format!(
@@ -214,8 +225,18 @@ fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Plan, 
     let mut mounts = Vec::new();
     let mut vols = Vec::new();
     for (flag, specs, root, medium) in [
-        ("secret", &args.secrets, "/run/secrets", VolumeMedium::Memory),
-        ("configmap", &args.configmaps, "/etc/config", VolumeMedium::Disk),
+        (
+            "secret",
+            &args.secrets,
+            "/run/secrets",
+            VolumeMedium::Memory,
+        ),
+        (
+            "configmap",
+            &args.configmaps,
+            "/etc/config",
+            VolumeMedium::Disk,
+        ),
     ] {
         for spec in specs {
             let (name, dir, dest) = split_volume(spec, flag, root)?;
@@ -265,7 +286,10 @@ fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Plan, 
             additional_gids: Vec::new(),
             tty: args.tty,
             stdin: args.interactive,
-            capabilities: defaults::CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            capabilities: defaults::CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
             rlimits: Vec::new(),
             no_new_privileges: false,
             seccomp: SeccompProfile::RuntimeDefault as i32,
@@ -282,8 +306,14 @@ fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Plan, 
             pids: 0,
         }),
         read_only_rootfs: args.read_only,
-        masked_paths: defaults::MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
-        readonly_paths: defaults::READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+        masked_paths: defaults::MASKED_PATHS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        readonly_paths: defaults::READONLY_PATHS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
         shm_size_bytes: 0,
         privileged: args.privileged,
     };
@@ -322,7 +352,7 @@ fn host_cpus() -> usize {
 }
 
 /// `vpod run`. Returns the process exit code.
-pub async fn run(args: RunArgs, store: &Store, run_dir: &Path) -> Result<u8, String> {
+pub async fn run(args: RunArgs, store: &Store, root: &Path, run_dir: &Path) -> Result<u8, String> {
     let id = match &args.name {
         Some(n) => n.clone(),
         None => record::new_id(),
@@ -342,9 +372,10 @@ pub async fn run(args: RunArgs, store: &Store, run_dir: &Path) -> Result<u8, Str
     };
     if args.detach {
         drop(planned);
-        return detach(rec).await;
+        return detach(rec, root, run_dir).await;
     }
-    rec.set_supervisor(std::process::id()).map_err(|e| e.to_string())?;
+    rec.set_supervisor(std::process::id())
+        .map_err(|e| e.to_string())?;
     let result = execute(planned, &rec, Output::Terminal, args.interactive, args.tty).await;
     rec.remove();
     let status = result?;
@@ -355,13 +386,17 @@ pub async fn run(args: RunArgs, store: &Store, run_dir: &Path) -> Result<u8, Str
 }
 
 /// Starts `vpod __supervise <record>` detached and waits for its word.
-async fn detach(rec: Record) -> Result<u8, String> {
+async fn detach(rec: Record, root: &Path, run_dir: &Path) -> Result<u8, String> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("find the vpod binary: {e}"))?;
     let (r, w) = std::io::pipe().map_err(|e| e.to_string())?;
     let log = std::fs::File::create(rec.dir().join("supervisor.log")).map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("__supervise")
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .arg("__supervise")
         .arg(rec.dir())
         .stdin(std::process::Stdio::null())
         .stdout(w)
@@ -373,7 +408,9 @@ async fn detach(rec: Record) -> Result<u8, String> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("start the pod supervisor: {e}"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("start the pod supervisor: {e}"))?;
     drop(cmd);
     let pid = child.id();
     let word = tokio::task::spawn_blocking(move || {
@@ -393,7 +430,11 @@ async fn detach(rec: Record) -> Result<u8, String> {
         rec.remove();
         Err(format!(
             "pod did not start: {}",
-            if word.trim().is_empty() { log.trim().to_owned() } else { word.trim().to_owned() }
+            if word.trim().is_empty() {
+                log.trim().to_owned()
+            } else {
+                word.trim().to_owned()
+            }
         ))
     }
 }
@@ -401,7 +442,8 @@ async fn detach(rec: Record) -> Result<u8, String> {
 /// `vpod __supervise <record>`: the detached side of `run -d`.
 pub async fn supervise(dir: &Path, store: &Store) -> Result<u8, String> {
     let rec = Record::open(dir).map_err(|e| e.to_string())?;
-    rec.set_supervisor(std::process::id()).map_err(|e| e.to_string())?;
+    rec.set_supervisor(std::process::id())
+        .map_err(|e| e.to_string())?;
     let args = rec.args().map_err(|e| e.to_string())?;
     let planned = plan(&args, store, rec.id(), &rec.vm_dir())?;
     let status = execute(planned, &rec, Output::Supervisor, false, false).await?;
@@ -429,7 +471,16 @@ async fn execute(
     let t0 = Instant::now();
     let pod = Arc::new(Pod::boot(plan.pod).await.map_err(|e| e.to_string())?);
     let booted = t0.elapsed();
-    let result = run_container(&pod, plan.container, plan.volumes, rec, output, interactive, tty).await;
+    let result = run_container(
+        &pod,
+        plan.container,
+        plan.volumes,
+        rec,
+        output,
+        interactive,
+        tty,
+    )
+    .await;
     tracing::info!(boot_ms = booted.as_millis() as u64, "pod {} done", pod.id());
     match Arc::try_unwrap(pod) {
         Ok(p) => {
@@ -478,7 +529,9 @@ async fn drive(
     tty: bool,
 ) -> Result<ExitStatus, String> {
     let id = container.id.clone();
-    pod.create_container(container).await.map_err(|e| e.to_string())?;
+    pod.create_container(container)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut agent = pod.agent();
     let mut out = agent
         .attach(ContainerRef { id: id.clone() })
@@ -533,7 +586,10 @@ async fn drive(
 }
 
 /// Host stdin → the container's stdin; EOF closes it.
-async fn forward_stdin(mut agent: vpod_agent_api::AgentClient<tonic::transport::Channel>, id: String) {
+async fn forward_stdin(
+    mut agent: vpod_agent_api::AgentClient<tonic::transport::Channel>,
+    id: String,
+) {
     let (tx, rx) = mpsc::channel::<StdinChunk>(16);
     let first = StdinChunk {
         id,
@@ -565,7 +621,10 @@ async fn forward_stdin(mut agent: vpod_agent_api::AgentClient<tonic::transport::
         .await;
 }
 
-async fn forward_resizes(mut agent: vpod_agent_api::AgentClient<tonic::transport::Channel>, id: String) {
+async fn forward_resizes(
+    mut agent: vpod_agent_api::AgentClient<tonic::transport::Channel>,
+    id: String,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut winch) = signal(SignalKind::window_change()) else {
         return;
@@ -586,7 +645,10 @@ async fn forward_resizes(mut agent: vpod_agent_api::AgentClient<tonic::transport
 /// SIGINT/SIGTERM: stop the container (grace period); a second one kills it.
 async fn stop_on_signals(pod: Arc<Pod>, id: String) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return;
     };
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }

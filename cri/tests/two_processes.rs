@@ -17,9 +17,17 @@ fn layout(dir: &Path) -> Digest {
             std::fs::read("/bin/busybox").unwrap(),
             0o755,
         )]),
-        common::tar(&[Entry::File("data/noise".into(), common::noise(8 << 20), 0o755)]),
+        common::tar(&[Entry::File(
+            "data/noise".into(),
+            common::noise(8 << 20),
+            0o755,
+        )]),
     ];
-    common::layout(dir, &layers, serde_json::json!({"Cmd": ["/bin/busybox", "sh"]}))
+    common::layout(
+        dir,
+        &layers,
+        serde_json::json!({"Cmd": ["/bin/busybox", "sh"]}),
+    )
 }
 
 fn spawn(root: &Path, args: &[&str]) -> Child {

@@ -21,7 +21,11 @@ fn guest_file(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/guest")
         .join(name);
-    assert!(p.exists(), "{} is missing: run `make guest` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make guest` first",
+        p.display()
+    );
     p
 }
 
@@ -46,7 +50,11 @@ impl Env {
             b"hello from the image\n".to_vec(),
             0o644,
         )]);
-        common::layout(&layout, &[layer], serde_json::json!({"Cmd": ["sh"], "Env": ["IMAGE_ENV=1"]}));
+        common::layout(
+            &layout,
+            &[layer],
+            serde_json::json!({"Cmd": ["sh"], "Env": ["IMAGE_ENV=1"]}),
+        );
         let store = Store::open(&root).unwrap();
         vpod_images::import(&store, &layout, Some("busybox:test")).unwrap();
         Env {
@@ -91,7 +99,11 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         // Whatever a failed test left running goes too.
-        for e in std::fs::read_dir(self.run.join("pods")).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(self.run.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = self
                 .vpod(&["rm", "-f", &e.file_name().to_string_lossy()])
                 .output();
@@ -171,7 +183,11 @@ fn run_streams_output_and_exits_with_the_container_code() {
     let out = stdout(&o);
     assert!(out.contains("hello from the image"), "{}", text(&o));
     assert!(out.contains("env=1 host="), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("to-stderr"),
+        "{}",
+        text(&o)
+    );
     // A foreground run leaves nothing behind.
     let left: Vec<_> = std::fs::read_dir(env.run.join("pods")).unwrap().collect();
     assert!(left.is_empty(), "records left: {left:?}");
@@ -185,9 +201,21 @@ fn run_streams_output_and_exits_with_the_container_code() {
 fn a_memory_limit_ends_in_oomkilled_137() {
     let env = Env::new("oom");
     // busybox tail keeps all of a newline-free input in memory.
-    let o = env.out(&["run", "--memory", "32Mi", &env.image, "--", "tail", "/dev/zero"]);
+    let o = env.out(&[
+        "run",
+        "--memory",
+        "32Mi",
+        &env.image,
+        "--",
+        "tail",
+        "/dev/zero",
+    ]);
     assert_eq!(o.status.code(), Some(137), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("OOMKilled"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("OOMKilled"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -207,27 +235,62 @@ fn filling_the_ephemeral_disk_fails_the_writer_not_the_pod() {
     assert_eq!(o.status.code(), Some(0), "{all}");
     assert!(all.contains("No space left on device"), "{all}");
     assert!(!all.contains("dd-exit=0"), "{all}");
-    assert!(stdout(&o).contains("ok"), "the pod kept working after ENOSPC: {all}");
+    assert!(
+        stdout(&o).contains("ok"),
+        "the pod kept working after ENOSPC: {all}"
+    );
 }
 
 #[test]
 fn detached_pod_exec_with_a_tty_logs_stop_and_rm_leave_nothing() {
     let env = Env::new("detached");
-    let id = env.run_detached(&[], &["sh", "-c", "echo started-ok; exec sleep 1000"]);
+    // The container's process is PID 1 of its namespace: it only gets
+    // SIGTERM because it handles it.
+    let id = env.run_detached(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 143' TERM; echo started-ok; while true; do sleep 1; done",
+        ],
+    );
     let ps = env.out(&["ps"]);
-    assert!(stdout(&ps).contains(&id) && stdout(&ps).contains("Running"), "{}", text(&ps));
+    assert!(
+        stdout(&ps).contains(&id) && stdout(&ps).contains("Running"),
+        "{}",
+        text(&ps)
+    );
 
-    let e = env.out(&["exec", "-t", &id, "--", "sh", "-c", "tty; stty size; echo exec-code; exit 7"]);
+    let e = env.out(&[
+        "exec",
+        "-t",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "tty; stty size; echo exec-code; exit 7",
+    ]);
     assert_eq!(e.status.code(), Some(7), "{}", text(&e));
     let out = stdout(&e);
     assert!(out.contains("/dev/pts/"), "exec -t has a tty: {}", text(&e));
     assert!(out.contains("24 80"), "default tty size: {}", text(&e));
-    let e = env.out(&["exec", &id, "--", "sh", "-c", "[ -t 0 ] || echo no-tty; cat /etc/hello"]);
+    let e = env.out(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "[ -t 0 ] || echo no-tty; cat /etc/hello",
+    ]);
     assert_eq!(e.status.code(), Some(0), "{}", text(&e));
     assert!(stdout(&e).contains("no-tty") && stdout(&e).contains("hello from the image"));
     let bad = env.out(&["exec", &id, "--", "no-such-command"]);
     assert_eq!(bad.status.code(), Some(125), "{}", text(&bad));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("executable file not found"), "{}", text(&bad));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("executable file not found"),
+        "{}",
+        text(&bad)
+    );
 
     let t0 = Instant::now();
     while !stdout(&env.out(&["logs", &id])).contains("started-ok") {
@@ -236,13 +299,17 @@ fn detached_pod_exec_with_a_tty_logs_stop_and_rm_leave_nothing() {
     }
     let rm = env.out(&["rm", &id]);
     assert!(!rm.status.success(), "rm of a running pod must need -f");
-    assert!(String::from_utf8_lossy(&rm.stderr).contains("is running"), "{}", text(&rm));
+    assert!(
+        String::from_utf8_lossy(&rm.stderr).contains("is running"),
+        "{}",
+        text(&rm)
+    );
 
-    let stop = env.out(&["stop", "-t", "1", &id]);
+    let stop = env.out(&["stop", "-t", "20", &id]);
     assert!(stop.status.success(), "{}", text(&stop));
     let ps = env.out(&["ps", "-a"]);
-    // sleep does not handle SIGTERM: it dies of it (128 + 15).
     assert!(stdout(&ps).contains("Exited (143)"), "{}", text(&ps));
+    assert!(stdout(&env.out(&["logs", &id])).contains("got-term"));
     assert!(processes_with(&id).is_empty(), "{:?}", processes_with(&id));
     let rm = env.out(&["rm", &id]);
     assert!(rm.status.success(), "{}", text(&rm));
@@ -267,17 +334,42 @@ fn secrets_live_in_guest_ram_only_and_follow_host_updates() {
 
     let read = || stdout(&env.out(&["exec", &id, "--", "cat", "/run/secrets/tok/token"]));
     assert_eq!(read(), first);
-    let m = env.out(&["exec", &id, "--", "sh", "-c", "grep ' /run/secrets/tok ' /proc/mounts"]);
-    assert!(stdout(&m).starts_with("tmpfs "), "secret mount: {}", text(&m));
-    let w = env.out(&["exec", &id, "--", "sh", "-c", "echo x > /run/secrets/tok/token"]);
-    assert!(!w.status.success(), "secret volume must be read-only: {}", text(&w));
+    let m = env.out(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "grep ' /run/secrets/tok ' /proc/mounts",
+    ]);
+    assert!(
+        stdout(&m).starts_with("tmpfs "),
+        "secret mount: {}",
+        text(&m)
+    );
+    let w = env.out(&[
+        "exec",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /run/secrets/tok/token",
+    ]);
+    assert!(
+        !w.status.success(),
+        "secret volume must be read-only: {}",
+        text(&w)
+    );
 
     // kubelet-style update: new content appears in the guest.
     let second = format!("s3cret-{}-second", std::process::id());
     std::fs::write(src.join("token"), &second).unwrap();
     let t0 = Instant::now();
     while read() != second {
-        assert!(t0.elapsed() < Duration::from_secs(60), "update never reached the guest");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "update never reached the guest"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -287,7 +379,10 @@ fn secrets_live_in_guest_ram_only_and_follow_host_updates() {
     for needle in [&first, &second] {
         let mut hits = files_holding(&vm_dir, needle.as_bytes());
         hits.extend(files_holding(&env.root, needle.as_bytes()));
-        assert!(hits.is_empty(), "secret bytes found on the host in {hits:?}");
+        assert!(
+            hits.is_empty(),
+            "secret bytes found on the host in {hits:?}"
+        );
     }
     let stop = env.out(&["rm", "-f", &id]);
     assert!(stop.status.success(), "{}", text(&stop));
@@ -299,18 +394,33 @@ fn clear_errors_for_bad_limits_and_unknown_images() {
     let env = Env::new("errors");
     let o = env.out(&["run", "--memory", "lots", &env.image, "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--memory"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--memory"),
+        "{}",
+        text(&o)
+    );
     let o = env.out(&["run", "no-such-image:1", "--", "true"]);
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-image"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no-such-image"),
+        "{}",
+        text(&o)
+    );
     let o = env
         .vpod(&["run", &env.image, "--", "true"])
         .env("VPOD_KERNEL", "/nonexistent/vmlinux")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("guest kernel /nonexistent/vmlinux not found"), "{}", text(&o));
-    assert!(std::fs::read_dir(env.run.join("pods")).unwrap().next().is_none());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("guest kernel /nonexistent/vmlinux not found"),
+        "{}",
+        text(&o)
+    );
+    assert!(std::fs::read_dir(env.run.join("pods"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -379,7 +489,11 @@ fn two_containers_share_localhost_but_not_files() {
         pod.create_container(container(
             "server",
             "img0",
-            &["sh", "-c", "echo mine > /tmp/server-file; nc -l -p 8080 -e echo hello-over-localhost"],
+            &[
+                "sh",
+                "-c",
+                "echo mine > /tmp/server-file; nc -l -p 8080 -e echo hello-over-localhost",
+            ],
         ))
         .await
         .unwrap();
@@ -392,7 +506,9 @@ fn two_containers_share_localhost_but_not_files() {
             .unwrap();
         let mut out = pod
             .agent()
-            .attach(ContainerRef { id: "client".into() })
+            .attach(ContainerRef {
+                id: "client".into(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -444,7 +560,11 @@ fn a_late_container_gets_its_image_through_a_slot() {
         assert_eq!(String::from_utf8_lossy(&text), "hello from the image\n");
         assert_eq!(pod.wait_container("late").await.unwrap().exit_code, 0);
         // Tmpfs mounts and emptyDirs go where asked.
-        let mut c = container("vols", "img-late", &["sh", "-c", "grep ' /scratch ' /proc/mounts"]);
+        let mut c = container(
+            "vols",
+            "img-late",
+            &["sh", "-c", "grep ' /scratch ' /proc/mounts"],
+        );
         c.mounts.push(vpod_agent_api::pb::Mount {
             destination: "/scratch".into(),
             kind: MountKind::Tmpfs as i32,

@@ -113,9 +113,8 @@ impl Disks {
         let t0 = Instant::now();
         loop {
             // erofs normally; ext4 when the host had no mkfs.erofs.
-            let res = mount(Some(&dev), &target, Some("erofs"), flags, None::<&str>).or_else(
-                |_| mount(Some(&dev), &target, Some("ext4"), flags, Some("noload")),
-            );
+            let res = mount(Some(&dev), &target, Some("erofs"), flags, None::<&str>)
+                .or_else(|_| mount(Some(&dev), &target, Some("ext4"), flags, Some("noload")));
             match res {
                 Ok(()) => break,
                 Err(source) if t0.elapsed() > DISK_APPEAR_TIMEOUT => {

@@ -245,7 +245,13 @@ fn leave_rootfs() -> Result<(), Errno> {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(e),
     }
-    mount(Some("/"), NEW, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)?;
+    mount(
+        Some("/"),
+        NEW,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
     nix::unistd::chdir(NEW)?;
     mount(Some(NEW), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
     nix::unistd::chroot(".")?;

@@ -14,7 +14,9 @@ pub const MIN_EPHEMERAL_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EphemeralError {
-    #[error("size {0} bytes is below the {MIN_EPHEMERAL_BYTES}-byte minimum (ephemeral-storage limit)")]
+    #[error(
+        "size {0} bytes is below the {MIN_EPHEMERAL_BYTES}-byte minimum (ephemeral-storage limit)"
+    )]
     TooSmall(u64),
     #[error("create {path}: {source}")]
     Create {
@@ -83,12 +85,22 @@ mod tests {
         create(&p, 64 << 20).unwrap();
         let md = std::fs::metadata(&p).unwrap();
         assert_eq!(md.len(), 64 << 20);
-        assert!(md.blocks() * 512 < 16 << 20, "not sparse: {} blocks", md.blocks());
+        assert!(
+            md.blocks() * 512 < 16 << 20,
+            "not sparse: {} blocks",
+            md.blocks()
+        );
         let magic = std::fs::read(&p).unwrap();
         // ext2/3/4 superblock magic at 1024 + 56.
         assert_eq!(&magic[1080..1082], &[0x53, 0xef]);
-        assert!(matches!(create(&p, 64 << 20), Err(EphemeralError::Create { .. })));
-        assert!(matches!(create(&dir.join("s"), 1 << 20), Err(EphemeralError::TooSmall(_))));
+        assert!(matches!(
+            create(&p, 64 << 20),
+            Err(EphemeralError::Create { .. })
+        ));
+        assert!(matches!(
+            create(&dir.join("s"), 1 << 20),
+            Err(EphemeralError::TooSmall(_))
+        ));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

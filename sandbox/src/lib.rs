@@ -16,6 +16,6 @@ pub mod sizing;
 pub mod volumes;
 
 pub use mounts::{MountClassifier, MountError, MountKind};
+pub use pod::{ImageDisk, Pod, PodConfig, PodError};
 pub use policy::{check_spec, CheckedSpec, PolicyError};
 pub use sizing::{Limits, VmSize};
-pub use pod::{ImageDisk, Pod, PodConfig, PodError};

@@ -225,10 +225,12 @@ impl Pod {
         let mut slots = Vec::new();
         for n in 0..cfg.spare_slots {
             let path = paths::slot(&cfg.dir, n);
-            std::fs::write(&path, [0u8; SLOT_PLACEHOLDER_BYTES]).map_err(|source| PodError::Io {
-                id: id.clone(),
-                op: format!("write {}", path.display()),
-                source,
+            std::fs::write(&path, [0u8; SLOT_PLACEHOLDER_BYTES]).map_err(|source| {
+                PodError::Io {
+                    id: id.clone(),
+                    op: format!("write {}", path.display()),
+                    source,
+                }
             })?;
             slots.push(Slot {
                 index: disks.len(),

@@ -104,7 +104,11 @@ pub fn busybox_layer(extra: Vec<Entry>) -> Vec<u8> {
         .unwrap();
     let mut entries = vec![
         Entry::Dir("bin".into(), 0o755),
-        Entry::File("bin/busybox".into(), std::fs::read("/bin/busybox").unwrap(), 0o755),
+        Entry::File(
+            "bin/busybox".into(),
+            std::fs::read("/bin/busybox").unwrap(),
+            0o755,
+        ),
         Entry::Dir("etc".into(), 0o755),
         Entry::Dir("tmp".into(), 0o1777),
         Entry::File(

@@ -55,6 +55,8 @@ pub enum Namespaces {
 pub struct RootConfig {
     /// The overlay the agent mounted.
     pub rootfs: PathBuf,
+    /// The container's devpts instance (the agent allocates its ptys there).
+    pub pts: PathBuf,
     pub hostname: String,
     pub mounts: Vec<BindMount>,
     pub masked_paths: Vec<String>,
@@ -295,13 +297,8 @@ fn setup_root(root: &RootConfig) -> Result<(), String> {
     }
     let pts = dev.join("pts");
     mkdir(&pts)?;
-    mnt(
-        Some("devpts"),
-        &pts,
-        Some("devpts"),
-        nosuid | noexec,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )?;
+    let pts_src = root.pts.to_string_lossy().into_owned();
+    mnt(Some(&pts_src), &pts, None, MsFlags::MS_BIND, None)?;
     let shm = dev.join("shm");
     mkdir(&shm)?;
     let shm_size = if root.shm_size_bytes == 0 {

@@ -135,6 +135,11 @@ impl Container {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The container's devpts instance, mounted next to its rootfs.
+    fn pts(&self) -> PathBuf {
+        pts_dir(&self.rootfs)
+    }
+
     fn set_state(&self, s: State) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
@@ -356,6 +361,7 @@ impl Containers {
         let layer = eph.join("containers").join(id);
         let rootfs = Path::new(ROOTFS_ROOT).join(id).join("rootfs");
         let undo = |layer: &Path, rootfs: &Path| {
+            let _ = umount2(&pts_dir(rootfs), MntFlags::MNT_DETACH);
             let _ = umount2(rootfs, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir_all(layer);
             let _ = std::fs::remove_dir_all(rootfs.parent().unwrap_or(rootfs));
@@ -384,6 +390,20 @@ impl Containers {
                 op: format!("mount the overlay rootfs ({opts})"),
                 source: e.into(),
             })?;
+            let pts = pts_dir(&rootfs);
+            std::fs::create_dir_all(&pts).map_err(io(format!("mkdir {}", pts.display())))?;
+            mount(
+                Some("devpts"),
+                &pts,
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            )
+            .map_err(|e| ContainerError::Io {
+                id: id.clone(),
+                op: "mount the container's devpts".into(),
+                source: e.into(),
+            })?;
             let limits = req.limits.unwrap_or_default();
             let cg = Cgroup::create(&self.cgroup_parent, id, &limits)
                 .map_err(io("create the cgroup".into()))?;
@@ -405,12 +425,19 @@ impl Containers {
             return Err(c.wrong_state("it can only start once"));
         }
         let p = c.req.process.clone().unwrap_or_default();
-        let stdio = Stdio::new(p.tty, p.stdin, p.tty_rows as u16, p.tty_cols as u16)
-            .map_err(c.io("make stdio"))?;
+        let stdio = Stdio::new(
+            p.tty,
+            p.stdin,
+            p.tty_rows as u16,
+            p.tty_cols as u16,
+            Some(&c.pts()),
+        )
+        .map_err(c.io("make stdio"))?;
         let privileged = c.req.privileged;
         let cfg = InitConfig {
             namespaces: Namespaces::New(RootConfig {
                 rootfs: c.rootfs.clone(),
+                pts: c.pts(),
                 hostname: c.req.hostname.clone(),
                 mounts: c.mounts.clone(),
                 masked_paths: c.req.masked_paths.clone(),
@@ -661,6 +688,7 @@ impl Containers {
     }
 
     fn teardown_with(disks: &Disks, c: &Container, log: &AgentLog) {
+        let _ = umount2(&c.pts(), MntFlags::MNT_DETACH);
         if let Err(e) = umount2(c.rootfs.as_path(), MntFlags::MNT_DETACH) {
             log.warn(format!("container {}: unmount rootfs: {e}", c.id));
         }
@@ -785,8 +813,14 @@ impl Containers {
         let mut proc_cfg = process_config(&base, p, c.req.privileged);
         proc_cfg.env = base.env.clone();
         proc_cfg.env.extend(p.env.iter().cloned());
-        let stdio = Stdio::new(p.tty, p.stdin, p.tty_rows as u16, p.tty_cols as u16)
-            .map_err(c.io("make exec stdio"))?;
+        let stdio = Stdio::new(
+            p.tty,
+            p.stdin,
+            p.tty_rows as u16,
+            p.tty_cols as u16,
+            Some(&c.pts()),
+        )
+        .map_err(c.io("make exec stdio"))?;
         let cfg = InitConfig {
             namespaces: Namespaces::Join { pid },
             process: proc_cfg,
@@ -838,6 +872,10 @@ impl ExecHandle {
     pub async fn wait(self) -> ExitStatus {
         exit_status(self.spawned.finish().await, false)
     }
+}
+
+fn pts_dir(rootfs: &Path) -> PathBuf {
+    rootfs.with_file_name("pts")
 }
 
 /// The process config for the container's main process (`base` == `p`) or

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
@@ -42,21 +43,31 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl Stdio {
-    pub fn new(tty: bool, stdin: bool, rows: u16, cols: u16) -> io::Result<Self> {
+    /// `pts`: the devpts instance the container sees as /dev/pts, so the
+    /// process finds its own tty there (`tty`, ttyname); None for the
+    /// agent's own instance (tests).
+    pub fn new(
+        tty: bool,
+        stdin: bool,
+        rows: u16,
+        cols: u16,
+        pts: Option<&std::path::Path>,
+    ) -> io::Result<Self> {
         if tty {
-            let ws = nix::pty::Winsize {
+            let (master, slave) = open_pty(pts)?;
+            let ws = libc::winsize {
                 ws_row: if rows == 0 { 24 } else { rows },
                 ws_col: if cols == 0 { 80 } else { cols },
                 ws_xpixel: 0,
                 ws_ypixel: 0,
             };
-            let pty = nix::pty::openpty(&ws, None)?;
-            fcntl(&pty.slave, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-            let master = prep(pty.master)?;
-            let s1 = pty.slave.try_clone()?;
-            let s2 = pty.slave.try_clone()?;
+            // SAFETY: TIOCSWINSZ reads a winsize from the valid pointer.
+            unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            let master = prep(master)?;
+            let s1 = slave.try_clone()?;
+            let s2 = slave.try_clone()?;
             return Ok(Stdio {
-                child: [pty.slave, s1, s2],
+                child: [slave, s1, s2],
                 out: master.clone(),
                 err: None,
                 input: Some(master.clone()),
@@ -80,6 +91,41 @@ impl Stdio {
             pty: None,
         })
     }
+}
+
+/// A pty pair from the devpts instance at `pts` (its `ptmx`), or the
+/// system's /dev/ptmx. The slave is opened through the master
+/// (TIOCGPTPEER), so no path lookup can be raced.
+fn open_pty(pts: Option<&std::path::Path>) -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let ptmx = match pts {
+        Some(dir) => dir.join("ptmx"),
+        None => std::path::PathBuf::from("/dev/ptmx"),
+    };
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&ptmx)?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int from the valid pointer.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a fresh fd that nothing else owns.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
 }
 
 /// Reads into `buf`; Ok(0) at EOF (a pty master's EIO, once every slave is
@@ -150,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipes_carry_bytes_and_end() {
-        let s = Stdio::new(false, true, 0, 0).unwrap();
+        let s = Stdio::new(false, true, 0, 0, None).unwrap();
         let [child_in, child_out, _child_err] = s.child;
         write_all(s.input.as_ref().unwrap(), b"ping").await.unwrap();
         let mut buf = [0u8; 8];
@@ -166,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pty_echoes_and_resizes() {
-        let s = Stdio::new(true, true, 10, 20).unwrap();
+        let s = Stdio::new(true, true, 10, 20, None).unwrap();
         let pty = s.pty.clone().unwrap();
         resize(&pty, 30, 100).unwrap();
         let ws = nix::pty::Winsize {
