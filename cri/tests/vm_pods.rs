@@ -156,10 +156,11 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             let p = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() => {
-                    if std::fs::read(&p).is_ok_and(|data| contains(&data, needle)) {
-                        hits.push(p);
-                    }
+                Ok(t)
+                    if t.is_file()
+                        && std::fs::read(&p).is_ok_and(|data| contains(&data, needle)) =>
+                {
+                    hits.push(p)
                 }
                 _ => {}
             }
