@@ -577,3 +577,156 @@ fn a_late_container_gets_its_image_through_a_slot() {
         pod.shutdown(Duration::from_secs(30)).await;
     });
 }
+
+/// containerd-style spec of a pod container, with kubelet volume paths
+/// under `kubelet`.
+fn kubelet_spec(kubelet: &Path, extra_mount: &str) -> oci_spec::runtime::Spec {
+    let vols = kubelet.join("pods/uid-1/volumes");
+    let json = format!(
+        r#"{{
+  "ociVersion": "1.0.2",
+  "process": {{
+    "user": {{"uid": 1000, "gid": 1000}},
+    "args": ["sh", "-c", "id -u; cat /etc/secret/token; echo; cat /etc/hosts; echo data > /cache/f && cat /cache/f; echo masked=$(wc -c < /proc/cmdline); touch /rootfs-write 2>/dev/null || echo ro-rootfs"],
+    "env": ["PATH=/bin"],
+    "cwd": "/tmp",
+    "capabilities": {{"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]}},
+    "noNewPrivileges": true
+  }},
+  "root": {{"path": "rootfs", "readonly": true}},
+  "hostname": "web-0",
+  "mounts": [
+    {{"destination": "/proc", "type": "proc", "source": "proc"}},
+    {{"destination": "/etc/secret", "type": "bind", "source": "{secret}", "options": ["rbind", "ro"]}},
+    {{"destination": "/cache", "type": "bind", "source": "{empty}", "options": ["rbind", "rw"]}},
+    {{"destination": "/etc/hosts", "type": "bind", "source": "{hosts}", "options": ["rbind", "rw"]}}
+    {extra_mount}
+  ],
+  "linux": {{
+    "resources": {{"memory": {{"limit": 67108864}}}},
+    "namespaces": [{{"type": "pid"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}, {{"type": "network", "path": "/var/run/netns/x"}}],
+    "maskedPaths": ["/proc/kcore", "/proc/cmdline"],
+    "readonlyPaths": ["/proc/sys"],
+    "seccomp": {{"defaultAction": "SCMP_ACT_ERRNO"}}
+  }}
+}}"#,
+        secret = vols.join("kubernetes.io~secret/tok").display(),
+        empty = vols.join("kubernetes.io~empty-dir/cache").display(),
+        hosts = kubelet.join("pods/uid-1/etc-hosts").display(),
+    );
+    serde_json::from_str(&json).unwrap()
+}
+
+#[test]
+fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
+    let env = Env::new("oci");
+    let disk = image_disk(&env);
+    let kubelet = env.dir.join("kubelet");
+    let vols = kubelet.join("pods/uid-1/volumes");
+    std::fs::create_dir_all(vols.join("kubernetes.io~secret/tok")).unwrap();
+    std::fs::create_dir_all(vols.join("kubernetes.io~empty-dir/cache")).unwrap();
+    std::fs::write(vols.join("kubernetes.io~secret/tok/token"), "tok-value").unwrap();
+    std::fs::write(
+        kubelet.join("pods/uid-1/etc-hosts"),
+        "127.0.0.1 localhost web-0\n",
+    )
+    .unwrap();
+    let classifier = vpod_sandbox::MountClassifier::new(&kubelet);
+    runtime().block_on(async {
+        let pod = Pod::boot(pod_config(
+            &env,
+            vec![ImageDisk {
+                serial: "img0".into(),
+                path: disk,
+            }],
+            0,
+        ))
+        .await
+        .unwrap();
+        // hostPath: refused before the guest hears of it.
+        let hp = kubelet_spec(
+            &kubelet,
+            r#", {"destination": "/host", "type": "bind", "source": "/etc", "options": ["rbind"]}"#,
+        );
+        let e = pod
+            .create_container_oci("bad", &hp, "img0", &classifier)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("spec.volumes[].hostPath"), "{e}");
+        let listed = pod
+            .agent()
+            .list_containers(vpod_agent_api::pb::ListContainersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.containers.is_empty());
+
+        let spec = kubelet_spec(&kubelet, "");
+        pod.create_container_oci("web", &spec, "img0", &classifier)
+            .await
+            .unwrap();
+        let mut out = pod
+            .agent()
+            .attach(ContainerRef { id: "web".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        pod.start_container("web").await.unwrap();
+        let mut text = Vec::new();
+        while let Ok(Some(c)) = out.message().await {
+            text.extend(c.data);
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let status = pod.wait_container("web").await.unwrap();
+        assert_eq!(status.exit_code, 0, "{text}");
+        for want in [
+            "1000\n",
+            "tok-value",
+            "localhost web-0",
+            "data\n",
+            "masked=0",
+            "ro-rootfs",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let stats = pod
+            .agent()
+            .container_stats(ContainerRef { id: "web".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stats.cpu_usage_ns > 0, "{stats:?}");
+        pod.shutdown(Duration::from_secs(30)).await;
+    });
+}
+
+#[test]
+fn seccomp_refuses_mount_even_with_cap_sys_admin_unless_privileged() {
+    let env = Env::new("seccomp");
+    let disk = image_disk(&env);
+    runtime().block_on(async {
+        let pod = Pod::boot(pod_config(
+            &env,
+            vec![ImageDisk {
+                serial: "img0".into(),
+                path: disk,
+            }],
+            0,
+        ))
+        .await
+        .unwrap();
+        let cmd = ["sh", "-c", "mkdir -p /m && mount -t tmpfs x /m"];
+        for (id, privileged, want) in [("confined", false, 1), ("privileged", true, 0)] {
+            let mut c = container(id, "img0", &cmd);
+            let p = c.process.as_mut().unwrap();
+            p.capabilities.push("CAP_SYS_ADMIN".into());
+            p.seccomp = vpod_agent_api::pb::SeccompProfile::RuntimeDefault as i32;
+            c.privileged = privileged;
+            pod.create_container(c).await.unwrap();
+            pod.start_container(id).await.unwrap();
+            let st = pod.wait_container(id).await.unwrap();
+            assert_eq!(st.exit_code, want, "{id}: {st:?}");
+        }
+        pod.shutdown(Duration::from_secs(30)).await;
+    });
+}

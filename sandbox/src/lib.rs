@@ -5,11 +5,13 @@
 //! - [`mounts`]: how each mount reaches the guest, read from kubelet's path layout.
 //! - [`sizing`]: the pod VM's vCPUs and memory from its containers' limits.
 //! - [`pod`]: a booted pod: its microVM (in-process), state directory and agent client.
+//! - [`oci`]: a container's OCI spec turned into the agent's create request and volumes.
 //! - [`ephemeral`]: the pod's private ext4 disk; [`volumes`]: host dirs pushed into the guest.
 
 pub mod defaults;
 pub mod ephemeral;
 pub mod mounts;
+pub mod oci;
 pub mod pod;
 pub mod policy;
 pub mod sizing;

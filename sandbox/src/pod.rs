@@ -82,6 +82,18 @@ pub enum PodError {
         serial: String,
         slots: usize,
     },
+    #[error("pod {id}: container {container}: {source}")]
+    Oci {
+        id: String,
+        container: String,
+        source: crate::oci::OciError,
+    },
+    #[error("pod {id}: container {container}: {source}")]
+    HostVolume {
+        id: String,
+        container: String,
+        source: crate::volumes::HostVolumeError,
+    },
     #[error("pod {id}: swap disk slot: {source}")]
     Slot {
         id: String,
@@ -408,6 +420,42 @@ impl Pod {
             .await
             .map_err(|s| self.agent_err(&format!("create container {id}"), s))?;
         Ok(())
+    }
+
+    /// Creates container `id` from its OCI spec: checks the policy (nothing
+    /// reaches the guest when it refuses), pushes its volumes, creates it.
+    /// Returns the host volumes to keep watching ([`crate::volumes::watch`]).
+    pub async fn create_container_oci(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        image_serial: &str,
+        classifier: &crate::MountClassifier,
+    ) -> Result<Vec<(crate::volumes::HostVolume, u64)>, PodError> {
+        let plan =
+            crate::oci::container_plan(id, spec, image_serial, classifier).map_err(|source| {
+                PodError::Oci {
+                    id: self.id.clone(),
+                    container: id.into(),
+                    source,
+                }
+            })?;
+        for v in plan.once {
+            self.put_volume(v).await?;
+        }
+        let mut watched = Vec::new();
+        for v in plan.watched {
+            let files = v.read().map_err(|source| PodError::HostVolume {
+                id: self.id.clone(),
+                container: id.into(),
+                source,
+            })?;
+            let fp = crate::volumes::fingerprint(&files);
+            self.put_volume(v.request(files)).await?;
+            watched.push((v, fp));
+        }
+        self.create_container(plan.request).await?;
+        Ok(watched)
     }
 
     pub async fn start_container(&self, id: &str) -> Result<u32, PodError> {
