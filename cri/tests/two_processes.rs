@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use vpod_images::{Digest, Store};
 
-mod common;
+use vpod_test_support as common;
 
 /// A two-layer OCI layout (busybox, then 8 MiB of noise).
 fn layout(dir: &Path) -> Digest {
@@ -23,11 +23,12 @@ fn layout(dir: &Path) -> Digest {
             0o755,
         )]),
     ];
-    common::layout(
+    let md = common::layout(
         dir,
         &layers,
         serde_json::json!({"Cmd": ["/bin/busybox", "sh"]}),
-    )
+    );
+    Digest::from_hex(md.trim_start_matches("sha256:")).unwrap()
 }
 
 fn spawn(root: &Path, args: &[&str]) -> Child {

@@ -12,7 +12,7 @@ use vpod_agent_api::pb::{ContainerRef, CreateContainerRequest, MountKind, Proces
 use vpod_images::{FsType, Store};
 use vpod_sandbox::{ImageDisk, Pod, PodConfig};
 
-mod common;
+use vpod_test_support as common;
 
 /// One pod at a time: the test bed has few CPUs and boots are slow there.
 static ONE_POD: Mutex<()> = Mutex::new(());

@@ -1,13 +1,12 @@
-//! Test images for the `vpod` binary's tests: OCI layouts written from the
-//! host's busybox-static, no registry needed.
-#![allow(dead_code)]
+//! Test and benchmark images: OCI layouts written from the host's
+//! busybox-static, no registry needed. Digests are plain `sha256:<hex>`
+//! strings so this crate depends on no vpod crate (any of them can use it).
 
 use std::path::Path;
 
-use vpod_images::Digest;
+use sha2::Digest as _;
 
-/// One file of a layer: path, bytes, mode; a `None` body makes a symlink to
-/// the given target instead.
+/// One entry of a layer.
 pub enum Entry {
     File(String, Vec<u8>, u32),
     Symlink(String, String),
@@ -54,17 +53,27 @@ pub fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn blob(dir: &Path, data: &[u8]) -> Digest {
-    let d = Digest::of(data);
-    std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
+/// `sha256:<hex>` of `data`.
+pub fn digest(data: &[u8]) -> String {
+    let hex: String = sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+fn blob(dir: &Path, data: &[u8]) -> String {
+    let d = digest(data);
+    let hex = d.trim_start_matches("sha256:");
+    std::fs::write(dir.join("blobs/sha256").join(hex), data).unwrap();
     d
 }
 
 /// Writes an OCI layout of `layers` (uncompressed tars) with `config`
 /// (the image config's `config` object) into `dir`; returns the manifest digest.
-pub fn layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value) -> Digest {
+pub fn layout(dir: &Path, layers: &[Vec<u8>], config: serde_json::Value) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    let lds: Vec<Digest> = layers.iter().map(|l| blob(dir, l)).collect();
+    let lds: Vec<String> = layers.iter().map(|l| blob(dir, l)).collect();
     let cfg = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": config,
