@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED := target/debug/testbed
 
-.PHONY: deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images clean-cache
+.PHONY: deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod clean-cache
 
 deps:
 	bash scripts/install-deps.sh
@@ -45,4 +45,8 @@ bench-boot: build
 bench-images: deps
 	$(CARGO) bench -p vpod-benches --bench images
 
-bench: bench-testbed bench-boot bench-images
+bench-pod: build
+	$(CARGO) build --release -p vpod-cri
+	$(CARGO) bench -p vpod-benches --bench pod
+
+bench: bench-testbed bench-boot bench-images bench-pod

@@ -22,15 +22,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vpod_agent_api::pb::{BootTimesRequest, PingRequest, ShutdownKind, ShutdownRequest};
-use vpod_agent_api::ready::{answer_ready, ReadyError};
-use vpod_agent_api::{AgentClient, ReadyListener, AGENT_READY_PORT, AGENT_VSOCK_PORT};
-use vpod_benches::{out_dir, row, Stats};
+use vpod_agent_api::ready::ReadyError;
+use vpod_agent_api::{AgentClient, ReadyListener, AGENT_VSOCK_PORT};
+use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, Stats};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a VMM that never announces itself is checked for having exited.
 const CHILD_CHECK: Duration = Duration::from_millis(20);
-/// vsock "any CID" (VMADDR_CID_ANY) for the host-side AF_VSOCK listener.
-const VMADDR_CID_ANY: u32 = u32::MAX;
 const MEM_MIB: u32 = 256;
 
 fn workspace() -> PathBuf {
@@ -301,53 +299,9 @@ async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
 async fn boot_qemu(f: &Files, i: usize) -> Result<Boot, String> {
     let cid = 100 + i as u32;
     // vhost-vsock delivers the guest's READY call to an AF_VSOCK listener on this host.
-    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
-        VMADDR_CID_ANY,
-        AGENT_READY_PORT,
-    ))
-    .map_err(|e| format!("vsock listener on port {AGENT_READY_PORT}: {e}"))?;
-    let ready = async move {
-        tokio::time::timeout(READY_TIMEOUT, async {
-            let (mut s, _) = listener.accept().await?;
-            answer_ready(&mut s).await
-        })
-        .await
-        .map_err(|_| ReadyError::Timeout(READY_TIMEOUT))?
-    };
+    let ready = vsock_ready(READY_TIMEOUT).await?;
     let t0 = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm,acpi=off",
-            "-enable-kvm",
-            "-cpu",
-            "host",
-            "-smp",
-            "1",
-            "-m",
-            &MEM_MIB.to_string(),
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "null",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&f.kernel)
-        .arg("-initrd")
-        .arg(&f.initrd)
-        .args([
-            "-append",
-            "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux random.trust_cpu=on quiet",
-        ])
-        .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut child = qemu_microvm(&f.kernel, &f.initrd, MEM_MIB, cid)
         .spawn()
         .map_err(|e| format!("spawn qemu: {e}"))?;
     let res = async {

@@ -56,6 +56,79 @@ pub fn row(cells: &[String]) {
     println!("{}", line.join(" "));
 }
 
+/// Kernel command line QEMU's microvm baseline boots with (the same switches
+/// vpod-vmm's builder puts on its own command line).
+pub const MICROVM_APPEND: &str =
+    "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux random.trust_cpu=on quiet";
+
+/// QEMU `-M microvm` booting `kernel` + `initrd` with an in-kernel vsock
+/// device (`cid`), console discarded: the baseline of the boot and pod
+/// benchmarks.
+pub fn qemu_microvm(
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    mem_mib: u32,
+    cid: u32,
+) -> std::process::Command {
+    let mut c = std::process::Command::new("qemu-system-x86_64");
+    c.args([
+        "-M",
+        "microvm,acpi=off",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-smp",
+        "1",
+        "-m",
+        &mem_mib.to_string(),
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "null",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", MICROVM_APPEND])
+    .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// vsock "any CID" (VMADDR_CID_ANY) for host-side AF_VSOCK listeners.
+pub const VMADDR_CID_ANY: u32 = u32::MAX;
+
+/// Resolves when a guest behind in-kernel vsock makes its READY call (port
+/// 1025) to this host, or fails after `timeout`.
+pub async fn vsock_ready(
+    timeout: std::time::Duration,
+) -> Result<impl std::future::Future<Output = Result<u64, vpod_agent_api::ready::ReadyError>>, String>
+{
+    use vpod_agent_api::ready::{answer_ready, ReadyError};
+    use vpod_agent_api::AGENT_READY_PORT;
+    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+        VMADDR_CID_ANY,
+        AGENT_READY_PORT,
+    ))
+    .map_err(|e| format!("vsock listener on port {AGENT_READY_PORT}: {e}"))?;
+    Ok(async move {
+        tokio::time::timeout(timeout, async {
+            let (mut s, _) = listener.accept().await?;
+            answer_ready(&mut s).await
+        })
+        .await
+        .map_err(|_| ReadyError::Timeout(timeout))?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
