@@ -238,7 +238,10 @@ async fn qemu_ready(f: &Files, i: usize) -> Result<f64, String> {
     let mut child = qemu_microvm(&f.kernel, &f.initrd, pod_mem_mib(), 200 + i as u32)
         .spawn()
         .map_err(|e| format!("spawn qemu: {e}"))?;
-    let r = ready.await.map(|_| ms(t0.elapsed())).map_err(|e| e.to_string());
+    let r = ready
+        .await
+        .map(|_| ms(t0.elapsed()))
+        .map_err(|e| e.to_string());
     let _ = child.kill();
     let _ = child.wait();
     r
@@ -303,7 +306,11 @@ fn main() {
     }
     let _ = files();
     let verdict = vpod_testbed::probe::probe();
-    let where_ = if verdict.is_direct() { "kvm" } else { "testbed" };
+    let where_ = if verdict.is_direct() {
+        "kvm"
+    } else {
+        "testbed"
+    };
     let inner_json = out_dir().join("pod-inner.json");
     let _ = std::fs::remove_file(&inner_json);
     let exe = std::env::current_exe().unwrap();
@@ -339,8 +346,14 @@ fn main() {
         "p90".into(),
         "max".into(),
     ]);
-    let first = print("vpod run -> first line", r.cli.iter().map(|x| x.first_line_ms).collect());
-    print("vpod run -> exit", r.cli.iter().map(|x| x.exit_ms).collect());
+    let first = print(
+        "vpod run -> first line",
+        r.cli.iter().map(|x| x.first_line_ms).collect(),
+    );
+    print(
+        "vpod run -> exit",
+        r.cli.iter().map(|x| x.exit_ms).collect(),
+    );
     println!("stages (sandbox library, in-process):");
     let col = |f: fn(&LibRun) -> f64| r.lib.iter().map(f).collect::<Vec<_>>();
     print("  ephemeral disk + slots", col(|x| x.disk_ms));
@@ -352,7 +365,10 @@ fn main() {
     let lib_first = print("  pod start -> first output", col(|x| x.first_total_ms));
     println!("second container in the running pod:");
     print("  create", col(|x| x.second_create_ms));
-    print("  start -> first output", col(|x| x.second_start_to_output_ms));
+    print(
+        "  start -> first output",
+        col(|x| x.second_start_to_output_ms),
+    );
     let second = print("  total", col(|x| x.second_total_ms));
     print("pod shutdown", col(|x| x.shutdown_ms));
     println!("baseline:");

@@ -472,3 +472,129 @@ fn binary_rejects_bad_arguments() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown argument \"--bogus\""), "{stderr}");
 }
+
+/// Container and volume RPCs refuse bad input with the right gRPC code and a
+/// message naming what is wrong, before touching the system (these run on
+/// the host: no container is ever made).
+#[tokio::test]
+async fn pod_rpcs_refuse_bad_input_with_clear_statuses() {
+    use tonic::Code;
+    use vpod_agent_api::pb::{
+        ContainerRef, CreateContainerRequest, KillContainerRequest, Process, PutVolumeRequest,
+        ResizeTtyRequest, VolumeFile,
+    };
+    let h = Harness::start(None).await;
+    let mut c = h.client().await;
+    fn check<T>(r: Result<T, tonic::Status>, code: Code, needle: &str) {
+        let s = r.err().expect("an error");
+        assert_eq!(s.code(), code, "{s:?}");
+        assert!(
+            s.message().contains(needle),
+            "{needle:?} not in {:?}",
+            s.message()
+        );
+    }
+    let proc_ = Some(Process {
+        args: vec!["true".into()],
+        ..Default::default()
+    });
+    check(
+        c.create_container(CreateContainerRequest {
+            id: "../etc".into(),
+            process: proc_.clone(),
+            image_disk: "img0".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "container id",
+    );
+    check(
+        c.create_container(CreateContainerRequest {
+            id: "app".into(),
+            image_disk: "img0".into(),
+            process: Some(Process::default()),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "process.args is empty",
+    );
+    check(
+        c.create_container(CreateContainerRequest {
+            id: "app".into(),
+            image_disk: "img0".into(),
+            process: proc_.clone(),
+            ..Default::default()
+        })
+        .await,
+        Code::FailedPrecondition,
+        "ephemeral disk is not mounted",
+    );
+    let missing = ContainerRef { id: "nope".into() };
+    check(
+        c.start_container(missing.clone()).await,
+        Code::NotFound,
+        "no container nope",
+    );
+    check(
+        c.wait_container(missing.clone()).await,
+        Code::NotFound,
+        "no container nope",
+    );
+    check(
+        c.remove_container(missing.clone()).await,
+        Code::NotFound,
+        "no container nope",
+    );
+    check(
+        c.attach(missing.clone()).await,
+        Code::NotFound,
+        "no container nope",
+    );
+    check(
+        c.kill_container(KillContainerRequest {
+            id: "nope".into(),
+            signal: 9,
+            all: false,
+        })
+        .await,
+        Code::NotFound,
+        "no container nope",
+    );
+    check(
+        c.resize_tty(ResizeTtyRequest {
+            id: "nope".into(),
+            rows: 1,
+            cols: 1,
+        })
+        .await,
+        Code::NotFound,
+        "no container nope",
+    );
+    check(
+        c.put_volume(PutVolumeRequest {
+            name: "s".into(),
+            files: vec![VolumeFile {
+                path: "../../etc/passwd".into(),
+                data: b"x".to_vec(),
+                mode: 0,
+            }],
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "without '..'",
+    );
+    check(
+        c.put_volume(PutVolumeRequest {
+            name: "a/b".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "volume name",
+    );
+    // Nothing above hurt the agent.
+    c.ping(PingRequest { token: 7 }).await.unwrap();
+}
