@@ -23,7 +23,7 @@ testbed: deps
 	$(TESTBED) build >/dev/null
 
 build: guest testbed
-	$(CARGO) build --release -p vpod-vmm
+	$(CARGO) build --release -p vpod-vmm -p vpod-cri
 	$(CARGO) build --release -p vpod-agent-api --example agentctl
 
 test: guest testbed
@@ -46,7 +46,6 @@ bench-images: deps
 	$(CARGO) bench -p vpod-benches --bench images
 
 bench-pod: build
-	$(CARGO) build --release -p vpod-cri
 	$(CARGO) bench -p vpod-benches --bench pod
 
 bench: bench-testbed bench-boot bench-images bench-pod
