@@ -24,19 +24,12 @@ use serde::{Deserialize, Serialize};
 use vpod_agent_api::pb::{BootTimesRequest, PingRequest, ShutdownKind, ShutdownRequest};
 use vpod_agent_api::ready::ReadyError;
 use vpod_agent_api::{AgentClient, ReadyListener, AGENT_VSOCK_PORT};
-use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, Stats};
+use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, workspace, Stats};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a VMM that never announces itself is checked for having exited.
 const CHILD_CHECK: Duration = Duration::from_millis(20);
 const MEM_MIB: u32 = 256;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("workspace dir")
-}
 
 fn need(p: PathBuf, how: &str) -> PathBuf {
     if !p.exists() {
@@ -427,32 +420,7 @@ fn main() {
     }
     let f = files();
     let host = host_setup(&f, 10);
-    let verdict = vpod_testbed::probe::probe();
-    let where_ = if verdict.is_direct() {
-        "kvm"
-    } else {
-        "testbed"
-    };
-    let inner_json = out_dir().join("boot-inner.json");
-    let _ = std::fs::remove_file(&inner_json);
-    let exe = std::env::current_exe().unwrap();
-    let argv = vec![
-        exe.into_os_string(),
-        "--inner".into(),
-        inner_json.clone().into_os_string(),
-    ];
-    if verdict.is_direct() {
-        let st = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
-        assert!(st.success(), "inner bench failed");
-    } else {
-        let mut opts = vpod_testbed::RunOptions::new(argv).unwrap();
-        opts.shares = vec![workspace()];
-        match vpod_testbed::run(&opts) {
-            Ok(o) if o.status == 0 => {}
-            Ok(o) => panic!("inner bench exited {}", o.status),
-            Err(e) => panic!("test bed: {e}"),
-        }
-    }
+    let (where_, inner_json) = vpod_benches::run_inner("boot", &workspace());
     let r: Inner = serde_json::from_slice(&std::fs::read(&inner_json).unwrap()).unwrap();
 
     println!(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vpod_agent_api::pb::{ContainerRef, CreateContainerRequest, Process};
-use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, Stats};
+use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, workspace, Stats};
 use vpod_sandbox::{ImageDisk, Pod, PodConfig};
 use vpod_test_support as images;
 
@@ -28,13 +28,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The pod's VM size for a container without limits (what `vpod run` picks).
 fn pod_mem_mib() -> u32 {
     vpod_sandbox::VmSize::for_pod(&[vpod_sandbox::Limits::default()], 1).mem_mib
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("workspace dir")
 }
 
 fn need(p: PathBuf, how: &str) -> PathBuf {
@@ -305,32 +298,7 @@ fn main() {
         return;
     }
     let _ = files();
-    let verdict = vpod_testbed::probe::probe();
-    let where_ = if verdict.is_direct() {
-        "kvm"
-    } else {
-        "testbed"
-    };
-    let inner_json = out_dir().join("pod-inner.json");
-    let _ = std::fs::remove_file(&inner_json);
-    let exe = std::env::current_exe().unwrap();
-    let argv = vec![
-        exe.into_os_string(),
-        "--inner".into(),
-        inner_json.clone().into_os_string(),
-    ];
-    if verdict.is_direct() {
-        let st = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
-        assert!(st.success(), "inner bench failed");
-    } else {
-        let mut opts = vpod_testbed::RunOptions::new(argv).unwrap();
-        opts.shares = vec![workspace()];
-        match vpod_testbed::run(&opts) {
-            Ok(o) if o.status == 0 => {}
-            Ok(o) => panic!("inner bench exited {}", o.status),
-            Err(e) => panic!("test bed: {e}"),
-        }
-    }
+    let (where_, inner_json) = vpod_benches::run_inner("pod", &workspace());
     let r: Inner = serde_json::from_slice(&std::fs::read(&inner_json).unwrap()).unwrap();
     for e in &r.errors {
         println!("error: {e}");

@@ -56,6 +56,47 @@ pub fn row(cells: &[String]) {
     println!("{}", line.join(" "));
 }
 
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace dir")
+}
+
+/// Runs this bench binary again with `--inner <json>` where VMs can boot: on
+/// this host when its KVM runs Linux guests, else inside the test bed's L1
+/// (sharing `workspace`). Returns where it ran ("kvm" or "testbed") and the
+/// JSON file the inner run wrote.
+pub fn run_inner(name: &str, workspace: &std::path::Path) -> (&'static str, PathBuf) {
+    let verdict = vpod_testbed::probe::probe();
+    let inner_json = out_dir().join(format!("{name}-inner.json"));
+    let _ = std::fs::remove_file(&inner_json);
+    let exe = std::env::current_exe().expect("current exe");
+    let argv = vec![
+        exe.into_os_string(),
+        "--inner".into(),
+        inner_json.clone().into_os_string(),
+    ];
+    if verdict.is_direct() {
+        let st = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .status()
+            .expect("run the inner bench");
+        assert!(st.success(), "inner bench failed");
+        ("kvm", inner_json)
+    } else {
+        let mut opts = vpod_testbed::RunOptions::new(argv).expect("test bed options");
+        opts.shares = vec![workspace.to_path_buf()];
+        match vpod_testbed::run(&opts) {
+            Ok(o) if o.status == 0 => {}
+            Ok(o) => panic!("inner bench exited {}", o.status),
+            Err(e) => panic!("test bed: {e}"),
+        }
+        ("testbed", inner_json)
+    }
+}
+
 /// Kernel command line QEMU's microvm baseline boots with (the same switches
 /// vpod-vmm's builder puts on its own command line).
 pub const MICROVM_APPEND: &str =
@@ -114,10 +155,18 @@ pub async fn vsock_ready(
 {
     use vpod_agent_api::ready::{answer_ready, ReadyError};
     use vpod_agent_api::AGENT_READY_PORT;
-    let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
-        VMADDR_CID_ANY,
-        AGENT_READY_PORT,
-    ))
+    let addr = tokio_vsock::VsockAddr::new(VMADDR_CID_ANY, AGENT_READY_PORT);
+    let listener = match tokio_vsock::VsockListener::bind(addr) {
+        // No AF_VSOCK yet: the kernel could not autoload it (the test bed's
+        // L1 runs its module tools in a chroot); QEMU needs vhost_vsock too.
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let _ = std::process::Command::new("modprobe")
+                .arg("vhost_vsock")
+                .status();
+            tokio_vsock::VsockListener::bind(addr)
+        }
+        r => r,
+    }
     .map_err(|e| format!("vsock listener on port {AGENT_READY_PORT}: {e}"))?;
     Ok(async move {
         tokio::time::timeout(timeout, async {

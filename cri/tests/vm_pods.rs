@@ -17,17 +17,7 @@ use vpod_test_support as common;
 /// One pod at a time: the test bed has few CPUs and boots are slow there.
 static ONE_POD: Mutex<()> = Mutex::new(());
 
-fn guest_file(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `make guest` first",
-        p.display()
-    );
-    p
-}
+use common::guest_file;
 
 struct Env {
     dir: PathBuf,
@@ -194,8 +184,35 @@ fn run_streams_output_and_exits_with_the_container_code() {
     assert!(left.is_empty(), "records left: {left:?}");
     assert!(processes_with("__supervise").is_empty());
 
-    let ok = env.out(&["run", &env.image, "--", "true"]);
-    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    // -i: our stdin reaches the container; its end is the container's EOF.
+    let mut child = env
+        .vpod(&[
+            "run",
+            "-i",
+            &env.image,
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo after-eof",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"piped through the vm\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        stdout(&o),
+        "PIPED THROUGH THE VM\nafter-eof\n",
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -701,7 +718,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
 }
 
 #[test]
-fn seccomp_refuses_mount_even_with_cap_sys_admin_unless_privileged() {
+fn seccomp_privileged_tty_resize_and_stop_after_grace() {
     let env = Env::new("seccomp");
     let disk = image_disk(&env);
     runtime().block_on(async {
@@ -727,6 +744,50 @@ fn seccomp_refuses_mount_even_with_cap_sys_admin_unless_privileged() {
             let st = pod.wait_container(id).await.unwrap();
             assert_eq!(st.exit_code, want, "{id}: {st:?}");
         }
+
+        // A TTY container sees the size the host sets.
+        let mut c = container("tty", "img0", &["sh", "-c", "sleep 2; stty size; tty"]);
+        c.process.as_mut().unwrap().tty = true;
+        pod.create_container(c).await.unwrap();
+        let mut out = pod
+            .agent()
+            .attach(ContainerRef { id: "tty".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        pod.start_container("tty").await.unwrap();
+        pod.agent()
+            .resize_tty(vpod_agent_api::pb::ResizeTtyRequest {
+                id: "tty".into(),
+                rows: 50,
+                cols: 132,
+            })
+            .await
+            .unwrap();
+        let mut text = Vec::new();
+        while let Ok(Some(c)) = out.message().await {
+            text.extend(c.data);
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        assert!(text.contains("50 132"), "{text}");
+        assert!(text.contains("/dev/pts/"), "{text}");
+
+        // Ignoring SIGTERM costs the grace period, then SIGKILL.
+        let c = container(
+            "stubborn",
+            "img0",
+            &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+        );
+        pod.create_container(c).await.unwrap();
+        pod.start_container("stubborn").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t0 = Instant::now();
+        let st = pod
+            .stop_container("stubborn", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!((st.exit_code, st.signal), (137, 9), "{st:?}");
+        assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
         pod.shutdown(Duration::from_secs(30)).await;
     });
 }

@@ -69,8 +69,7 @@ impl Pod {
         req: Request<ContainerRef>,
     ) -> Result<Response<RpcStream<OutputChunk>>, Status> {
         let rx = self.containers.attach(&req.into_inner().id)?;
-        let stream = futures_unfold(rx);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(attach_stream(rx))))
     }
 
     pub async fn write_stdin(
@@ -284,37 +283,23 @@ fn clamp16(v: u32) -> u16 {
 }
 
 /// A stream over an attached container's output until its pipes close.
-fn futures_unfold(
+/// Holding the receiver's lock for as long as the client's stream lives is
+/// what makes attaching exclusive.
+fn attach_stream(
     rx: tokio::sync::OwnedMutexGuard<mpsc::Receiver<OutputChunk>>,
 ) -> impl Stream<Item = Result<OutputChunk, Status>> + Send + 'static {
-    tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::ReceiverStream::new(Guarded(rx).into_receiver()),
-        Ok,
-    )
+    AttachStream(rx)
 }
 
-/// Moves chunks from the locked receiver into a fresh channel, so the lock
-/// (one attacher) is held exactly as long as the client's stream lives.
-struct Guarded(tokio::sync::OwnedMutexGuard<mpsc::Receiver<OutputChunk>>);
+struct AttachStream(tokio::sync::OwnedMutexGuard<mpsc::Receiver<OutputChunk>>);
 
-impl Guarded {
-    fn into_receiver(mut self) -> mpsc::Receiver<OutputChunk> {
-        let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    chunk = self.0.recv() => match chunk {
-                        Some(c) => {
-                            if tx.send(c).await.is_err() {
-                                return;
-                            }
-                        }
-                        None => return,
-                    },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        rx
+impl Stream for AttachStream {
+    type Item = Result<OutputChunk, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|c| c.map(Ok))
     }
 }

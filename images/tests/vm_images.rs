@@ -12,17 +12,7 @@ use common::*;
 use vpod_images::{import, FsType, Store};
 use vpod_vmm::{Console, DiskConfig, VmConfig, VmExit, Vmm};
 
-fn guest_file(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `make guest` (or `make test`) first",
-        p.display()
-    );
-    p
-}
+use vpod_test_support::guest_file;
 
 /// An initramfs whose /init is busybox running `script` (console on ttyS0).
 fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {

@@ -6,6 +6,19 @@ use std::path::Path;
 
 use sha2::Digest as _;
 
+/// `target/guest/<name>` (the guest kernel and initramfs `make guest` builds).
+pub fn guest_file(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guest")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make guest` (or `make test`) first",
+        p.display()
+    );
+    p
+}
+
 /// One entry of a layer.
 pub enum Entry {
     File(String, Vec<u8>, u32),

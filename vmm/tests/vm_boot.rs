@@ -21,17 +21,7 @@ fn one_vm() -> std::sync::MutexGuard<'static, ()> {
     ONE_VM.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn guest_file(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/guest")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `make guest` (or `make test`) first",
-        p.display()
-    );
-    p
-}
+use vpod_test_support::guest_file;
 
 struct TempDir(PathBuf);
 

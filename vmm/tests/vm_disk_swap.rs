@@ -6,17 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vpod_test_support::guest_file;
 use vpod_vmm::{Console, DiskConfig, VmConfig, VmExit, Vmm};
-
-fn guest_kernel() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest/vmlinux");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make guest` first",
-        p.display()
-    );
-    p
-}
 
 /// busybox initramfs whose /init is `script`.
 fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {
@@ -84,7 +75,7 @@ reboot -f
     std::fs::write(&full, content).unwrap();
     let log = dir.join("console.log");
 
-    let mut config = VmConfig::new(guest_kernel());
+    let mut config = VmConfig::new(guest_file("vmlinux"));
     config.initrd = Some(initrd);
     config.mem_mib = 128;
     config.console = Console::File(log.clone());

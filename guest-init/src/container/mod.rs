@@ -505,7 +505,6 @@ impl Containers {
                 Ok(pid)
             }
             Err(msg) => {
-                c.set_state(State::Running { pid: 0 });
                 waiter.await;
                 c.exit.send_modify(|e| {
                     if let Some(e) = e {
