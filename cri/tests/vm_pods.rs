@@ -134,7 +134,7 @@ fn processes_with(needle: &str) -> Vec<String> {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Every regular file under `dir` that holds `needle`.
@@ -348,7 +348,11 @@ fn secrets_live_in_guest_ram_only_and_follow_host_updates() {
     let first = format!("s3cret-{}-first", std::process::id());
     std::fs::write(src.join("token"), &first).unwrap();
     let spec = format!("tok={}", src.display());
-    let id = env.run_detached(&["--secret", &spec], &["sleep", "1000"]);
+    // A small disk: the scan below reads all of it (under TCG in the test bed).
+    let id = env.run_detached(
+        &["--secret", &spec, "--ephemeral-storage", "32Mi"],
+        &["sleep", "1000"],
+    );
 
     let read = || stdout(&env.out(&["exec", &id, "--", "cat", "/run/secrets/tok/token"]));
     assert_eq!(read(), first);
