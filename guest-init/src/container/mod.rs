@@ -100,6 +100,8 @@ impl From<ContainerError> for tonic::Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Created,
+    /// StartContainer is under way (a second one is refused).
+    Starting,
     Running { pid: i32 },
     Exited,
 }
@@ -108,6 +110,7 @@ impl State {
     fn name(self) -> &'static str {
         match self {
             State::Created => "created",
+            State::Starting => "starting",
             State::Running { .. } => "running",
             State::Exited => "exited",
         }
@@ -421,18 +424,28 @@ impl Containers {
     /// Starts the container's process; returns its pid.
     pub async fn start(self: &Arc<Self>, id: &str) -> Result<i32, ContainerError> {
         let c = self.get(id)?;
-        if c.state() != State::Created {
-            return Err(c.wrong_state("it can only start once"));
+        {
+            let mut st = c.state.lock().unwrap_or_else(|p| p.into_inner());
+            if *st != State::Created {
+                drop(st);
+                return Err(c.wrong_state("it can only start once"));
+            }
+            *st = State::Starting;
         }
         let p = c.req.process.clone().unwrap_or_default();
-        let stdio = Stdio::new(
+        let stdio = match Stdio::new(
             p.tty,
             p.stdin,
             p.tty_rows as u16,
             p.tty_cols as u16,
             Some(&c.pts()),
-        )
-        .map_err(c.io("make stdio"))?;
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                c.set_state(State::Created);
+                return Err(c.io("make stdio")(e));
+            }
+        };
         let privileged = c.req.privileged;
         let cfg = InitConfig {
             namespaces: Namespaces::New(RootConfig {
@@ -455,9 +468,13 @@ impl Containers {
             input,
             pty,
         } = stdio;
-        let mut spawned = self
-            .spawn_init(&cfg, child, &c.cgroup.procs_file())
-            .map_err(c.io("spawn the container init"))?;
+        let mut spawned = match self.spawn_init(&cfg, child, &c.cgroup.procs_file()) {
+            Ok(s) => s,
+            Err(e) => {
+                c.set_state(State::Created);
+                return Err(c.io("spawn the container init")(e));
+            }
+        };
         let started = spawned.started().await;
 
         // The output flows whether or not the process started (a start
@@ -637,6 +654,7 @@ impl Containers {
                 return Ok(status);
             }
             State::Exited => return self.wait(id).await,
+            State::Starting => return Err(c.wrong_state("wait for StartContainer first")),
             State::Running { .. } => {}
         }
         let sig = if signal == 0 { libc::SIGTERM } else { signal };
@@ -653,6 +671,9 @@ impl Containers {
     /// Kills what is left and undoes `create`.
     pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
         let c = self.get(id)?;
+        if c.state() == State::Starting {
+            return Err(c.wrong_state("wait for StartContainer first"));
+        }
         if matches!(c.state(), State::Running { .. }) {
             let _ = c.cgroup.kill_all();
             if tokio::time::timeout(REMOVE_WAIT, self.wait(id))
@@ -709,7 +730,7 @@ impl Containers {
             .values()
             .map(|c| {
                 let (state, pid) = match c.state() {
-                    State::Created => (ContainerState::Created, 0),
+                    State::Created | State::Starting => (ContainerState::Created, 0),
                     State::Running { pid } => (ContainerState::Running, pid as u32),
                     State::Exited => (ContainerState::Exited, 0),
                 };
