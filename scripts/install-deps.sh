@@ -17,6 +17,8 @@ PKGS=(
   protobuf-compiler
   # network tests
   iproute2
+  # the containerd shim's tests: Debian's containerd 1.6 (and ctr), runc beside it
+  containerd runc containernetworking-plugins
 )
 
 missing=()

@@ -14,7 +14,7 @@ pub mod reference;
 pub mod store;
 pub mod unpack;
 
-pub use blockimg::{BlockImage, BuildStats, FsType, ImageInfo};
+pub use blockimg::{make_fs, BlockImage, BuildStats, FsType, ImageInfo};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use import::{import, Imported};

@@ -102,7 +102,9 @@ enum State {
     Created,
     /// StartContainer is under way (a second one is refused).
     Starting,
-    Running { pid: i32 },
+    Running {
+        pid: i32,
+    },
     Exited,
 }
 

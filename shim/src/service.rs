@@ -1,0 +1,645 @@
+//! The shim v2 Task service: one shim process, one pod microVM.
+//!
+//! containerd starts one shim per pod (grouped by the CRI sandbox id), and
+//! every container of the pod is a task of that shim:
+//! - the sandbox (pause) task boots the VM and has no process in it;
+//! - each other task is a container in the guest, created from its bundle's
+//!   OCI spec through `vpod_sandbox::oci` (policy first) with its rootfs
+//!   turned into a cached erofs disk (`rootfs.rs`) put into a free slot;
+//! - a task without a sandbox (`ctr run`) boots its own VM.
+//!
+//! Output goes to containerd's FIFOs; exits and deletes are published as
+//! task events.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::util::convert_to_timestamp;
+use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
+use containerd_shim_protos::api;
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics;
+use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use containerd_shim_protos::types::task::Status;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use vpod_agent_api::pb::{ContainerRef, KillContainerRequest, OutputStream};
+use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig};
+
+use crate::rootfs;
+
+/// Where a pod's state dirs go.
+const STATE_ROOT: &str = "/run/vpod/shim";
+/// Built rootfs disks, keyed by their snapshot dirs.
+const ROOTFS_CACHE: &str = "/var/lib/vpod/shim-rootfs";
+/// Empty disk slots a CRI pod boots with (one per container created later).
+const POD_SLOTS: usize = 4;
+const EPHEMERAL_BYTES: u64 = 1 << 30;
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+fn err(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+/// What the shim reads from its environment (containerd passes its own).
+#[derive(Debug, Clone)]
+struct ShimConfig {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    state_root: PathBuf,
+    rootfs_cache: PathBuf,
+}
+
+impl ShimConfig {
+    fn from_env() -> Self {
+        let var = |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.into()));
+        ShimConfig {
+            kernel: var("VPOD_KERNEL", "/var/lib/vpod/guest/vmlinux"),
+            initrd: var("VPOD_INITRD", "/var/lib/vpod/guest/initramfs.cpio"),
+            state_root: var("VPOD_SHIM_STATE", STATE_ROOT),
+            rootfs_cache: var("VPOD_SHIM_ROOTFS_CACHE", ROOTFS_CACHE),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct VpodShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+/// The bundle's OCI spec annotations that say which pod a task is in.
+fn grouping(bundle: &std::path::Path, id: &str) -> String {
+    oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.annotations().clone())
+        .and_then(|a| a.get(ANN_SANDBOX_ID).cloned())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+#[async_trait]
+impl Shim for VpodShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        VpodShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimError> {
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let group = grouping(&bundle, &opts.id);
+        spawn(opts, &group, Vec::new()).await
+    }
+
+    async fn delete_shim(&mut self) -> Result<api::DeleteResponse, ShimError> {
+        // containerd calls this when the shim is gone: report a killed task.
+        Ok(api::DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(convert_to_timestamp(None)).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        TaskService {
+            inner: Arc::new(Inner {
+                exit: self.exit.clone(),
+                namespace: self.namespace.clone(),
+                publisher,
+                config: ShimConfig::from_env(),
+                pod: tokio::sync::Mutex::new(None),
+                tasks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Exit {
+    code: u32,
+    at: Timestamp,
+}
+
+struct TaskState {
+    id: String,
+    bundle: String,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+    /// The pause container: the VM itself, no process in the guest.
+    sandbox: bool,
+    status: Mutex<Status>,
+    exit: watch::Sender<Option<Exit>>,
+}
+
+impl TaskState {
+    fn status(&self) -> Status {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_status(&self, s: Status) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    fn exited(&self, code: u32) {
+        self.set_status(Status::STOPPED);
+        self.exit.send_replace(Some(Exit {
+            code,
+            at: convert_to_timestamp(None),
+        }));
+    }
+}
+
+struct Inner {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    publisher: RemotePublisher,
+    config: ShimConfig,
+    pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
+    tasks: Mutex<HashMap<String, Arc<TaskState>>>,
+}
+
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+/// A pod id the sandbox crate accepts, from containerd's (64 hex) ids.
+fn pod_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .map(|c| c.to_ascii_lowercase())
+        .take(32)
+        .collect()
+}
+
+impl TaskService {
+    fn task(&self, id: &str) -> TtrpcResult<Arc<TaskState>> {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(ttrpc::Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let ctx = containerd_shim::Context::default();
+        if let Err(e) = self
+            .inner
+            .publisher
+            .publish(ctx, topic, &self.inner.namespace, event)
+            .await
+        {
+            log::warn!("publish {topic}: {e}");
+        }
+    }
+
+    async fn pod(&self) -> TtrpcResult<Arc<Pod>> {
+        self.inner.pod.lock().await.clone().ok_or_else(|| {
+            err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "the pod's VM is not running",
+            )
+        })
+    }
+
+    async fn boot(&self, id: &str, images: Vec<ImageDisk>, slots: usize) -> TtrpcResult<Arc<Pod>> {
+        let cfg = &self.inner.config;
+        let pid = pod_id(id);
+        let size = vpod_sandbox::VmSize::for_pod(
+            &[vpod_sandbox::Limits::default()],
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        );
+        let pod = Pod::boot(PodConfig {
+            id: pid.clone(),
+            dir: cfg
+                .state_root
+                .join(format!("{}-{pid}", self.inner.namespace)),
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            vcpus: size.vcpus,
+            mem_mib: size.mem_mib,
+            ephemeral_bytes: EPHEMERAL_BYTES,
+            images,
+            spare_slots: slots,
+            hostname: pid,
+            boot_timeout: vpod_sandbox::pod::DEFAULT_BOOT_TIMEOUT,
+        })
+        .await
+        .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        let pod = Arc::new(pod);
+        *self.inner.pod.lock().await = Some(pod.clone());
+        Ok(pod)
+    }
+
+    /// Copies the container's output to containerd's FIFOs.
+    fn forward_output(&self, pod: &Arc<Pod>, t: &Arc<TaskState>) {
+        let mut agent = pod.agent();
+        let id = t.id.clone();
+        let (stdout, stderr) = (t.stdout.clone(), t.stderr.clone());
+        tokio::spawn(async move {
+            let Ok(resp) = agent.attach(ContainerRef { id: id.clone() }).await else {
+                log::warn!("attach to {id} failed");
+                return;
+            };
+            let mut stream = resp.into_inner();
+            let open = |p: String| async move {
+                if p.is_empty() {
+                    return None;
+                }
+                tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .await
+                    .ok()
+            };
+            let mut out = open(stdout).await;
+            let mut err_ = open(stderr).await;
+            while let Ok(Some(chunk)) = stream.message().await {
+                let target = if chunk.stream == OutputStream::Stderr as i32 && err_.is_some() {
+                    err_.as_mut()
+                } else {
+                    out.as_mut()
+                };
+                if let Some(f) = target {
+                    let _ = f.write_all(&chunk.data).await;
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
+            err(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("read {}/config.json: {e}", req.bundle),
+            )
+        })?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let sandbox = annotations.get(ANN_CONTAINER_TYPE).map(String::as_str) == Some("sandbox");
+        let (exit, _) = watch::channel(None);
+        let t = Arc::new(TaskState {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            sandbox,
+            status: Mutex::new(Status::CREATED),
+            exit,
+        });
+
+        if sandbox {
+            // Policy of the pod as a whole (host namespaces) before booting.
+            vpod_sandbox::check_spec(&spec, &MountClassifier::default())
+                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            self.boot(&req.id, Vec::new(), POD_SLOTS).await?;
+        } else {
+            let cache = self.inner.config.rootfs_cache.clone();
+            let mounts = req.rootfs.clone();
+            let disk = tokio::task::spawn_blocking(move || rootfs::disk(&mounts, &cache))
+                .await
+                .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?
+                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            let image = ImageDisk {
+                serial: disk.serial.clone(),
+                path: disk.path.clone(),
+            };
+            let existing = self.inner.pod.lock().await.clone();
+            let pod = match existing {
+                Some(pod) => {
+                    pod.attach_image(&image)
+                        .map_err(|e| err(ttrpc::Code::RESOURCE_EXHAUSTED, e.to_string()))?;
+                    pod
+                }
+                // No sandbox task (`ctr run`): this container's own VM.
+                None => self.boot(&req.id, vec![image], 1).await?,
+            };
+            let mut spec = spec;
+            if let Some(p) = spec.process().clone() {
+                let mut p = p;
+                p.set_terminal(Some(req.terminal));
+                spec.set_process(Some(p));
+            }
+            let watched = pod
+                .create_container_oci(&req.id, &spec, &disk.serial, &MountClassifier::default())
+                .await
+                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            if !watched.is_empty() {
+                tokio::spawn(vpod_sandbox::volumes::watch(
+                    pod.clone(),
+                    watched,
+                    vpod_sandbox::volumes::DEFAULT_POLL,
+                    |v, r| {
+                        if let Err(e) = r {
+                            log::warn!("volume {} update: {e}", v.name);
+                        }
+                    },
+                ));
+            }
+            self.forward_output(&pod, &t);
+        }
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.id.clone(), t);
+        self.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid: std::process::id(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::CreateTaskResponse {
+            pid: std::process::id(),
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(err(
+                ttrpc::Code::UNIMPLEMENTED,
+                "exec is not supported by vpod yet",
+            ));
+        }
+        let t = self.task(&req.id)?;
+        if !t.sandbox {
+            let pod = self.pod().await?;
+            pod.start_container(&t.id)
+                .await
+                .map_err(|e| err(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+            let this = self.clone();
+            let t2 = t.clone();
+            tokio::spawn(async move {
+                let code = match pod.wait_container(&t2.id).await {
+                    Ok(s) => s.exit_code as u32,
+                    Err(_) => 255,
+                };
+                t2.exited(code);
+                let at = t2.exit.borrow().as_ref().map(|e| e.at.clone());
+                this.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: t2.id.clone(),
+                        id: t2.id.clone(),
+                        pid: std::process::id(),
+                        exit_status: code,
+                        exited_at: at.into(),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            });
+        }
+        t.set_status(Status::RUNNING);
+        self.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: t.id.clone(),
+                pid: std::process::id(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::StartResponse {
+            pid: std::process::id(),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let t = self.task(&req.id)?;
+        if t.status() != Status::RUNNING {
+            return Ok(api::Empty::default());
+        }
+        if t.sandbox {
+            t.exited(128 + req.signal);
+            return Ok(api::Empty::default());
+        }
+        let pod = self.pod().await?;
+        pod.agent()
+            .kill_container(KillContainerRequest {
+                id: t.id.clone(),
+                signal: req.signal as i32,
+                all: req.all,
+            })
+            .await
+            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;
+        Ok(api::Empty::default())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        let t = self.task(&req.id)?;
+        let mut rx = t.exit.subscribe();
+        let e = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?
+            .clone()
+            .expect("waited for Some");
+        Ok(api::WaitResponse {
+            exit_status: e.code,
+            exited_at: Some(e.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let t = self.task(&req.id)?;
+        if !t.sandbox {
+            if let Ok(pod) = self.pod().await {
+                let _ = pod.remove_container(&t.id).await;
+            }
+        }
+        let remaining = {
+            let mut tasks = self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.remove(&req.id);
+            tasks.len()
+        };
+        // The last task (the sandbox, or `ctr run`'s one) takes the VM with it.
+        if t.sandbox || remaining == 0 {
+            if let Some(pod) = self.inner.pod.lock().await.take() {
+                match Arc::try_unwrap(pod) {
+                    Ok(p) => {
+                        p.shutdown(SHUTDOWN_TIMEOUT).await;
+                    }
+                    Err(arc) => drop(arc),
+                }
+            }
+        }
+        let e = t.exit.borrow().clone().unwrap_or(Exit {
+            code: 0,
+            at: convert_to_timestamp(None),
+        });
+        self.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: t.id.clone(),
+                id: t.id.clone(),
+                pid: std::process::id(),
+                exit_status: e.code,
+                exited_at: Some(e.at.clone()).into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::DeleteResponse {
+            pid: std::process::id(),
+            exit_status: e.code,
+            exited_at: Some(e.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        let t = self.task(&req.id)?;
+        let e = t.exit.borrow().clone();
+        Ok(api::StateResponse {
+            id: t.id.clone(),
+            bundle: t.bundle.clone(),
+            pid: std::process::id(),
+            status: t.status().into(),
+            stdin: t.stdin.clone(),
+            stdout: t.stdout.clone(),
+            stderr: t.stderr.clone(),
+            terminal: t.terminal,
+            exit_status: e.as_ref().map_or(0, |e| e.code),
+            exited_at: e.map(|e| e.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        self.task(&req.id)?;
+        Ok(api::PidsResponse {
+            processes: vec![containerd_shim_protos::types::task::ProcessInfo {
+                pid: std::process::id(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(err(
+            ttrpc::Code::UNIMPLEMENTED,
+            "pause is not supported by vpod",
+        ))
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(err(
+            ttrpc::Code::UNIMPLEMENTED,
+            "resume is not supported by vpod",
+        ))
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(err(
+            ttrpc::Code::UNIMPLEMENTED,
+            "checkpoint is not supported by vpod",
+        ))
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let empty = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        if empty {
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}

@@ -1,0 +1,200 @@
+//! The shim under Debian's containerd 1.6, on real microVMs (test bed):
+//! `ctr run --runtime io.containerd.vpod.v2` of a locally imported image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vpod_test_support as images;
+
+struct Containerd {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Containerd {
+    fn start(name: &str) -> Containerd {
+        let dir = std::env::temp_dir().join(format!("vpod-ctrd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The overlayfs snapshotter needs a real upper filesystem: not the
+        // test bed's overlay root.
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-vpod-v2"));
+        let path = format!(
+            "{}:{}",
+            shim.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .env("VPOD_KERNEL", images::guest_file("vmlinux"))
+            .env("VPOD_INITRD", images::guest_file("initramfs.cpio"))
+            .env("VPOD_SHIM_STATE", dir.join("shim"))
+            .env("VPOD_SHIM_ROOTFS_CACHE", dir.join("rootfs-cache"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let c = Containerd { dir, child };
+        let t0 = Instant::now();
+        while !c.sock().exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.sock())
+            .args(["--namespace", "vpodtest"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Imports a busybox image as `name`.
+    fn import_busybox(&self, name: &str) {
+        let layout = self.dir.join("layout");
+        let layer = images::busybox_layer(vec![images::Entry::File(
+            "etc/hello".into(),
+            b"hello from the image\n".to_vec(),
+            0o644,
+        )]);
+        images::layout(&layout, &[layer], serde_json::json!({"Cmd": ["sh"]}));
+        // Name it the way `ctr image import` reads names from an OCI archive.
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        index["manifests"][0]["annotations"] = serde_json::json!({
+            "io.containerd.image.name": name,
+            "org.opencontainers.image.ref.name": "1",
+        });
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        let tar = self.dir.join("image.tar");
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = self.ctr(&["images", "import", tar.to_str().unwrap()]);
+        assert!(o.status.success(), "import: {}\n{}", text(&o), self.log());
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn shim_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains("containerd-shim-vpod-v2") {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn ctr_run_prints_the_output_of_a_container_in_a_microvm() {
+    let c = Containerd::start("ctr");
+    let image = "docker.io/library/vpod-busybox:1";
+    c.import_busybox(image);
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.vpod.v2",
+        image,
+        "c1",
+        "sh",
+        "-c",
+        "cat /etc/hello; echo kernel=$(uname -r); exit 3",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("hello from the image"),
+        "{}\n{}",
+        text(&o),
+        c.log()
+    );
+    assert!(
+        out.contains("kernel=6.1"),
+        "runs on the guest kernel: {}",
+        text(&o)
+    );
+    assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o), c.log());
+    let t0 = Instant::now();
+    while !shim_processes().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "shim left running: {:?}",
+            shim_processes()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left: Vec<_> = std::fs::read_dir(c.dir.join("shim"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pod state left: {left:?}");
+    let _: &Path = &c.dir;
+}
