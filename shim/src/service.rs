@@ -22,7 +22,9 @@ use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::util::convert_to_timestamp;
 use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
 use containerd_shim_protos::api;
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim_protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
@@ -127,6 +129,7 @@ impl Shim for VpodShim {
                 config: ShimConfig::from_env(),
                 pod: tokio::sync::Mutex::new(None),
                 tasks: Mutex::new(HashMap::new()),
+                execs: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -149,6 +152,12 @@ struct TaskState {
     sandbox: bool,
     status: Mutex<Status>,
     exit: watch::Sender<Option<Exit>>,
+}
+
+impl ExecState {
+    fn set_running(&self) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::RUNNING;
+    }
 }
 
 impl TaskState {
@@ -176,11 +185,38 @@ struct Inner {
     config: ShimConfig,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     tasks: Mutex<HashMap<String, Arc<TaskState>>>,
+    /// Exec'd processes by (container id, exec id).
+    execs: Mutex<HashMap<(String, String), Arc<ExecState>>>,
+}
+
+/// A process `ctr task exec` / CRI ExecSync added to a running container.
+struct ExecState {
+    process: oci_spec::runtime::Process,
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+    status: Mutex<Status>,
+    exit: watch::Sender<Option<Exit>>,
 }
 
 #[derive(Clone)]
 pub struct TaskService {
     inner: Arc<Inner>,
+}
+
+/// containerd's stdout/stderr FIFO, opened read-write so the open does not
+/// wait for a reader (`ctr run -d` has none), as a non-blocking pipe end so
+/// no write ties up a thread.
+fn open_fifo_writer(path: &str) -> Option<tokio::net::unix::pipe::Sender> {
+    if path.is_empty() {
+        return None;
+    }
+    tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_sender(path)
+        .map_err(|e| log::warn!("open {path}: {e}"))
+        .ok()
 }
 
 /// A pod id the sandbox crate accepts, from containerd's (64 hex) ids.
@@ -201,6 +237,134 @@ impl TaskService {
             .get(id)
             .cloned()
             .ok_or_else(|| err(ttrpc::Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    fn exec_state(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<ExecState>> {
+        self.inner
+            .execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(id.to_owned(), exec_id.to_owned()))
+            .cloned()
+            .ok_or_else(|| {
+                err(
+                    ttrpc::Code::NOT_FOUND,
+                    format!("exec {exec_id} of task {id} not found"),
+                )
+            })
+    }
+
+    /// Runs exec `exec_id` in container `id` through the agent's Exec stream,
+    /// with containerd's FIFOs as its stdio.
+    async fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<()> {
+        use vpod_agent_api::pb::{exec_input, exec_output, ExecInput, ExecStart, Process};
+        let e = self.exec_state(id, exec_id)?;
+        let pod = self.pod().await?;
+        let p = &e.process;
+        let start = ExecInput {
+            input: Some(exec_input::Input::Start(ExecStart {
+                container_id: id.to_owned(),
+                process: Some(Process {
+                    args: p.args().clone().unwrap_or_default(),
+                    env: p.env().clone().unwrap_or_default(),
+                    cwd: p.cwd().to_string_lossy().into_owned(),
+                    tty: e.terminal,
+                    stdin: !e.stdin.is_empty(),
+                    ..Default::default()
+                }),
+            })),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<ExecInput>(16);
+        tx.send(start)
+            .await
+            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        let mut out = pod
+            .agent()
+            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?
+            .into_inner();
+        if !e.stdin.is_empty() {
+            let path = e.stdin.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                // Read-write: opening never waits for a writer, and a
+                // non-blocking pipe end never ties up a thread.
+                let Ok(mut f) = tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_receiver(&path)
+                else {
+                    return;
+                };
+                let mut buf = vec![0u8; 32 * 1024];
+                while let Ok(n) = f.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let msg = ExecInput {
+                        input: Some(exec_input::Input::Stdin(buf[..n].to_vec())),
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx
+                    .send(ExecInput {
+                        input: Some(exec_input::Input::CloseStdin(true)),
+                    })
+                    .await;
+            });
+        }
+        e.set_running();
+        let this = self.clone();
+        let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
+        tokio::spawn(async move {
+            let _keep_input_open = tx;
+            let open = |p: String| async move { open_fifo_writer(&p) };
+            let mut stdout = open(e.stdout.clone()).await;
+            let mut stderr = open(e.stderr.clone()).await;
+            let mut code = 255;
+            while let Ok(Some(msg)) = out.message().await {
+                match msg.output {
+                    Some(exec_output::Output::Stdout(b)) => {
+                        if let Some(f) = stdout.as_mut() {
+                            let _ = f.write_all(&b).await;
+                        }
+                    }
+                    Some(exec_output::Output::Stderr(b)) => {
+                        if let Some(f) = stderr.as_mut().or(stdout.as_mut()) {
+                            let _ = f.write_all(&b).await;
+                        }
+                    }
+                    Some(exec_output::Output::Exit(x)) => {
+                        code = x.exit_code as u32;
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            drop((stdout, stderr));
+            let at = convert_to_timestamp(None);
+            *e.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::STOPPED;
+            e.exit.send_replace(Some(Exit {
+                code,
+                at: at.clone(),
+            }));
+            this.publish(
+                topics::TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: id,
+                    id: exec_id,
+                    pid: std::process::id(),
+                    exit_status: code,
+                    exited_at: Some(at).into(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        });
+        Ok(())
     }
 
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
@@ -264,16 +428,7 @@ impl TaskService {
                 return;
             };
             let mut stream = resp.into_inner();
-            let open = |p: String| async move {
-                if p.is_empty() {
-                    return None;
-                }
-                tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .await
-                    .ok()
-            };
+            let open = |p: String| async move { open_fifo_writer(&p) };
             let mut out = open(stdout).await;
             let mut err_ = open(stderr).await;
             while let Ok(Some(chunk)) = stream.message().await {
@@ -405,10 +560,21 @@ impl Task for TaskService {
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
-            return Err(err(
-                ttrpc::Code::UNIMPLEMENTED,
-                "exec is not supported by vpod yet",
-            ));
+            self.start_exec(&req.id, &req.exec_id).await?;
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid: std::process::id(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+            return Ok(api::StartResponse {
+                pid: std::process::id(),
+                ..Default::default()
+            });
         }
         let t = self.task(&req.id)?;
         if !t.sandbox {
@@ -481,8 +647,11 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let t = self.task(&req.id)?;
-        let mut rx = t.exit.subscribe();
+        let mut rx = if req.exec_id.is_empty() {
+            self.task(&req.id)?.exit.subscribe()
+        } else {
+            self.exec_state(&req.id, &req.exec_id)?.exit.subscribe()
+        };
         let e = rx
             .wait_for(|e| e.is_some())
             .await
@@ -501,6 +670,24 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            let e = self.exec_state(&req.id, &req.exec_id)?;
+            self.inner
+                .execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(req.id.clone(), req.exec_id.clone()));
+            let x = e.exit.borrow().clone().unwrap_or(Exit {
+                code: 0,
+                at: convert_to_timestamp(None),
+            });
+            return Ok(api::DeleteResponse {
+                pid: std::process::id(),
+                exit_status: x.code,
+                exited_at: Some(x.at).into(),
+                ..Default::default()
+            });
+        }
         let t = self.task(&req.id)?;
         if !t.sandbox {
             if let Ok(pod) = self.pod().await {
@@ -552,6 +739,24 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
+        if !req.exec_id.is_empty() {
+            let e = self.exec_state(&req.id, &req.exec_id)?;
+            let x = e.exit.borrow().clone();
+            let status = *e.status.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(api::StateResponse {
+                id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid: std::process::id(),
+                status: status.into(),
+                stdin: e.stdin.clone(),
+                stdout: e.stdout.clone(),
+                stderr: e.stderr.clone(),
+                terminal: e.terminal,
+                exit_status: x.as_ref().map_or(0, |x| x.code),
+                exited_at: x.map(|x| x.at).into(),
+                ..Default::default()
+            });
+        }
         let t = self.task(&req.id)?;
         let e = t.exit.borrow().clone();
         Ok(api::StateResponse {
@@ -595,6 +800,58 @@ impl Task for TaskService {
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         })
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let t = self.task(&req.id)?;
+        if t.sandbox || t.status() != Status::RUNNING {
+            return Err(err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {} is not a running container", req.id),
+            ));
+        }
+        let process: oci_spec::runtime::Process =
+            serde_json::from_slice(&req.spec.value).map_err(|e| {
+                err(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("exec process spec: {e}"),
+                )
+            })?;
+        let (exit, _) = watch::channel(None);
+        let e = Arc::new(ExecState {
+            process,
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            status: Mutex::new(Status::CREATED),
+            exit,
+        });
+        let key = (req.id.clone(), req.exec_id.clone());
+        {
+            let mut execs = self.inner.execs.lock().unwrap_or_else(|p| p.into_inner());
+            if execs.contains_key(&key) {
+                return Err(err(
+                    ttrpc::Code::ALREADY_EXISTS,
+                    format!("exec {} already exists", req.exec_id),
+                ));
+            }
+            execs.insert(key, e);
+        }
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        Ok(api::Empty::default())
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {

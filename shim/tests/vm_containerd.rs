@@ -30,6 +30,8 @@ impl Containerd {
 root = "{d}/root"
 state = "{d}/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[debug]
+  level = "debug"
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
@@ -125,6 +127,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Kept for a look after a failure (the dir is a tmpfs that goes).
+        let _ = std::fs::copy(
+            self.dir.join("containerd.log"),
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+                "{}.log",
+                self.dir.file_name().unwrap().to_string_lossy()
+            )),
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
@@ -139,6 +149,15 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Shims of this test process's containerd instances (tests run in parallel).
+fn shim_processes_of(c: &Containerd) -> Vec<String> {
+    let sock = c.sock();
+    shim_processes()
+        .into_iter()
+        .filter(|p| p.contains(sock.to_str().unwrap()))
+        .collect()
 }
 
 fn shim_processes() -> Vec<String> {
@@ -184,11 +203,11 @@ fn ctr_run_prints_the_output_of_a_container_in_a_microvm() {
     );
     assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o), c.log());
     let t0 = Instant::now();
-    while !shim_processes().is_empty() {
+    while !shim_processes_of(&c).is_empty() {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "shim left running: {:?}",
-            shim_processes()
+            shim_processes_of(&c)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -197,4 +216,76 @@ fn ctr_run_prints_the_output_of_a_container_in_a_microvm() {
         .unwrap_or_default();
     assert!(left.is_empty(), "pod state left: {left:?}");
     let _: &Path = &c.dir;
+}
+
+#[test]
+fn ctr_task_exec_runs_in_the_container_and_kill_ends_it() {
+    let c = Containerd::start("exec");
+    let image = "docker.io/library/vpod-busybox:1";
+    c.import_busybox(image);
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.vpod.v2",
+        image,
+        "c2",
+        "sh",
+        "-c",
+        "echo here > /tmp/marker; trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    let t0 = Instant::now();
+    let e = loop {
+        let e = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            "c2",
+            "sh",
+            "-c",
+            "cat /tmp/marker; exit 5",
+        ]);
+        if String::from_utf8_lossy(&e.stdout).contains("here")
+            || t0.elapsed() > Duration::from_secs(30)
+        {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&e.stdout),
+        "here\n",
+        "{}\n{}",
+        text(&e),
+        c.log()
+    );
+    assert_eq!(e.status.code(), Some(5), "{}", text(&e));
+    let k = c.ctr(&["task", "kill", "c2"]);
+    assert!(k.status.success(), "{}", text(&k));
+    let t0 = Instant::now();
+    loop {
+        let d = c.ctr(&["task", "delete", "c2"]);
+        if d.status.success() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "delete: {}",
+            text(&d)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let d = c.ctr(&["container", "delete", "c2"]);
+    assert!(d.status.success(), "{}", text(&d));
+    let t0 = Instant::now();
+    while !shim_processes_of(&c).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "shim left: {:?}",
+            shim_processes_of(&c)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
