@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED := target/debug/testbed
 
-.PHONY: deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod clean-cache
+.PHONY: install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod clean-cache
 
 deps:
 	bash scripts/install-deps.sh
@@ -23,8 +23,19 @@ testbed: deps
 	$(TESTBED) build >/dev/null
 
 build: guest testbed
-	$(CARGO) build --release -p vpod-vmm -p vpod-cri
+	$(CARGO) build --release -p vpod-vmm -p vpod-cri -p vpod-shim
 	$(CARGO) build --release -p vpod-agent-api --example agentctl
+
+# The shim and vpod on PATH, the guest where the shim looks by default; prints the containerd
+# runtime snippet and the RuntimeClass to apply.
+PREFIX ?= /usr/local
+install: build
+	install -D -m755 target/release/containerd-shim-vpod-v2 $(PREFIX)/bin/containerd-shim-vpod-v2
+	install -D -m755 target/release/vpod $(PREFIX)/bin/vpod
+	install -D -m644 target/guest/vmlinux /var/lib/vpod/guest/vmlinux
+	install -D -m644 target/guest/initramfs.cpio /var/lib/vpod/guest/initramfs.cpio
+	@echo "--- add to /etc/containerd/config.toml (shim/containerd-vpod.toml):"; cat shim/containerd-vpod.toml
+	@echo "--- kubectl apply -f shim/runtimeclass.yaml:"; cat shim/runtimeclass.yaml
 
 test: guest testbed
 	$(CARGO) test --workspace --no-fail-fast

@@ -23,7 +23,7 @@ use containerd_shim::util::convert_to_timestamp;
 use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
@@ -585,10 +585,21 @@ impl Task for TaskService {
             let this = self.clone();
             let t2 = t.clone();
             tokio::spawn(async move {
-                let code = match pod.wait_container(&t2.id).await {
-                    Ok(s) => s.exit_code as u32,
-                    Err(_) => 255,
+                let (code, oom) = match pod.wait_container(&t2.id).await {
+                    Ok(s) => (s.exit_code as u32, s.oom_killed),
+                    Err(_) => (255, false),
                 };
+                if oom {
+                    // kubelet reads OOMKilled from this event.
+                    this.publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id: t2.id.clone(),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+                }
                 t2.exited(code);
                 let at = t2.exit.borrow().as_ref().map(|e| e.at.clone());
                 this.publish(
