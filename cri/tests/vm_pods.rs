@@ -102,14 +102,7 @@ impl Drop for Env {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::output_text as text;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -487,6 +480,35 @@ fn pod_config(env: &Env, images: Vec<ImageDisk>, slots: usize) -> PodConfig {
     }
 }
 
+/// A pod booted with the test image as disk `img0`.
+async fn boot_with_image(env: &Env, disk: PathBuf) -> Pod {
+    let images = vec![ImageDisk {
+        serial: "img0".into(),
+        path: disk,
+    }];
+    Pod::boot(pod_config(env, images, 0)).await.unwrap()
+}
+
+type Output_ = tonic::Streaming<vpod_agent_api::pb::OutputChunk>;
+
+/// The container's output stream (attach before start: nothing is lost).
+async fn attach(pod: &Pod, id: &str) -> Output_ {
+    pod.agent()
+        .attach(ContainerRef { id: id.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// All of an attached container's output, once it has exited.
+async fn drain(mut out: Output_) -> String {
+    let mut text = Vec::new();
+    while let Ok(Some(c)) = out.message().await {
+        text.extend(c.data);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 fn image_disk(env: &Env) -> PathBuf {
     let store = Store::open(&env.root).unwrap();
     let d = store.resolve(&env.image).unwrap();
@@ -498,16 +520,7 @@ fn two_containers_share_localhost_but_not_files() {
     let env = Env::new("two");
     let disk = image_disk(&env);
     runtime().block_on(async {
-        let pod = Pod::boot(pod_config(
-            &env,
-            vec![ImageDisk {
-                serial: "img0".into(),
-                path: disk,
-            }],
-            0,
-        ))
-        .await
-        .unwrap();
+        let pod = boot_with_image(&env, disk).await;
         pod.create_container(container(
             "server",
             "img0",
@@ -526,20 +539,9 @@ fn two_containers_share_localhost_but_not_files() {
         pod.create_container(container("client", "img0", &["sh", "-c", client_cmd]))
             .await
             .unwrap();
-        let mut out = pod
-            .agent()
-            .attach(ContainerRef {
-                id: "client".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let out = attach(&pod, "client").await;
         pod.start_container("client").await.unwrap();
-        let mut text = Vec::new();
-        while let Ok(Some(c)) = out.message().await {
-            text.extend(c.data);
-        }
-        let text = String::from_utf8_lossy(&text).into_owned();
+        let text = drain(out).await;
         let status = pod.wait_container("client").await.unwrap();
         assert_eq!(status.exit_code, 0, "client: {text}");
         assert!(text.contains("hello-over-localhost"), "{text}");
@@ -568,18 +570,9 @@ fn a_late_container_gets_its_image_through_a_slot() {
         pod.create_container(container("late", "img-late", &["cat", "/etc/hello"]))
             .await
             .unwrap();
-        let mut out = pod
-            .agent()
-            .attach(ContainerRef { id: "late".into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let out = attach(&pod, "late").await;
         pod.start_container("late").await.unwrap();
-        let mut text = Vec::new();
-        while let Ok(Some(c)) = out.message().await {
-            text.extend(c.data);
-        }
-        assert_eq!(String::from_utf8_lossy(&text), "hello from the image\n");
+        assert_eq!(drain(out).await, "hello from the image\n");
         assert_eq!(pod.wait_container("late").await.unwrap().exit_code, 0);
         // Tmpfs mounts and emptyDirs go where asked.
         let mut c = container(
@@ -654,16 +647,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
     .unwrap();
     let classifier = vpod_sandbox::MountClassifier::new(&kubelet);
     runtime().block_on(async {
-        let pod = Pod::boot(pod_config(
-            &env,
-            vec![ImageDisk {
-                serial: "img0".into(),
-                path: disk,
-            }],
-            0,
-        ))
-        .await
-        .unwrap();
+        let pod = boot_with_image(&env, disk).await;
         // hostPath: refused before the guest hears of it.
         let hp = kubelet_spec(
             &kubelet,
@@ -686,18 +670,9 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
         pod.create_container_oci("web", &spec, "img0", &classifier)
             .await
             .unwrap();
-        let mut out = pod
-            .agent()
-            .attach(ContainerRef { id: "web".into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let out = attach(&pod, "web").await;
         pod.start_container("web").await.unwrap();
-        let mut text = Vec::new();
-        while let Ok(Some(c)) = out.message().await {
-            text.extend(c.data);
-        }
-        let text = String::from_utf8_lossy(&text).into_owned();
+        let text = drain(out).await;
         let status = pod.wait_container("web").await.unwrap();
         assert_eq!(status.exit_code, 0, "{text}");
         for want in [
@@ -726,16 +701,7 @@ fn seccomp_privileged_tty_resize_and_stop_after_grace() {
     let env = Env::new("seccomp");
     let disk = image_disk(&env);
     runtime().block_on(async {
-        let pod = Pod::boot(pod_config(
-            &env,
-            vec![ImageDisk {
-                serial: "img0".into(),
-                path: disk,
-            }],
-            0,
-        ))
-        .await
-        .unwrap();
+        let pod = boot_with_image(&env, disk).await;
         let cmd = ["sh", "-c", "mkdir -p /m && mount -t tmpfs x /m"];
         for (id, privileged, want) in [("confined", false, 1), ("privileged", true, 0)] {
             let mut c = container(id, "img0", &cmd);
@@ -753,12 +719,7 @@ fn seccomp_privileged_tty_resize_and_stop_after_grace() {
         let mut c = container("tty", "img0", &["sh", "-c", "sleep 2; stty size; tty"]);
         c.process.as_mut().unwrap().tty = true;
         pod.create_container(c).await.unwrap();
-        let mut out = pod
-            .agent()
-            .attach(ContainerRef { id: "tty".into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let out = attach(&pod, "tty").await;
         pod.start_container("tty").await.unwrap();
         pod.agent()
             .resize_tty(vpod_agent_api::pb::ResizeTtyRequest {
@@ -768,11 +729,7 @@ fn seccomp_privileged_tty_resize_and_stop_after_grace() {
             })
             .await
             .unwrap();
-        let mut text = Vec::new();
-        while let Ok(Some(c)) = out.message().await {
-            text.extend(c.data);
-        }
-        let text = String::from_utf8_lossy(&text).into_owned();
+        let text = drain(out).await;
         assert!(text.contains("50 132"), "{text}");
         assert!(text.contains("/dev/pts/"), "{text}");
 

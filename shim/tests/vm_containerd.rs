@@ -142,14 +142,7 @@ impl Drop for Containerd {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use images::output_text as text;
 
 /// Shims of this test process's containerd instances (tests run in parallel).
 fn shim_processes_of(c: &Containerd) -> Vec<String> {

@@ -19,6 +19,16 @@ pub fn guest_file(name: &str) -> std::path::PathBuf {
     p
 }
 
+/// A finished command's status, stdout and stderr, for assertion messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// One entry of a layer.
 pub enum Entry {
     File(String, Vec<u8>, u32),

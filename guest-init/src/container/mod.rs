@@ -465,10 +465,13 @@ impl Containers {
         };
         let Stdio {
             child,
-            out,
-            err,
-            input,
-            pty,
+            ends:
+                stdio::Ends {
+                    out,
+                    err,
+                    input,
+                    pty,
+                },
         } = stdio;
         let mut spawned = match self.spawn_init(&cfg, child, &c.cgroup.procs_file()) {
             Ok(s) => s,
@@ -820,7 +823,7 @@ impl Containers {
         self: &Arc<Self>,
         id: &str,
         p: &Process,
-    ) -> Result<(ExecHandle, Stdio0), ContainerError> {
+    ) -> Result<(ExecHandle, stdio::Ends), ContainerError> {
         let c = self.get(id)?;
         let State::Running { pid } = c.state() else {
             return Err(c.wrong_state("exec needs a running container"));
@@ -847,13 +850,7 @@ impl Containers {
             namespaces: Namespaces::Join { pid },
             process: proc_cfg,
         };
-        let Stdio {
-            child,
-            out,
-            err,
-            input,
-            pty,
-        } = stdio;
+        let Stdio { child, ends } = stdio;
         let mut spawned = self
             .spawn_init(&cfg, child, &c.cgroup.procs_file())
             .map_err(c.io("spawn exec"))?;
@@ -864,25 +861,8 @@ impl Containers {
                 msg: format!("exec: {msg}"),
             });
         }
-        Ok((
-            ExecHandle { spawned },
-            Stdio0 {
-                out,
-                err,
-                input,
-                pty,
-            },
-        ))
+        Ok((ExecHandle { spawned }, ends))
     }
-}
-
-/// The agent's ends of an exec'd process's stdio.
-#[derive(Debug)]
-pub struct Stdio0 {
-    pub out: AsyncEnd,
-    pub err: Option<AsyncEnd>,
-    pub input: Option<AsyncEnd>,
-    pub pty: Option<AsyncEnd>,
 }
 
 #[derive(Debug)]

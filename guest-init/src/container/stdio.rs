@@ -17,6 +17,12 @@ pub type AsyncEnd = Arc<AsyncFd<OwnedFd>>;
 #[derive(Debug)]
 pub struct Stdio {
     pub child: [OwnedFd; 3],
+    pub ends: Ends,
+}
+
+/// The agent's ends of a process's stdio.
+#[derive(Debug)]
+pub struct Ends {
     /// stdout (the pty master with a TTY).
     pub out: AsyncEnd,
     /// stderr; None with a TTY (it is the same stream).
@@ -68,10 +74,12 @@ impl Stdio {
             let s2 = slave.try_clone()?;
             return Ok(Stdio {
                 child: [slave, s1, s2],
-                out: master.clone(),
-                err: None,
-                input: Some(master.clone()),
-                pty: Some(master),
+                ends: Ends {
+                    out: master.clone(),
+                    err: None,
+                    input: Some(master.clone()),
+                    pty: Some(master),
+                },
             });
         }
         let (out_r, out_w) = pipe()?;
@@ -85,10 +93,12 @@ impl Stdio {
         };
         Ok(Stdio {
             child: [in_child, out_w, err_w],
-            out: prep(out_r)?,
-            err: Some(prep(err_r)?),
-            input,
-            pty: None,
+            ends: Ends {
+                out: prep(out_r)?,
+                err: Some(prep(err_r)?),
+                input,
+                pty: None,
+            },
         })
     }
 }
@@ -198,14 +208,16 @@ mod tests {
     async fn pipes_carry_bytes_and_end() {
         let s = Stdio::new(false, true, 0, 0, None).unwrap();
         let [child_in, child_out, _child_err] = s.child;
-        write_all(s.input.as_ref().unwrap(), b"ping").await.unwrap();
+        write_all(s.ends.input.as_ref().unwrap(), b"ping")
+            .await
+            .unwrap();
         let mut buf = [0u8; 8];
         let n = nix::unistd::read(child_in.as_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping");
         nix::unistd::write(&child_out, b"pong").unwrap();
         drop(child_out);
         let (tx, mut rx) = mpsc::channel(4);
-        tokio::spawn(pump(s.out.clone(), tx, |b| b));
+        tokio::spawn(pump(s.ends.out.clone(), tx, |b| b));
         assert_eq!(rx.recv().await.unwrap(), b"pong");
         assert!(rx.recv().await.is_none(), "EOF ends the pump");
     }
@@ -213,7 +225,7 @@ mod tests {
     #[tokio::test]
     async fn a_pty_echoes_and_resizes() {
         let s = Stdio::new(true, true, 10, 20, None).unwrap();
-        let pty = s.pty.clone().unwrap();
+        let pty = s.ends.pty.clone().unwrap();
         resize(&pty, 30, 100).unwrap();
         let ws = nix::pty::Winsize {
             ws_row: 0,
@@ -227,7 +239,7 @@ mod tests {
         assert_eq!((ws.ws_row, ws.ws_col), (30, 100));
         nix::unistd::write(&s.child[1], b"hi\n").unwrap();
         let mut buf = [0u8; 16];
-        let n = read(&s.out, &mut buf).await.unwrap();
+        let n = read(&s.ends.out, &mut buf).await.unwrap();
         assert!(buf[..n].starts_with(b"hi"), "{:?}", &buf[..n]);
     }
 }
