@@ -486,7 +486,7 @@ async fn execute(
         Ok(p) => {
             p.shutdown(SHUTDOWN_TIMEOUT).await;
         }
-        Err(arc) => drop(arc),
+        Err(arc) => arc.stop_now(),
     }
     result
 }

@@ -528,10 +528,19 @@ impl Pod {
     }
 }
 
-impl Drop for Pod {
-    fn drop(&mut self) {
+impl Pod {
+    /// Stops the VM and removes the state dir now, even while other
+    /// holders of the pod (watchers, waiters) still have it; what they
+    /// then ask fails instead of leaking the VM. Dropping does the same.
+    pub fn stop_now(&self) {
         self.vm.stop();
         remove_dir(&self.dir);
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 

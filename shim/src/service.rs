@@ -717,7 +717,9 @@ impl Task for TaskService {
                     Ok(p) => {
                         p.shutdown(SHUTDOWN_TIMEOUT).await;
                     }
-                    Err(arc) => drop(arc),
+                    // Still held (a volume watcher): stop it anyway; the
+                    // shim may exit before the last holder lets go.
+                    Err(arc) => arc.stop_now(),
                 }
             }
         }
