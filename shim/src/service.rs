@@ -867,6 +867,87 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        use containerd_shim_protos::cgroups::metrics::{
+            CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+        };
+        let t = self.task(&req.id)?;
+        if t.sandbox {
+            return Ok(api::StatsResponse::default());
+        }
+        let s = self
+            .pod()
+            .await?
+            .agent()
+            .container_stats(ContainerRef { id: t.id.clone() })
+            .await
+            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?
+            .into_inner();
+        // The guest's cgroup v2 figures in the v1 shape containerd decodes.
+        let m = Metrics {
+            cpu: Some(CPUStat {
+                usage: Some(CPUUsage {
+                    total: s.cpu_usage_ns,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                usage: Some(MemoryEntry {
+                    usage: s.memory_bytes,
+                    max: s.memory_peak_bytes,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            pids: Some(PidsStat {
+                current: s.pids as u64,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let any = containerd_shim::util::convert_to_any(Box::new(m))
+            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(err(
+                ttrpc::Code::UNIMPLEMENTED,
+                "resizing an exec's tty through containerd is not supported by vpod yet",
+            ));
+        }
+        let t = self.task(&req.id)?;
+        self.pod()
+            .await?
+            .agent()
+            .resize_tty(vpod_agent_api::pb::ResizeTtyRequest {
+                id: t.id.clone(),
+                rows: req.height,
+                cols: req.width,
+            })
+            .await
+            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;
+        Ok(api::Empty::default())
+    }
+
     async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         Err(err(
             ttrpc::Code::UNIMPLEMENTED,

@@ -255,6 +255,11 @@ fn ctr_task_exec_runs_in_the_container_and_kill_ends_it() {
         c.log()
     );
     assert_eq!(e.status.code(), Some(5), "{}", text(&e));
+    // Metrics come from the container's cgroup in the guest.
+    let m = c.ctr(&["task", "metrics", "c2"]);
+    assert!(m.status.success(), "{}\n{}", text(&m), c.log());
+    let mt = String::from_utf8_lossy(&m.stdout).into_owned();
+    assert!(mt.contains("memory.usage_in_bytes"), "{}", text(&m));
     let k = c.ctr(&["task", "kill", "c2"]);
     assert!(k.status.success(), "{}", text(&k));
     let t0 = Instant::now();
