@@ -198,6 +198,7 @@ async fn lib_run(f: &Files, disk: &Path, dir: &Path, i: usize) -> Result<LibRun,
         spare_slots: 0,
         hostname: format!("bench-{i}"),
         boot_timeout: READY_TIMEOUT,
+        net: None,
     })
     .await
     .map_err(|e| e.to_string())?;

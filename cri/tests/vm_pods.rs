@@ -477,6 +477,7 @@ fn pod_config(env: &Env, images: Vec<ImageDisk>, slots: usize) -> PodConfig {
         spare_slots: slots,
         hostname: "lib-pod".into(),
         boot_timeout: Duration::from_secs(240),
+        net: None,
     }
 }
 

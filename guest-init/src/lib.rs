@@ -12,6 +12,7 @@ pub mod disks;
 pub mod health;
 pub mod kmsg;
 pub mod log;
+pub mod net;
 pub mod pod;
 pub mod power;
 pub mod ready;

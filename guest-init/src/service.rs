@@ -238,6 +238,21 @@ impl vpod_agent_api::Agent for AgentService {
         self.pod.put_volume(req).await
     }
 
+    async fn configure_network(
+        &self,
+        req: Request<vpod_agent_api::pb::ConfigureNetworkRequest>,
+    ) -> Result<Response<vpod_agent_api::pb::ConfigureNetworkResponse>, Status> {
+        let r = req.into_inner();
+        crate::net::configure(&r).map_err(|e| match e {
+            crate::net::NetError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            crate::net::NetError::Io { .. } => Status::failed_precondition(e.to_string()),
+        })?;
+        self.cfg.log.info(format!("network configured: {r:?}"));
+        Ok(Response::new(
+            vpod_agent_api::pb::ConfigureNetworkResponse {},
+        ))
+    }
+
     async fn mount_ephemeral(
         &self,
         req: Request<MountEphemeralRequest>,

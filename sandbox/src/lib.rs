@@ -11,6 +11,7 @@
 pub mod defaults;
 pub mod ephemeral;
 pub mod mounts;
+pub mod net;
 pub mod oci;
 pub mod pod;
 pub mod policy;

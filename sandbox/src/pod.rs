@@ -94,6 +94,17 @@ pub enum PodError {
         container: String,
         source: crate::volumes::HostVolumeError,
     },
+    #[error("pod {id}: network: {source}")]
+    Net {
+        id: String,
+        source: crate::net::NetError,
+    },
+    #[error("pod {id}: enter netns {netns}: {source}")]
+    Netns {
+        id: String,
+        netns: PathBuf,
+        source: std::io::Error,
+    },
     #[error("pod {id}: swap disk slot: {source}")]
     Slot {
         id: String,
@@ -126,6 +137,8 @@ pub struct PodConfig {
     pub spare_slots: usize,
     pub hostname: String,
     pub boot_timeout: Duration,
+    /// The netns CNI made for the pod: the VM's tap goes there.
+    pub net: Option<crate::net::PodNet>,
 }
 
 /// How long each boot stage took (host clock).
@@ -277,11 +290,14 @@ impl Pod {
         if !cfg.hostname.is_empty() {
             vm_cfg.cmdline = Some(format!("vpod.hostname={}", cfg.hostname));
         }
+        if let Some(n) = &cfg.net {
+            vm_cfg.net = Some(vpod_vmm::NetConfig {
+                tap: crate::net::TAP_NAME.into(),
+                mac: Some(n.mac),
+            });
+        }
         let t1 = Instant::now();
-        let vm = Arc::new(Vmm::start(vm_cfg).map_err(|source| PodError::Vm {
-            id: id.clone(),
-            source,
-        })?);
+        let vm = Arc::new(start_vm(&id, vm_cfg, cfg.net.as_ref())?);
         times.vm_start = t1.elapsed();
         let (exit_tx, exit) = watch::channel(None);
         {
@@ -311,6 +327,12 @@ impl Pod {
         // `pod` now owns the cleanup (its Drop stops the VM, removes the dir).
         std::mem::forget(cleanup);
 
+        if let Some(n) = &cfg.net {
+            crate::net::redirect(n, crate::net::TAP_NAME).map_err(|source| PodError::Net {
+                id: id.clone(),
+                source,
+            })?;
+        }
         let t2 = Instant::now();
         let mut exit_rx = pod.exit.clone();
         tokio::select! {
@@ -340,6 +362,12 @@ impl Pod {
             .await
             .map_err(|status| pod.agent_err("mount the ephemeral disk", status))?;
         pod.boot_times.ephemeral_mount = t3.elapsed();
+        if let Some(n) = &cfg.net {
+            pod.agent()
+                .configure_network(crate::net::guest_request(n))
+                .await
+                .map_err(|status| pod.agent_err("configure the guest's network", status))?;
+        }
         Ok(pod)
     }
 
@@ -541,6 +569,47 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// Starts the VM; with a pod netns, from a thread that entered it, so the
+/// VMM makes its tap there (the VMM's threads stay in it, which is harmless:
+/// they only use the tap and unix sockets).
+fn start_vm(
+    id: &str,
+    vm_cfg: VmConfig,
+    net: Option<&crate::net::PodNet>,
+) -> Result<RunningVm, PodError> {
+    let Some(net) = net else {
+        return Vmm::start(vm_cfg).map_err(|source| PodError::Vm {
+            id: id.into(),
+            source,
+        });
+    };
+    let netns = net.netns.clone();
+    let joined = std::thread::scope(|s| {
+        s.spawn(move || {
+            let f = std::fs::File::open(&netns)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            Ok::<_, std::io::Error>(Vmm::start(vm_cfg))
+        })
+        .join()
+    });
+    match joined {
+        Ok(Ok(started)) => started.map_err(|source| PodError::Vm {
+            id: id.into(),
+            source,
+        }),
+        Ok(Err(source)) => Err(PodError::Netns {
+            id: id.into(),
+            netns: net.netns.clone(),
+            source,
+        }),
+        Err(_) => Err(PodError::Netns {
+            id: id.into(),
+            netns: net.netns.clone(),
+            source: std::io::Error::other("VM start thread panicked"),
+        }),
     }
 }
 

@@ -388,7 +388,29 @@ impl TaskService {
         })
     }
 
-    async fn boot(&self, id: &str, images: Vec<ImageDisk>, slots: usize) -> TtrpcResult<Arc<Pod>> {
+    async fn boot(
+        &self,
+        id: &str,
+        images: Vec<ImageDisk>,
+        slots: usize,
+        spec: &oci_spec::runtime::Spec,
+    ) -> TtrpcResult<Arc<Pod>> {
+        // The netns CNI made (CRI's sandbox, `ctr run --with-ns network:`).
+        let netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            .and_then(|n| n.path().clone());
+        let net = match netns {
+            Some(p) => Some(
+                vpod_sandbox::net::inspect(&p)
+                    .map_err(|e| err(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?,
+            ),
+            None => None,
+        };
         let cfg = &self.inner.config;
         let pid = pod_id(id);
         let size = vpod_sandbox::VmSize::for_pod(
@@ -409,6 +431,7 @@ impl TaskService {
             spare_slots: slots,
             hostname: pid,
             boot_timeout: vpod_sandbox::pod::DEFAULT_BOOT_TIMEOUT,
+            net,
         })
         .await
         .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
@@ -478,7 +501,7 @@ impl Task for TaskService {
             // Policy of the pod as a whole (host namespaces) before booting.
             vpod_sandbox::check_spec(&spec, &MountClassifier::default())
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
-            self.boot(&req.id, Vec::new(), POD_SLOTS).await?;
+            self.boot(&req.id, Vec::new(), POD_SLOTS, &spec).await?;
         } else {
             let cache = self.inner.config.rootfs_cache.clone();
             let mounts = req.rootfs.clone();
@@ -498,7 +521,7 @@ impl Task for TaskService {
                     pod
                 }
                 // No sandbox task (`ctr run`): this container's own VM.
-                None => self.boot(&req.id, vec![image], 1).await?,
+                None => self.boot(&req.id, vec![image], 1, &spec).await?,
             };
             let mut spec = spec;
             if let Some(p) = spec.process().clone() {

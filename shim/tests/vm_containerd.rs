@@ -287,3 +287,132 @@ fn ctr_task_exec_runs_in_the_container_and_kill_ends_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A netns made the way CNI's bridge plugin would (veth, address, default
+/// route); removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id() % 100_000;
+        let n = Netns {
+            name: format!("vpodnet{id}"),
+            host_if: format!("vh{id}"),
+        };
+        let sh = |s: String| {
+            let st = Command::new("sh").arg("-c").arg(&s).status().unwrap();
+            assert!(st.success(), "host setup failed: {s}");
+        };
+        sh(format!("ip netns add {}", n.name));
+        sh(format!(
+            "ip link add {h} type veth peer name eth0 netns {ns} && ip addr add 10.88.77.1/24 dev {h} \
+             && ip link set {h} up && ip -n {ns} addr add 10.88.77.2/24 dev eth0 \
+             && ip -n {ns} link set eth0 up && ip -n {ns} link set lo up \
+             && ip -n {ns} route add default via 10.88.77.1",
+            h = n.host_if,
+            ns = n.name
+        ));
+        n
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+#[test]
+fn the_pod_ip_in_its_cni_netns_reaches_the_guest() {
+    let c = Containerd::start("net");
+    let image = "docker.io/library/vpod-busybox:1";
+    c.import_busybox(image);
+    let ns = Netns::new();
+    let with_ns = format!("network:{}", ns.path());
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--with-ns",
+        &with_ns,
+        "--runtime",
+        "io.containerd.vpod.v2",
+        image,
+        "c3",
+        "sh",
+        "-c",
+        "while true; do nc -l -p 8080 -e echo pod-ip-ok; done",
+    ]);
+    assert!(o.status.success(), "{}\n{}", text(&o), c.log());
+    // The host reaches the pod's IP (the veth's, moved into the guest).
+    let t0 = Instant::now();
+    loop {
+        let r = Command::new("busybox")
+            .args(["nc", "-w", "3", "10.88.77.2", "8080"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&r.stdout).contains("pod-ip-ok") {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let sh = |cmd: String| {
+                let o = Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+                format!("$ {cmd}\n{}", text(&o))
+            };
+            let guest = c.ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "dbg",
+                "c3",
+                "sh",
+                "-c",
+                "ip addr; ip route; cat /proc/net/dev",
+            ]);
+            panic!(
+                "pod IP unreachable: {}\n{}\n{}\n{}\nguest:\n{}",
+                text(&r),
+                sh(format!("ip -n {} -d link; ip -n {} addr", ns.name, ns.name)),
+                sh(format!("tc -n {} filter show dev eth0 ingress; tc -n {} filter show dev vpod0 ingress; tc -n {} -s qdisc", ns.name, ns.name, ns.name)),
+                sh("ip addr; ip neigh".into()),
+                text(&guest),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let tap = Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", "vpod0"])
+        .output()
+        .unwrap();
+    assert!(tap.status.success(), "the tap lives in the pod's netns");
+    let k = c.ctr(&["task", "kill", "-s", "SIGKILL", "c3"]);
+    assert!(k.status.success(), "{}", text(&k));
+    let t0 = Instant::now();
+    while !c.ctr(&["task", "delete", "c3"]).status.success() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "task delete");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(c.ctr(&["container", "delete", "c3"]).status.success());
+    let t0 = Instant::now();
+    while !shim_processes_of(&c).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "shim left");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tap = Command::new("ip")
+        .args(["-n", &ns.name, "link", "show", "vpod0"])
+        .output()
+        .unwrap();
+    assert!(!tap.status.success(), "the tap went with the VM");
+}
