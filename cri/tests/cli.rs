@@ -25,46 +25,16 @@ fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn blob(dir: &Path, data: &[u8]) -> Digest {
-    let d = Digest::of(data);
-    std::fs::write(dir.join("blobs/sha256").join(d.hex()), data).unwrap();
-    d
-}
-
 /// A one-layer OCI layout holding /hello.
 fn layout(dir: &Path) -> Digest {
-    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(6);
-    h.set_mode(0o644);
-    b.append_data(&mut h, "hello", &b"hello\n"[..]).unwrap();
-    let layer = b.into_inner().unwrap();
-    let ld = blob(dir, &layer);
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/hello"], "Env": ["A=1"]},
-        "rootfs": {"type": "layers", "diff_ids": [ld]}
-    }))
-    .unwrap();
-    let cd = blob(dir, &config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}]
-    }))
-    .unwrap();
-    let md = blob(dir, &manifest);
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]}))
-        .unwrap(),
-    )
-    .unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    md
+    use vpod_test_support::{tar, Entry};
+    let layer = tar(&[Entry::File("hello".into(), b"hello\n".to_vec(), 0o644)]);
+    let md = vpod_test_support::layout(
+        dir,
+        &[layer],
+        serde_json::json!({"Cmd": ["/hello"], "Env": ["A=1"]}),
+    );
+    Digest::from_hex(md.trim_start_matches("sha256:")).unwrap()
 }
 
 #[test]
