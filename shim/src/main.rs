@@ -1,6 +1,7 @@
 //! `containerd-shim-vpod-v2`: containerd's runtime `io.containerd.vpod.v2`.
 //! One shim process per pod, which owns the pod's microVM in-process.
 
+mod config;
 mod rootfs;
 mod service;
 

@@ -36,15 +36,11 @@ use tokio::sync::watch;
 use vpod_agent_api::pb::{ContainerRef, KillContainerRequest, OutputStream};
 use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig};
 
+use crate::config::ShimConfig;
 use crate::rootfs;
 
-/// Where a pod's state dirs go.
-const STATE_ROOT: &str = "/run/vpod/shim";
-/// Built rootfs disks, keyed by their snapshot dirs.
-const ROOTFS_CACHE: &str = "/var/lib/vpod/shim-rootfs";
 /// Empty disk slots a CRI pod boots with (one per container created later).
 const POD_SLOTS: usize = 4;
-const EPHEMERAL_BYTES: u64 = 1 << 30;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -52,27 +48,6 @@ const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
 fn err(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
-}
-
-/// What the shim reads from its environment (containerd passes its own).
-#[derive(Debug, Clone)]
-struct ShimConfig {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    state_root: PathBuf,
-    rootfs_cache: PathBuf,
-}
-
-impl ShimConfig {
-    fn from_env() -> Self {
-        let var = |k: &str, d: &str| PathBuf::from(std::env::var(k).unwrap_or_else(|_| d.into()));
-        ShimConfig {
-            kernel: var("VPOD_KERNEL", "/var/lib/vpod/guest/vmlinux"),
-            initrd: var("VPOD_INITRD", "/var/lib/vpod/guest/initramfs.cpio"),
-            state_root: var("VPOD_SHIM_STATE", STATE_ROOT),
-            rootfs_cache: var("VPOD_SHIM_ROOTFS_CACHE", ROOTFS_CACHE),
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -126,7 +101,7 @@ impl Shim for VpodShim {
                 exit: self.exit.clone(),
                 namespace: self.namespace.clone(),
                 publisher,
-                config: ShimConfig::from_env(),
+                config: std::sync::OnceLock::new(),
                 pod: tokio::sync::Mutex::new(None),
                 tasks: Mutex::new(HashMap::new()),
                 execs: Mutex::new(HashMap::new()),
@@ -182,7 +157,8 @@ struct Inner {
     exit: Arc<ExitSignal>,
     namespace: String,
     publisher: RemotePublisher,
-    config: ShimConfig,
+    /// From the first Create's runtime options (one runtime per shim).
+    config: std::sync::OnceLock<ShimConfig>,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     tasks: Mutex<HashMap<String, Arc<TaskState>>>,
     /// Exec'd processes by (container id, exec id).
@@ -217,6 +193,15 @@ fn open_fifo_writer(path: &str) -> Option<tokio::net::unix::pipe::Sender> {
         .open_sender(path)
         .map_err(|e| log::warn!("open {path}: {e}"))
         .ok()
+}
+
+/// The CRI pause container: the pod's VM, no process of its own.
+fn is_sandbox(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANN_CONTAINER_TYPE))
+        .map(String::as_str)
+        == Some("sandbox")
 }
 
 /// A pod id the sandbox crate accepts, from containerd's (64 hex) ids.
@@ -379,6 +364,19 @@ impl TaskService {
         }
     }
 
+    fn config(&self) -> TtrpcResult<&ShimConfig> {
+        self.inner.config.get().ok_or_else(|| {
+            err(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "no task was created in this shim yet",
+            )
+        })
+    }
+
+    fn classifier(&self) -> TtrpcResult<MountClassifier> {
+        Ok(MountClassifier::new(&self.config()?.kubelet_root))
+    }
+
     async fn pod(&self) -> TtrpcResult<Arc<Pod>> {
         self.inner.pod.lock().await.clone().ok_or_else(|| {
             err(
@@ -411,25 +409,42 @@ impl TaskService {
             ),
             None => None,
         };
-        let cfg = &self.inner.config;
+        let cfg = self.config()?;
         let pid = pod_id(id);
-        let size = vpod_sandbox::VmSize::for_pod(
-            &[vpod_sandbox::Limits::default()],
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        );
+        // A sandbox boots before its containers are known: the configured
+        // default size. A lone container (`ctr run`) with a memory limit is
+        // sized by its limits.
+        let default = vpod_sandbox::VmSize {
+            vcpus: cfg.default_vcpus,
+            mem_mib: cfg.default_memory_mib,
+        };
+        let size = if is_sandbox(spec) {
+            default
+        } else {
+            let l = vpod_sandbox::Limits::from_spec(spec)
+                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            match l.memory_bytes {
+                Some(_) => vpod_sandbox::VmSize::for_pod(
+                    &[l],
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ),
+                None => default,
+            }
+        };
+        let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
         let pod = Pod::boot(PodConfig {
             id: pid.clone(),
             dir: cfg
-                .state_root
+                .state_dir
                 .join(format!("{}-{pid}", self.inner.namespace)),
             kernel: cfg.kernel.clone(),
             initrd: cfg.initrd.clone(),
             vcpus: size.vcpus,
             mem_mib: size.mem_mib,
-            ephemeral_bytes: EPHEMERAL_BYTES,
+            ephemeral_bytes: cfg.ephemeral_bytes(),
             images,
             spare_slots: slots,
-            hostname: pid,
+            hostname: hostname.unwrap_or(pid),
             boot_timeout: vpod_sandbox::pod::DEFAULT_BOOT_TIMEOUT,
             net,
         })
@@ -482,8 +497,17 @@ impl Task for TaskService {
                 format!("read {}/config.json: {e}", req.bundle),
             )
         })?;
-        let annotations = spec.annotations().clone().unwrap_or_default();
-        let sandbox = annotations.get(ANN_CONTAINER_TYPE).map(String::as_str) == Some("sandbox");
+        let sandbox = is_sandbox(&spec);
+        if self.inner.config.get().is_none() {
+            let (type_url, value) = req
+                .options
+                .as_ref()
+                .map(|o| (o.type_url.as_str(), o.value.as_slice()))
+                .unwrap_or_default();
+            let c = ShimConfig::resolve(type_url, value)
+                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            let _ = self.inner.config.set(c);
+        }
         let (exit, _) = watch::channel(None);
         let t = Arc::new(TaskState {
             id: req.id.clone(),
@@ -499,11 +523,11 @@ impl Task for TaskService {
 
         if sandbox {
             // Policy of the pod as a whole (host namespaces) before booting.
-            vpod_sandbox::check_spec(&spec, &MountClassifier::default())
+            vpod_sandbox::check_spec(&spec, &self.classifier()?)
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
             self.boot(&req.id, Vec::new(), POD_SLOTS, &spec).await?;
         } else {
-            let cache = self.inner.config.rootfs_cache.clone();
+            let cache = self.config()?.rootfs_cache.clone();
             let mounts = req.rootfs.clone();
             let disk = tokio::task::spawn_blocking(move || rootfs::disk(&mounts, &cache))
                 .await
@@ -530,7 +554,7 @@ impl Task for TaskService {
                 spec.set_process(Some(p));
             }
             let watched = pod
-                .create_container_oci(&req.id, &spec, &disk.serial, &MountClassifier::default())
+                .create_container_oci(&req.id, &spec, &disk.serial, &self.classifier()?)
                 .await
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
             if !watched.is_empty() {

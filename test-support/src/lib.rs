@@ -1,8 +1,13 @@
-//! Test and benchmark images: OCI layouts written from the host's
-//! busybox-static, no registry needed. Digests are plain `sha256:<hex>`
-//! strings so this crate depends on no vpod crate (any of them can use it).
+//! Test and benchmark helpers: OCI image layouts written from the host's
+//! busybox-static (no registry needed), a private containerd
+//! ([`containerd`]) and the project's CRI client ([`cri`]). Digests are plain
+//! `sha256:<hex>` strings so this crate depends on no vpod crate (any of them
+//! can use it).
 
 use std::path::Path;
+
+pub mod containerd;
+pub mod cri;
 
 use sha2::Digest as _;
 

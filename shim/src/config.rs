@@ -1,0 +1,241 @@
+//! The shim's configuration: a TOML file named by containerd's runtime
+//! options (`ConfigPath`, as Kata's shim takes it), else the environment,
+//! else the paths `make install` uses.
+//!
+//! containerd's CRI plugin decodes `[...runtimes.vpod.options]` into its
+//! generic `runtimeoptions.v1.Options` and hands it to every task Create;
+//! `ctr run --runtime-config-path` does the same.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where a pod's state dirs go.
+const STATE_ROOT: &str = "/run/vpod/shim";
+/// Built rootfs disks, keyed by their snapshot dirs.
+const ROOTFS_CACHE: &str = "/var/lib/vpod/shim-rootfs";
+const KERNEL: &str = "/var/lib/vpod/guest/vmlinux";
+const INITRD: &str = "/var/lib/vpod/guest/initramfs.cpio";
+const KUBELET_ROOT: &str = "/var/lib/kubelet";
+const EPHEMERAL_MIB: u64 = 1024;
+
+/// `type_url` containerd gives its generic runtime options.
+const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+
+/// containerd's `runtimeoptions.v1.Options` (pkg/runtimeoptions/v1): the
+/// options any non-runc runtime gets. Declared here, three fields, since no
+/// published crate carries it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuntimeOptions {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(string, tag = "2")]
+    config_path: String,
+    /// The options as inline TOML (containerd 1.7+).
+    #[prost(bytes = "vec", tag = "3")]
+    config_body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("runtime options ({type_url}): {source}")]
+    Options {
+        type_url: String,
+        source: prost::DecodeError,
+    },
+    #[error("read the shim config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("shim config {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("shim config {origin}: {what}")]
+    Invalid { origin: String, what: String },
+}
+
+/// What a shim needs to boot pods; every field has a default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShimConfig {
+    /// The guest kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    /// The guest initramfs with vpod-init.
+    pub initrd: PathBuf,
+    /// vCPUs of a pod VM whose containers declare no CPU limit (a CRI
+    /// sandbox boots before its containers are known).
+    pub default_vcpus: u8,
+    /// Memory of such a pod VM, guest overhead included.
+    pub default_memory_mib: u32,
+    /// Size limit of each pod's ephemeral disk.
+    pub ephemeral_storage_mib: u64,
+    /// Pod state dirs (disks, VM sockets).
+    pub state_dir: PathBuf,
+    /// Cached erofs disks of container rootfs snapshots.
+    pub rootfs_cache: PathBuf,
+    /// kubelet's `--root-dir`: where its volume dirs are recognized.
+    pub kubelet_root: PathBuf,
+}
+
+impl Default for ShimConfig {
+    fn default() -> Self {
+        let size = vpod_sandbox::VmSize::for_pod(&[], 1);
+        ShimConfig {
+            kernel: KERNEL.into(),
+            initrd: INITRD.into(),
+            default_vcpus: size.vcpus,
+            default_memory_mib: size.mem_mib,
+            ephemeral_storage_mib: EPHEMERAL_MIB,
+            state_dir: STATE_ROOT.into(),
+            rootfs_cache: ROOTFS_CACHE.into(),
+            kubelet_root: KUBELET_ROOT.into(),
+        }
+    }
+}
+
+impl ShimConfig {
+    /// The config for a task Create's `options` (containerd's `Any`).
+    pub fn resolve(type_url: &str, value: &[u8]) -> Result<ShimConfig, ConfigError> {
+        let mut c = ShimConfig::default();
+        if type_url.ends_with(RUNTIME_OPTIONS_TYPE) {
+            let o = <RuntimeOptions as prost::Message>::decode(value).map_err(|source| {
+                ConfigError::Options {
+                    type_url: type_url.into(),
+                    source,
+                }
+            })?;
+            if !o.config_path.is_empty() {
+                c = ShimConfig::load(Path::new(&o.config_path))?;
+            } else if !o.config_body.is_empty() {
+                c = ShimConfig::parse(
+                    &String::from_utf8_lossy(&o.config_body),
+                    "in the runtime options",
+                )?;
+            }
+        } else if !type_url.is_empty() {
+            log::warn!("runtime options of type {type_url} ignored");
+        }
+        c.apply_env();
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> Result<ShimConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        ShimConfig::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<ShimConfig, ConfigError> {
+        let c: ShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.into(),
+            source: Box::new(e),
+        })?;
+        let invalid = |what: &str| ConfigError::Invalid {
+            origin: origin.into(),
+            what: what.into(),
+        };
+        if c.default_vcpus == 0 {
+            return Err(invalid("default_vcpus must be at least 1"));
+        }
+        if (c.default_memory_mib as u64) < vpod_sandbox::sizing::GUEST_OVERHEAD_MIB * 2 {
+            return Err(invalid(&format!(
+                "default_memory_mib {} is below twice the guest's own {} MiB",
+                c.default_memory_mib,
+                vpod_sandbox::sizing::GUEST_OVERHEAD_MIB
+            )));
+        }
+        if c.ephemeral_storage_mib == 0 {
+            return Err(invalid("ephemeral_storage_mib must be at least 1"));
+        }
+        Ok(c)
+    }
+
+    /// `VPOD_KERNEL` and `VPOD_INITRD` in containerd's environment win over
+    /// the file (a test or a one-off kernel without editing the config).
+    fn apply_env(&mut self) {
+        if let Some(k) = std::env::var_os("VPOD_KERNEL") {
+            self.kernel = k.into();
+        }
+        if let Some(i) = std::env::var_os("VPOD_INITRD") {
+            self.initrd = i.into();
+        }
+    }
+
+    pub fn ephemeral_bytes(&self) -> u64 {
+        self.ephemeral_storage_mib << 20
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(path: &str, body: &str) -> Vec<u8> {
+        prost::Message::encode_to_vec(&RuntimeOptions {
+            type_url: String::new(),
+            config_path: path.into(),
+            config_body: body.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn the_config_path_of_the_runtime_options_is_read() {
+        let dir = std::env::temp_dir().join(format!("vpod-shim-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("shim.toml");
+        std::fs::write(
+            &f,
+            "kernel = \"/k\"\ndefault_vcpus = 2\ndefault_memory_mib = 300\nkubelet_root = \"/data/kubelet\"\n",
+        )
+        .unwrap();
+        let c = ShimConfig::resolve(
+            "runtimeoptions.v1.Options",
+            &options(f.to_str().unwrap(), ""),
+        )
+        .unwrap();
+        assert_eq!(c.default_vcpus, 2);
+        assert_eq!(c.default_memory_mib, 300);
+        assert_eq!(c.kubelet_root, PathBuf::from("/data/kubelet"));
+        // Unset fields keep their defaults.
+        assert_eq!(c.state_dir, PathBuf::from(STATE_ROOT));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_inline_body_and_no_options_work() {
+        let c = ShimConfig::resolve(
+            "type.googleapis.com/runtimeoptions.v1.Options",
+            &options("", "ephemeral_storage_mib = 64"),
+        )
+        .unwrap();
+        assert_eq!(c.ephemeral_bytes(), 64 << 20);
+        let d = ShimConfig::resolve("", &[]).unwrap();
+        assert_eq!(d.ephemeral_storage_mib, EPHEMERAL_MIB);
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let e = ShimConfig::resolve(
+            "runtimeoptions.v1.Options",
+            &options("/nonexistent/vpod.toml", ""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/vpod.toml"), "{e}");
+        let e = ShimConfig::resolve("runtimeoptions.v1.Options", &options("", "kernal = \"/k\""))
+            .unwrap_err();
+        assert!(e.to_string().contains("kernal"), "{e}");
+        let e = ShimConfig::resolve(
+            "runtimeoptions.v1.Options",
+            &options("", "default_memory_mib = 16"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("default_memory_mib"), "{e}");
+        let e = ShimConfig::resolve("runtimeoptions.v1.Options", b"\xff\xff").unwrap_err();
+        assert!(matches!(e, ConfigError::Options { .. }), "{e}");
+    }
+}
