@@ -655,7 +655,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
             r#", {"destination": "/host", "type": "bind", "source": "/etc", "options": ["rbind"]}"#,
         );
         let e = pod
-            .create_container_oci("bad", &hp, "img0", &classifier)
+            .create_container_oci("bad", &hp, "img0", &classifier, false)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("spec.volumes[].hostPath"), "{e}");
@@ -668,7 +668,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
         assert!(listed.containers.is_empty());
 
         let spec = kubelet_spec(&kubelet, "");
-        pod.create_container_oci("web", &spec, "img0", &classifier)
+        pod.create_container_oci("web", &spec, "img0", &classifier, false)
             .await
             .unwrap();
         let out = attach(&pod, "web").await;

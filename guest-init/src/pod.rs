@@ -14,7 +14,7 @@ use vpod_agent_api::pb::{
     KillContainerResponse, ListContainersResponse, MountEphemeralRequest, MountEphemeralResponse,
     OutputChunk, PutVolumeRequest, PutVolumeResponse, RemoveContainerResponse, ResizeTtyRequest,
     ResizeTtyResponse, StartContainerResponse, StdinChunk, StopContainerRequest,
-    WriteStdinResponse,
+    UpdateContainerRequest, UpdateContainerResponse, WriteStdinResponse,
 };
 
 use crate::clock::boottime_ns;
@@ -158,6 +158,16 @@ impl Pod {
         Ok(Response::new(ResizeTtyResponse {}))
     }
 
+    pub fn update(
+        &self,
+        req: Request<UpdateContainerRequest>,
+    ) -> Result<Response<UpdateContainerResponse>, Status> {
+        let r = req.into_inner();
+        self.containers
+            .update(&r.id, &r.limits.unwrap_or_default())?;
+        Ok(Response::new(UpdateContainerResponse {}))
+    }
+
     pub async fn exec(
         &self,
         req: Request<Streaming<ExecInput>>,
@@ -196,6 +206,12 @@ impl Pod {
         let mut stdin = io.input;
         let pty = io.pty;
         let is_tty = pty.is_some();
+        let pid = nix::unistd::Pid::from_raw(handle.pid());
+        // Set once the exit is reported: later signals are dropped rather than
+        // sent to a pid that may be reused (the window before it is set is the
+        // few microseconds between the reap and the report).
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done_in = done.clone();
         tokio::spawn(async move {
             while let Ok(Some(msg)) = input.message().await {
                 match msg.input {
@@ -212,12 +228,21 @@ impl Pod {
                         }
                     }
                     Some(exec_input::Input::CloseStdin(true)) if !is_tty => stdin = None,
+                    Some(exec_input::Input::Signal(sig)) => {
+                        if done_in.load(std::sync::atomic::Ordering::SeqCst) {
+                            continue;
+                        }
+                        if let Ok(sig) = nix::sys::signal::Signal::try_from(sig) {
+                            let _ = nix::sys::signal::kill(pid, sig);
+                        }
+                    }
                     _ => {}
                 }
             }
         });
         tokio::spawn(async move {
             let status = handle.wait().await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
             // All output first, then the exit.
             let _ = out.await;
             if let Some(e) = err {

@@ -20,7 +20,8 @@ use vpod_agent_api::pb::{
     MountEphemeralRequest, MountEphemeralResponse, OutputChunk, PingRequest, PingResponse,
     PutVolumeRequest, PutVolumeResponse, RemoveContainerResponse, ResizeTtyRequest,
     ResizeTtyResponse, ShutdownKind, ShutdownRequest, ShutdownResponse, StartContainerResponse,
-    StdinChunk, StopContainerRequest, VersionRequest, VersionResponse, WriteStdinResponse,
+    StdinChunk, StopContainerRequest, UpdateContainerRequest, UpdateContainerResponse,
+    VersionRequest, VersionResponse, WriteStdinResponse,
 };
 use vpod_agent_api::{AgentServer, API_VERSION};
 
@@ -220,6 +221,13 @@ impl vpod_agent_api::Agent for AgentService {
         req: Request<ResizeTtyRequest>,
     ) -> Result<Response<ResizeTtyResponse>, Status> {
         self.pod.resize(req)
+    }
+
+    async fn update_container(
+        &self,
+        req: Request<UpdateContainerRequest>,
+    ) -> Result<Response<UpdateContainerResponse>, Status> {
+        self.pod.update(req)
     }
 
     type ExecStream = RpcStream<ExecOutput>;

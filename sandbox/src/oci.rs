@@ -222,26 +222,6 @@ pub fn container_plan(
             hard: r.hard(),
         })
         .collect();
-    let resources = linux.and_then(|l| l.resources().as_ref());
-    let memory = resources
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .unwrap_or(0) as u64;
-    let cpu = resources.and_then(|r| r.cpu().as_ref());
-    let quota = cpu.and_then(|c| c.quota()).filter(|q| *q > 0).unwrap_or(0) as u64;
-    let period = cpu.and_then(|c| c.period()).unwrap_or(100_000);
-    // cgroup v1 shares (2..262144) to v2 weight (1..10000), as runc maps it.
-    let weight = cpu
-        .and_then(|c| c.shares())
-        .filter(|s| *s >= 2)
-        .map(|s| (1 + ((s.min(262_144) - 2) * 9999) / 262_142) as u32)
-        .unwrap_or(0);
-    let pids = resources
-        .and_then(|r| r.pids().as_ref())
-        .map(|p| p.limit())
-        .filter(|l| *l > 0)
-        .unwrap_or(0) as u64;
     let seccomp = if linux.and_then(|l| l.seccomp().as_ref()).is_some() {
         SeccompProfile::RuntimeDefault
     } else {
@@ -275,13 +255,7 @@ pub fn container_plan(
         }),
         hostname: spec.hostname().clone().unwrap_or_default(),
         mounts,
-        limits: Some(Limits {
-            memory_bytes: memory,
-            cpu_quota_us: quota,
-            cpu_period_us: period,
-            cpu_weight: weight,
-            pids,
-        }),
+        limits: Some(limits(linux.and_then(|l| l.resources().as_ref()))),
         read_only_rootfs: spec
             .root()
             .as_ref()
@@ -300,6 +274,36 @@ pub fn container_plan(
         return Err(OciError::NoProcess);
     }
     Ok(plan)
+}
+
+/// The guest cgroup limits of OCI `resources` (a container's, or an update's).
+pub fn limits(resources: Option<&oci_spec::runtime::LinuxResources>) -> Limits {
+    let memory = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .unwrap_or(0) as u64;
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    let quota = cpu.and_then(|c| c.quota()).filter(|q| *q > 0).unwrap_or(0) as u64;
+    let period = cpu.and_then(|c| c.period()).unwrap_or(100_000);
+    // cgroup v1 shares (2..262144) to v2 weight (1..10000), as runc maps it.
+    let weight = cpu
+        .and_then(|c| c.shares())
+        .filter(|s| *s >= 2)
+        .map(|s| (1 + ((s.min(262_144) - 2) * 9999) / 262_142) as u32)
+        .unwrap_or(0);
+    let pids = resources
+        .and_then(|r| r.pids().as_ref())
+        .map(|p| p.limit())
+        .filter(|l| *l > 0)
+        .unwrap_or(0) as u64;
+    Limits {
+        memory_bytes: memory,
+        cpu_quota_us: quota,
+        cpu_period_us: period,
+        cpu_weight: weight,
+        pids,
+    }
 }
 
 #[cfg(test)]

@@ -459,8 +459,9 @@ impl Pod {
         spec: &oci_spec::runtime::Spec,
         image_serial: &str,
         classifier: &crate::MountClassifier,
+        stdin: bool,
     ) -> Result<Vec<(crate::volumes::HostVolume, u64)>, PodError> {
-        let plan =
+        let mut plan =
             crate::oci::container_plan(id, spec, image_serial, classifier).map_err(|source| {
                 PodError::Oci {
                     id: self.id.clone(),
@@ -481,6 +482,10 @@ impl Pod {
             let fp = crate::volumes::fingerprint(&files);
             self.put_volume(v.request(files)).await?;
             watched.push((v, fp));
+        }
+        // An OCI spec has no word on stdin: the caller's IO does.
+        if let Some(p) = plan.request.process.as_mut() {
+            p.stdin = stdin;
         }
         self.create_container(plan.request).await?;
         Ok(watched)

@@ -19,7 +19,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
-use containerd_shim::util::convert_to_timestamp;
 use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::{
@@ -33,7 +32,9 @@ use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use containerd_shim_protos::types::task::Status;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
-use vpod_agent_api::pb::{ContainerRef, KillContainerRequest, OutputStream};
+use vpod_agent_api::pb::{
+    exec_input, ContainerRef, ExecInput, ExecResize, KillContainerRequest, OutputStream, StdinChunk,
+};
 use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig};
 
 use crate::config::ShimConfig;
@@ -86,7 +87,7 @@ impl Shim for VpodShim {
         // containerd calls this when the shim is gone: report a killed task.
         Ok(api::DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: Some(convert_to_timestamp(None)).into(),
+            exited_at: Some(Timestamp::now()).into(),
             ..Default::default()
         })
     }
@@ -127,6 +128,8 @@ struct TaskState {
     sandbox: bool,
     status: Mutex<Status>,
     exit: watch::Sender<Option<Exit>>,
+    /// CloseIO: the end of stdin (our read-write FIFO never sees EOF).
+    stdin_closed: Arc<tokio::sync::Notify>,
 }
 
 impl ExecState {
@@ -148,7 +151,7 @@ impl TaskState {
         self.set_status(Status::STOPPED);
         self.exit.send_replace(Some(Exit {
             code,
-            at: convert_to_timestamp(None),
+            at: Timestamp::now(),
         }));
     }
 }
@@ -174,6 +177,23 @@ struct ExecState {
     terminal: bool,
     status: Mutex<Status>,
     exit: watch::Sender<Option<Exit>>,
+    /// The running exec's input stream: signals and resizes go there.
+    input: Mutex<Option<tokio::sync::mpsc::Sender<ExecInput>>>,
+    /// CloseIO: the end of stdin.
+    stdin_closed: Arc<tokio::sync::Notify>,
+}
+
+impl ExecState {
+    /// Sends `msg` to the running exec; an exec that has not started or
+    /// has exited is NOT_FOUND (what containerd expects of a gone process).
+    async fn send(&self, msg: ExecInput) -> TtrpcResult<()> {
+        let tx = self.input.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let gone = || err(ttrpc::Code::NOT_FOUND, "the exec'd process is not running");
+        if self.exit.borrow().is_some() {
+            return Err(gone());
+        }
+        tx.ok_or_else(gone)?.send(msg).await.map_err(|_| gone())
+    }
 }
 
 #[derive(Clone)]
@@ -193,6 +213,49 @@ fn open_fifo_writer(path: &str) -> Option<tokio::net::unix::pipe::Sender> {
         .open_sender(path)
         .map_err(|e| log::warn!("open {path}: {e}"))
         .ok()
+}
+
+/// containerd's stdin FIFO as a channel of chunks, ended by `closed`
+/// (CloseIO) or a read error. Opened read-write: the open does not wait for
+/// a writer, and so EOF never comes by itself.
+fn read_fifo(
+    path: String,
+    closed: Arc<tokio::sync::Notify>,
+) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let Ok(mut f) = tokio::net::unix::pipe::OpenOptions::new()
+            .read_write(true)
+            .open_receiver(&path)
+            .map_err(|e| log::warn!("open {path}: {e}"))
+        else {
+            return;
+        };
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                r = f.read(&mut buf) => match r {
+                    Ok(n) if n > 0 => {
+                        if tx.send(buf[..n].to_vec()).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => return,
+                },
+                _ = closed.notified() => {
+                    // Whatever was written before CloseIO still goes in.
+                    while let Ok(n) = f.try_read(&mut buf) {
+                        if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// The CRI pause container: the pod's VM, no process of its own.
@@ -242,7 +305,7 @@ impl TaskService {
     /// Runs exec `exec_id` in container `id` through the agent's Exec stream,
     /// with containerd's FIFOs as its stdio.
     async fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<()> {
-        use vpod_agent_api::pb::{exec_input, exec_output, ExecInput, ExecStart, Process};
+        use vpod_agent_api::pb::{exec_input, exec_output, ExecStart, Process};
         let e = self.exec_state(id, exec_id)?;
         let pod = self.pod().await?;
         let p = &e.process;
@@ -270,25 +333,12 @@ impl TaskService {
             .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?
             .into_inner();
         if !e.stdin.is_empty() {
-            let path = e.stdin.clone();
+            let mut chunks = read_fifo(e.stdin.clone(), e.stdin_closed.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
-                use tokio::io::AsyncReadExt;
-                // Read-write: opening never waits for a writer, and a
-                // non-blocking pipe end never ties up a thread.
-                let Ok(mut f) = tokio::net::unix::pipe::OpenOptions::new()
-                    .read_write(true)
-                    .open_receiver(&path)
-                else {
-                    return;
-                };
-                let mut buf = vec![0u8; 32 * 1024];
-                while let Ok(n) = f.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
+                while let Some(b) = chunks.recv().await {
                     let msg = ExecInput {
-                        input: Some(exec_input::Input::Stdin(buf[..n].to_vec())),
+                        input: Some(exec_input::Input::Stdin(b)),
                     };
                     if tx.send(msg).await.is_err() {
                         return;
@@ -301,6 +351,7 @@ impl TaskService {
                     .await;
             });
         }
+        *e.input.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         e.set_running();
         let this = self.clone();
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
@@ -330,7 +381,8 @@ impl TaskService {
                 }
             }
             drop((stdout, stderr));
-            let at = convert_to_timestamp(None);
+            e.input.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let at = Timestamp::now();
             *e.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::STOPPED;
             e.exit.send_replace(Some(Exit {
                 code,
@@ -455,6 +507,42 @@ impl TaskService {
         Ok(pod)
     }
 
+    /// Copies containerd's stdin FIFO into the container until CloseIO.
+    fn forward_stdin(&self, pod: &Arc<Pod>, t: &Arc<TaskState>) {
+        let mut agent = pod.agent();
+        let mut chunks = read_fifo(t.stdin.clone(), t.stdin_closed.clone());
+        let id = t.id.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            let _ = tx
+                .send(StdinChunk {
+                    id: id.clone(),
+                    data: Vec::new(),
+                    // The stream's end (CloseIO) closes the container's stdin.
+                    close_on_end: true,
+                })
+                .await;
+            tokio::spawn(async move {
+                while let Some(data) = chunks.recv().await {
+                    let chunk = StdinChunk {
+                        id: String::new(),
+                        data,
+                        close_on_end: true,
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            if let Err(s) = agent
+                .write_stdin(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                log::warn!("stdin of {id}: {}", s.message());
+            }
+        });
+    }
+
     /// Copies the container's output to containerd's FIFOs.
     fn forward_output(&self, pod: &Arc<Pod>, t: &Arc<TaskState>) {
         let mut agent = pod.agent();
@@ -519,6 +607,7 @@ impl Task for TaskService {
             sandbox,
             status: Mutex::new(Status::CREATED),
             exit,
+            stdin_closed: Arc::new(tokio::sync::Notify::new()),
         });
 
         if sandbox {
@@ -554,7 +643,13 @@ impl Task for TaskService {
                 spec.set_process(Some(p));
             }
             let watched = pod
-                .create_container_oci(&req.id, &spec, &disk.serial, &self.classifier()?)
+                .create_container_oci(
+                    &req.id,
+                    &spec,
+                    &disk.serial,
+                    &self.classifier()?,
+                    !req.stdin.is_empty(),
+                )
                 .await
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
             if !watched.is_empty() {
@@ -570,6 +665,9 @@ impl Task for TaskService {
                 ));
             }
             self.forward_output(&pod, &t);
+            if !t.stdin.is_empty() {
+                self.forward_stdin(&pod, &t);
+            }
         }
         self.inner
             .tasks
@@ -680,6 +778,15 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        if !req.exec_id.is_empty() {
+            // An exec's own process, never its container.
+            let e = self.exec_state(&req.id, &req.exec_id)?;
+            e.send(ExecInput {
+                input: Some(exec_input::Input::Signal(req.signal as i32)),
+            })
+            .await?;
+            return Ok(api::Empty::default());
+        }
         let t = self.task(&req.id)?;
         if t.status() != Status::RUNNING {
             return Ok(api::Empty::default());
@@ -737,7 +844,7 @@ impl Task for TaskService {
                 .remove(&(req.id.clone(), req.exec_id.clone()));
             let x = e.exit.borrow().clone().unwrap_or(Exit {
                 code: 0,
-                at: convert_to_timestamp(None),
+                at: Timestamp::now(),
             });
             return Ok(api::DeleteResponse {
                 pid: std::process::id(),
@@ -772,7 +879,7 @@ impl Task for TaskService {
         }
         let e = t.exit.borrow().clone().unwrap_or(Exit {
             code: 0,
-            at: convert_to_timestamp(None),
+            at: Timestamp::now(),
         });
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
@@ -890,6 +997,8 @@ impl Task for TaskService {
             terminal: req.terminal,
             status: Mutex::new(Status::CREATED),
             exit,
+            input: Mutex::new(None),
+            stdin_closed: Arc::new(tokio::sync::Notify::new()),
         });
         let key = (req.id.clone(), req.exec_id.clone());
         {
@@ -976,10 +1085,15 @@ impl Task for TaskService {
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         if !req.exec_id.is_empty() {
-            return Err(err(
-                ttrpc::Code::UNIMPLEMENTED,
-                "resizing an exec's tty through containerd is not supported by vpod yet",
-            ));
+            let e = self.exec_state(&req.id, &req.exec_id)?;
+            e.send(ExecInput {
+                input: Some(exec_input::Input::Resize(ExecResize {
+                    rows: req.height,
+                    cols: req.width,
+                })),
+            })
+            .await?;
+            return Ok(api::Empty::default());
         }
         let t = self.task(&req.id)?;
         self.pod()
@@ -989,6 +1103,63 @@ impl Task for TaskService {
                 id: t.id.clone(),
                 rows: req.height,
                 cols: req.width,
+            })
+            .await
+            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;
+        Ok(api::Empty::default())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        if !req.stdin {
+            return Ok(api::Empty::default());
+        }
+        let closed = if req.exec_id.is_empty() {
+            self.task(&req.id)?.stdin_closed.clone()
+        } else {
+            self.exec_state(&req.id, &req.exec_id)?.stdin_closed.clone()
+        };
+        closed.notify_one();
+        Ok(api::Empty::default())
+    }
+
+    /// New cgroup limits for a running container (kubelet's
+    /// UpdateContainerResources). The VM's own size does not change: limits
+    /// beyond it are capped by the guest's memory and vCPUs.
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let t = self.task(&req.id)?;
+        if t.sandbox {
+            // The pod's VM: its size is fixed at boot.
+            return Ok(api::Empty::default());
+        }
+        let resources: oci_spec::runtime::LinuxResources = req
+            .resources
+            .as_ref()
+            .map(|r| serde_json::from_slice(&r.value))
+            .transpose()
+            .map_err(|e| {
+                err(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!(
+                        "update of {}: resources are not OCI LinuxResources JSON: {e}",
+                        req.id
+                    ),
+                )
+            })?
+            .unwrap_or_default();
+        self.pod()
+            .await?
+            .agent()
+            .update_container(vpod_agent_api::pb::UpdateContainerRequest {
+                id: t.id.clone(),
+                limits: Some(vpod_sandbox::oci::limits(Some(&resources))),
             })
             .await
             .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;

@@ -26,37 +26,48 @@ impl Cgroup {
         let path = parent.join(id);
         std::fs::create_dir(&path)?;
         let cg = Cgroup { path };
-        let write = |file: &str, value: String| -> io::Result<()> {
-            std::fs::write(cg.path.join(file), &value)
-                .map_err(|e| io::Error::new(e.kind(), format!("write {value:?} to {file}: {e}")))
-        };
-        let result = (|| {
-            if limits.memory_bytes > 0 {
-                write("memory.max", limits.memory_bytes.to_string())?;
-                // No swap in the guest anyway; keep the semantics explicit.
-                let _ = write("memory.swap.max", "0".into());
-            }
-            if limits.cpu_quota_us > 0 {
-                let period = if limits.cpu_period_us > 0 {
-                    limits.cpu_period_us
-                } else {
-                    100_000
-                };
-                write("cpu.max", format!("{} {period}", limits.cpu_quota_us))?;
-            }
-            if limits.cpu_weight > 0 {
-                write("cpu.weight", limits.cpu_weight.to_string())?;
-            }
-            if limits.pids > 0 {
-                write("pids.max", limits.pids.to_string())?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = cg.apply(limits, false) {
             let _ = std::fs::remove_dir(&cg.path);
             return Err(e);
         }
         Ok(cg)
+    }
+
+    /// Writes `limits`. A zero is "no limit": left alone on create, written
+    /// back to the kernel's default on an update (which carries all of them).
+    pub fn apply(&self, limits: &Limits, update: bool) -> io::Result<()> {
+        let write = |file: &str, value: String| -> io::Result<()> {
+            std::fs::write(self.path.join(file), &value)
+                .map_err(|e| io::Error::new(e.kind(), format!("write {value:?} to {file}: {e}")))
+        };
+        if limits.memory_bytes > 0 {
+            write("memory.max", limits.memory_bytes.to_string())?;
+            // No swap in the guest anyway; keep the semantics explicit.
+            let _ = write("memory.swap.max", "0".into());
+        } else if update {
+            write("memory.max", "max".into())?;
+        }
+        let period = if limits.cpu_period_us > 0 {
+            limits.cpu_period_us
+        } else {
+            100_000
+        };
+        if limits.cpu_quota_us > 0 {
+            write("cpu.max", format!("{} {period}", limits.cpu_quota_us))?;
+        } else if update {
+            write("cpu.max", format!("max {period}"))?;
+        }
+        if limits.cpu_weight > 0 {
+            write("cpu.weight", limits.cpu_weight.to_string())?;
+        } else if update {
+            write("cpu.weight", "100".into())?;
+        }
+        if limits.pids > 0 {
+            write("pids.max", limits.pids.to_string())?;
+        } else if update {
+            write("pids.max", "max".into())?;
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {

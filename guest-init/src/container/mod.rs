@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use vpod_agent_api::pb::{
     ContainerInfo, ContainerState, ContainerStatsResponse, CreateContainerRequest, ExitStatus,
-    MountKind, OutputChunk, OutputStream, Process, SeccompProfile,
+    Limits, MountKind, OutputChunk, OutputStream, Process, SeccompProfile,
 };
 
 use crate::clock::boottime_ns;
@@ -808,6 +808,14 @@ impl Containers {
         Ok(())
     }
 
+    /// Replaces the container's cgroup limits (kubelet's in-place resize).
+    pub fn update(&self, id: &str, limits: &Limits) -> Result<(), ContainerError> {
+        let c = self.get(id)?;
+        c.cgroup
+            .apply(limits, true)
+            .map_err(c.io("update the cgroup limits"))
+    }
+
     pub fn resize(&self, id: &str, rows: u16, cols: u16) -> Result<(), ContainerError> {
         let c = self.get(id)?;
         let pty = c.pty.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -854,23 +862,32 @@ impl Containers {
         let mut spawned = self
             .spawn_init(&cfg, child, &c.cgroup.procs_file())
             .map_err(c.io("spawn exec"))?;
-        if let Err(msg) = spawned.started().await {
-            let _ = spawned.finish().await;
-            return Err(ContainerError::Start {
-                id: id.to_owned(),
-                msg: format!("exec: {msg}"),
-            });
-        }
-        Ok((ExecHandle { spawned }, ends))
+        let pid = match spawned.started().await {
+            Ok(pid) => pid,
+            Err(msg) => {
+                let _ = spawned.finish().await;
+                return Err(ContainerError::Start {
+                    id: id.to_owned(),
+                    msg: format!("exec: {msg}"),
+                });
+            }
+        };
+        Ok((ExecHandle { spawned, pid }, ends))
     }
 }
 
 #[derive(Debug)]
 pub struct ExecHandle {
     spawned: Spawned,
+    /// The exec'd process (guest pid namespace).
+    pid: i32,
 }
 
 impl ExecHandle {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     pub async fn wait(self) -> ExitStatus {
         exit_status(self.spawned.finish().await, false)
     }
