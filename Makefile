@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED := target/debug/testbed
 
-.PHONY: install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod clean-cache
+.PHONY: install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod bench-cri-containerd clean-cache
 
 deps:
 	bash scripts/install-deps.sh
@@ -59,4 +59,8 @@ bench-images: deps
 bench-pod: build
 	$(CARGO) bench -p vpod-benches --bench pod
 
-bench: bench-testbed bench-boot bench-images bench-pod
+# RunPodSandbox -> first output through containerd's CRI plugin, vpod vs runc.
+bench-cri-containerd: build
+	$(CARGO) bench -p vpod-benches --bench cri_containerd
+
+bench: bench-testbed bench-boot bench-images bench-pod bench-cri-containerd

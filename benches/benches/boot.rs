@@ -394,22 +394,7 @@ fn stat(xs: impl Iterator<Item = f64>) -> Option<Stats> {
 }
 
 fn print_stats(name: &str, s: Option<Stats>, unit: &str) {
-    match s {
-        Some(s) => row(&[
-            format!("{name} ({unit})"),
-            format!("{:.1}", s.min),
-            format!("{:.1}", s.p50),
-            format!("{:.1}", s.p90),
-            format!("{:.1}", s.max),
-        ]),
-        None => row(&[
-            format!("{name} ({unit})"),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-            "-".into(),
-        ]),
-    }
+    vpod_benches::print_stats(&format!("{name} ({unit})"), s);
 }
 
 fn main() {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vpod_agent_api::pb::{ContainerRef, CreateContainerRequest, Process};
-use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, workspace, Stats};
+use vpod_benches::{out_dir, qemu_microvm, vsock_ready, workspace, Stats};
 use vpod_sandbox::{ImageDisk, Pod, PodConfig};
 use vpod_test_support as images;
 
@@ -278,18 +278,7 @@ fn inner(out: &Path) {
 }
 
 fn print(name: &str, xs: Vec<f64>) -> Option<Stats> {
-    let s = Stats::of(&xs);
-    match s {
-        Some(s) => row(&[
-            name.into(),
-            format!("{:.1}", s.min),
-            format!("{:.1}", s.p50),
-            format!("{:.1}", s.p90),
-            format!("{:.1}", s.max),
-        ]),
-        None => row(&[name.into(), "-".into()]),
-    }
-    s
+    vpod_benches::stats_row(name, &xs)
 }
 
 fn main() {
@@ -308,13 +297,7 @@ fn main() {
         "\npod start: {} runs each, on {where_} (ms)",
         r.cli.len().max(r.lib.len())
     );
-    row(&[
-        "".into(),
-        "min".into(),
-        "p50".into(),
-        "p90".into(),
-        "max".into(),
-    ]);
+    vpod_benches::stats_header();
     let first = print(
         "vpod run -> first line",
         r.cli.iter().map(|x| x.first_line_ms).collect(),

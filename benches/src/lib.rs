@@ -56,6 +56,38 @@ pub fn row(cells: &[String]) {
     println!("{}", line.join(" "));
 }
 
+/// Prints `label`'s min / p50 / p90 / max as a table row ("-" for none).
+pub fn print_stats(label: &str, s: Option<Stats>) {
+    match s {
+        Some(s) => row(&[
+            label.into(),
+            format!("{:.1}", s.min),
+            format!("{:.1}", s.p50),
+            format!("{:.1}", s.p90),
+            format!("{:.1}", s.max),
+        ]),
+        None => row(&[label.into(), "-".into()]),
+    }
+}
+
+/// Prints the row of sample `xs` and returns its statistics.
+pub fn stats_row(label: &str, xs: &[f64]) -> Option<Stats> {
+    let s = Stats::of(xs);
+    print_stats(label, s);
+    s
+}
+
+/// The header of a [`print_stats`] table.
+pub fn stats_header() {
+    row(&[
+        "".into(),
+        "min".into(),
+        "p50".into(),
+        "p90".into(),
+        "max".into(),
+    ]);
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
