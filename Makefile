@@ -34,6 +34,8 @@ install: build
 	install -D -m755 target/release/vpod $(PREFIX)/bin/vpod
 	install -D -m644 target/guest/vmlinux /var/lib/vpod/guest/vmlinux
 	install -D -m644 target/guest/initramfs.cpio /var/lib/vpod/guest/initramfs.cpio
+	@if [ -e /etc/vpod/shim.toml ]; then echo "keeping /etc/vpod/shim.toml"; \
+	else install -D -m644 shim/vpod-shim.toml /etc/vpod/shim.toml; fi
 	@echo "--- add to /etc/containerd/config.toml (shim/containerd-vpod.toml):"; cat shim/containerd-vpod.toml
 	@echo "--- kubectl apply -f shim/runtimeclass.yaml:"; cat shim/runtimeclass.yaml
 
