@@ -665,9 +665,6 @@ impl Task for TaskService {
                 ));
             }
             self.forward_output(&pod, &t);
-            if !t.stdin.is_empty() {
-                self.forward_stdin(&pod, &t);
-            }
         }
         self.inner
             .tasks
@@ -727,6 +724,10 @@ impl Task for TaskService {
             pod.start_container(&t.id)
                 .await
                 .map_err(|e| err(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+            // The guest opens the container's stdin when it starts it.
+            if !t.stdin.is_empty() {
+                self.forward_stdin(&pod, &t);
+            }
             let this = self.clone();
             let t2 = t.clone();
             tokio::spawn(async move {

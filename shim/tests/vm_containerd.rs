@@ -293,3 +293,58 @@ fn the_pod_ip_in_its_cni_netns_reaches_the_guest() {
         .unwrap();
     assert!(!tap.status.success(), "the tap went with the VM");
 }
+
+#[test]
+fn ctr_run_stdin_reaches_the_container_and_its_end_closes_it() {
+    let c = start("stdin");
+    let image = "docker.io/library/vpod-busybox:1";
+    import_busybox(&c, image);
+    let config = c.shim_config();
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(c.sock())
+        .args(["--namespace", NS, "run", "--rm"])
+        .args([
+            "--runtime",
+            "io.containerd.vpod.v2",
+            "--runtime-config-path",
+        ])
+        .arg(&config)
+        .args([
+            image,
+            "c4",
+            "sh",
+            "-c",
+            "read l; echo got:$l; wc -l; echo end",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"first\nsecond\nthird\n").unwrap();
+        // Dropped here: ctr sees EOF and calls CloseIO.
+    }
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("ctr run did not end: {}\n{}", text(&o), c.log());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "got:first\n2\nend\n",
+        "{}\n{}",
+        text(&o),
+        c.log()
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_no_shims(&c);
+}

@@ -263,6 +263,35 @@ async fn run_pod(c: &Containerd, client: &mut Cri, handler: &str) -> PodRun {
     }
     let visible_on_host = host_processes_with(&format!("sleep {marker}")) > 0;
 
+    if handler == VPOD {
+        // UpdateContainerResources reaches the container's guest cgroup: a
+        // 40 MiB buffer fits before, and is OOM-killed under 24 MiB.
+        let hog = [
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=40M count=1 2>/dev/null; echo rc=$?",
+        ];
+        let before = client.exec_sync(&ids[0], &hog).await.unwrap();
+        assert_eq!(before.1, "rc=0\n", "{before:?}");
+        client
+            .runtime
+            .update_container_resources(v1::UpdateContainerResourcesRequest {
+                container_id: ids[0].clone(),
+                linux: Some(v1::LinuxContainerResources {
+                    memory_limit_in_bytes: 24 << 20,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("UpdateContainerResources: {s}\n{}", c.log()));
+        let after = client.exec_sync(&ids[0], &hog).await.unwrap();
+        assert_eq!(
+            after.1, "rc=137\n",
+            "OOM-killed under the new limit: {after:?}"
+        );
+    }
+
     if let Err(s) = client.stop_and_remove_pod(&pod_id).await {
         panic!("stop/remove ({handler}): {s}\n{}", c.log());
     }
@@ -420,7 +449,9 @@ async fn host_path_and_host_network_pods_are_refused_naming_the_field() {
         "ok",
     )
     .await;
-    // kubelet sees it exit 0, with a finish time after its start.
+    // kubelet sees it exit 0, at a real time (not the epoch: a zero exit
+    // time leaves a container "running" to CRI). CRI stamps started_at
+    // when StartContainer returns, which a quick exit may precede.
     let t0 = Instant::now();
     let status = loop {
         let s = client
@@ -442,7 +473,7 @@ async fn host_path_and_host_network_pods_are_refused_naming_the_field() {
     };
     assert_eq!(status.exit_code, 0, "{status:?}");
     assert!(
-        status.finished_at >= status.started_at && status.started_at > 0,
+        status.finished_at > status.created_at && status.started_at > 0,
         "{status:?}"
     );
     client.stop_and_remove_pod(&pod_id).await.unwrap();

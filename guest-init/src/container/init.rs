@@ -107,6 +107,12 @@ pub fn main() -> ! {
     };
     std::env::remove_var(CONFIG_ENV);
 
+    // This supervisor sits in the container's cgroup: the OOM killer must
+    // pick the container's processes, never it (its death would orphan them
+    // and lose their exit). Written before /proc may become the container's.
+    let oom_adj = std::fs::read_to_string(OOM_SCORE_ADJ).unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write(OOM_SCORE_ADJ, "-1000");
+
     match &cfg.namespaces {
         Namespaces::New(_) => {
             let flags = CloneFlags::CLONE_NEWNS
@@ -145,6 +151,8 @@ pub fn main() -> ! {
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
             // SAFETY: REPORT_FD belongs to the parent's half of this process.
             unsafe { libc::close(REPORT_FD) };
+            // Raising it back needs no privilege.
+            let _ = std::fs::write(OOM_SCORE_ADJ, oom_adj.trim());
             let err = child(&cfg);
             fail(&err)
         }
@@ -156,6 +164,8 @@ pub fn main() -> ! {
         }
     }
 }
+
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 
 /// Forwards signals to the container process until it exits, then exits
 /// with its status.
