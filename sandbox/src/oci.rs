@@ -252,6 +252,7 @@ pub fn container_plan(
                 .console_size()
                 .as_ref()
                 .map_or(0, |b| b.width() as u32),
+            oom_score_adj: process.oom_score_adj(),
         }),
         hostname: spec.hostname().clone().unwrap_or_default(),
         mounts,

@@ -132,12 +132,6 @@ struct TaskState {
     stdin_closed: Arc<tokio::sync::Notify>,
 }
 
-impl ExecState {
-    fn set_running(&self) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::RUNNING;
-    }
-}
-
 impl TaskState {
     fn status(&self) -> Status {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
@@ -184,6 +178,10 @@ struct ExecState {
 }
 
 impl ExecState {
+    fn set_running(&self) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::RUNNING;
+    }
+
     /// Sends `msg` to the running exec; an exec that has not started or
     /// has exited is NOT_FOUND (what containerd expects of a gone process).
     async fn send(&self, msg: ExecInput) -> TtrpcResult<()> {
@@ -509,35 +507,26 @@ impl TaskService {
 
     /// Copies containerd's stdin FIFO into the container until CloseIO.
     fn forward_stdin(&self, pod: &Arc<Pod>, t: &Arc<TaskState>) {
+        use tokio_stream::StreamExt;
         let mut agent = pod.agent();
-        let mut chunks = read_fifo(t.stdin.clone(), t.stdin_closed.clone());
+        let chunks = read_fifo(t.stdin.clone(), t.stdin_closed.clone());
         let id = t.id.clone();
+        // The first chunk names the container; the stream's end (CloseIO)
+        // closes its stdin.
+        let first = StdinChunk {
+            id: id.clone(),
+            data: Vec::new(),
+            close_on_end: true,
+        };
+        let stream = tokio_stream::once(first).chain(
+            tokio_stream::wrappers::ReceiverStream::new(chunks).map(|data| StdinChunk {
+                id: String::new(),
+                data,
+                close_on_end: true,
+            }),
+        );
         tokio::spawn(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(16);
-            let _ = tx
-                .send(StdinChunk {
-                    id: id.clone(),
-                    data: Vec::new(),
-                    // The stream's end (CloseIO) closes the container's stdin.
-                    close_on_end: true,
-                })
-                .await;
-            tokio::spawn(async move {
-                while let Some(data) = chunks.recv().await {
-                    let chunk = StdinChunk {
-                        id: String::new(),
-                        data,
-                        close_on_end: true,
-                    };
-                    if tx.send(chunk).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            if let Err(s) = agent
-                .write_stdin(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-            {
+            if let Err(s) = agent.write_stdin(stream).await {
                 log::warn!("stdin of {id}: {}", s.message());
             }
         });

@@ -89,6 +89,9 @@ pub struct ProcessConfig {
     pub rlimits: Vec<(String, u64, u64)>,
     pub no_new_privileges: bool,
     pub seccomp: bool,
+    /// `None`: the agent's own.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// Entry point of `vpod-init __container`. Never returns.
@@ -151,8 +154,7 @@ pub fn main() -> ! {
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
             // SAFETY: REPORT_FD belongs to the parent's half of this process.
             unsafe { libc::close(REPORT_FD) };
-            // Raising it back needs no privilege.
-            let _ = std::fs::write(OOM_SCORE_ADJ, oom_adj.trim());
+            set_oom_score_adj(cfg.process.oom_score_adj, oom_adj.trim());
             let err = child(&cfg);
             fail(&err)
         }
@@ -166,6 +168,20 @@ pub fn main() -> ! {
 }
 
 const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// The container process's OOM score: the spec's, else `inherited` (the
+/// agent's). Lowering needs CAP_SYS_RESOURCE: on EPERM the value is clamped
+/// to `inherited`, the lowest this process may take (raising needs nothing).
+fn set_oom_score_adj(want: Option<i32>, inherited: &str) {
+    let inherited_v: i32 = inherited.parse().unwrap_or(0);
+    let want = want.map_or(inherited_v, |w| w.clamp(-1000, 1000));
+    match std::fs::write(OOM_SCORE_ADJ, want.to_string()) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let _ = std::fs::write(OOM_SCORE_ADJ, want.max(inherited_v).to_string());
+        }
+        _ => {}
+    }
+}
 
 /// Forwards signals to the container process until it exits, then exits
 /// with its status.

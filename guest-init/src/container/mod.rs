@@ -921,6 +921,7 @@ fn process_config(base: &Process, p: &Process, privileged: bool) -> ProcessConfi
             .collect(),
         no_new_privileges: base.no_new_privileges,
         seccomp: !privileged && base.seccomp() == SeccompProfile::RuntimeDefault,
+        oom_score_adj: base.oom_score_adj,
     }
 }
 
