@@ -398,15 +398,13 @@ fn print_stats(name: &str, s: Option<Stats>, unit: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--inner") {
-        inner(Path::new(&args[pos + 1]));
+    if let Some(out) = vpod_benches::inner_arg() {
+        inner(&out);
         return;
     }
     let f = files();
     let host = host_setup(&f, 10);
-    let (where_, inner_json) = vpod_benches::run_inner("boot", &workspace());
-    let r: Inner = serde_json::from_slice(&std::fs::read(&inner_json).unwrap()).unwrap();
+    let (where_, r): (_, Inner) = vpod_benches::run_inner_as("boot", &workspace());
 
     println!(
         "\nboot to agent ready: {} boots each, on {where_} (ms unless noted)",

@@ -282,14 +282,12 @@ fn print(name: &str, xs: Vec<f64>) -> Option<Stats> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--inner") {
-        inner(Path::new(&args[pos + 1]));
+    if let Some(out) = vpod_benches::inner_arg() {
+        inner(&out);
         return;
     }
     let _ = files();
-    let (where_, inner_json) = vpod_benches::run_inner("pod", &workspace());
-    let r: Inner = serde_json::from_slice(&std::fs::read(&inner_json).unwrap()).unwrap();
+    let (where_, r): (_, Inner) = vpod_benches::run_inner_as("pod", &workspace());
     for e in &r.errors {
         println!("error: {e}");
     }

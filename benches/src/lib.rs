@@ -96,6 +96,26 @@ pub fn workspace() -> PathBuf {
         .expect("workspace dir")
 }
 
+/// The `--inner <json>` argument of a bench's inner half (see [`run_inner`]).
+pub fn inner_arg() -> Option<PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    let pos = args.iter().position(|a| a == "--inner")?;
+    args.get(pos + 1).map(PathBuf::from)
+}
+
+/// [`run_inner`], then the inner half's JSON read back as `T`.
+pub fn run_inner_as<T: serde::de::DeserializeOwned>(
+    name: &str,
+    workspace: &std::path::Path,
+) -> (&'static str, T) {
+    let (where_, json) = run_inner(name, workspace);
+    let data = std::fs::read(&json).expect("the inner bench's JSON");
+    (
+        where_,
+        serde_json::from_slice(&data).expect("parse the inner bench's JSON"),
+    )
+}
+
 /// Runs this bench binary again with `--inner <json>` where VMs can boot: on
 /// this host when its KVM runs Linux guests, else inside the test bed's L1
 /// (sharing `workspace`). Returns where it ran ("kvm" or "testbed") and the

@@ -1202,3 +1202,40 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stdin_ends_at_close_io_with_what_was_written_before() {
+        let dir = std::env::temp_dir().join(format!("vpod-shim-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdin");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let mut chunks = read_fifo(path.to_string_lossy().into_owned(), closed.clone());
+        // Read-write, like containerd's end: the open never waits.
+        let mut w = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        w.write_all(b"first ").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), chunks.recv()).await;
+        assert_eq!(got.unwrap().unwrap(), b"first ");
+        // Written, then CloseIO at once: the bytes still arrive, then the end.
+        w.write_all(b"last").unwrap();
+        closed.notify_one();
+        let mut rest = Vec::new();
+        while let Some(c) = tokio::time::timeout(Duration::from_secs(10), chunks.recv())
+            .await
+            .expect("the stream ends after CloseIO")
+        {
+            rest.extend(c);
+        }
+        assert_eq!(rest, b"last");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
