@@ -4,8 +4,10 @@
 //! address and default route; so what CNI (and portmap, kube-proxy) set up
 //! for the veth reaches the guest unchanged.
 //!
-//! Reading and plumbing the netns uses iproute2 (`ip -j`, `tc`) through
-//! `nsenter`: they are on every node that runs CNI.
+//! Reading and plumbing the netns uses iproute2 (`ip -j`, `tc`): they are on
+//! every node that runs CNI. Each process start is costly (a pod start runs
+//! three), so commands go in batches, and a netns named in /run/netns (what
+//! CNI under containerd makes) is entered by `-n` rather than `nsenter`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,19 +41,55 @@ pub struct PodNet {
     pub mtu: u32,
 }
 
-fn run_in(netns: &Path, args: &[&str]) -> Result<String, NetError> {
-    let cmd = format!("nsenter --net={} {}", netns.display(), args.join(" "));
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns.display()))
-        .args(args)
-        .output()
-        .map_err(|source| NetError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
+/// `prog` (ip or tc) run in `netns`: `prog -n NAME` for a netns iproute2
+/// knows by name, else through `nsenter`.
+fn netns_command(netns: &Path, prog: &str) -> Command {
+    let named = netns
+        .parent()
+        .filter(|d| *d == Path::new("/var/run/netns") || *d == Path::new("/run/netns"))
+        .and(netns.file_name());
+    match named {
+        Some(name) => {
+            let mut c = Command::new(prog);
+            c.arg("-n").arg(name);
+            c
+        }
+        None => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", netns.display())).arg(prog);
+            c
+        }
+    }
+}
+
+/// Runs `prog args` in `netns` with `batch` (if any) as its stdin (`-batch -`).
+fn run_in(
+    netns: &Path,
+    prog: &str,
+    args: &[&str],
+    batch: Option<&str>,
+) -> Result<String, NetError> {
+    use std::io::Write;
+    let mut c = netns_command(netns, prog);
+    c.args(args);
+    let cmd = format!("{c:?}");
+    let spawn_err = |source| NetError::Spawn {
+        cmd: cmd.clone(),
+        source,
+    };
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().map_err(spawn_err)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(batch.unwrap_or_default().as_bytes())
+            .map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
     if !out.status.success() {
         return Err(NetError::Failed {
-            cmd,
+            cmd: format!("{cmd} {}", batch.unwrap_or_default().replace('\n', "; ")),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }
@@ -68,8 +106,16 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// Reads the netns CNI prepared: its one non-loopback interface with IPv4.
 pub fn inspect(netns: &Path) -> Result<PodNet, NetError> {
-    let addrs: serde_json::Value = serde_json::from_str(&run_in(netns, &["ip", "-j", "addr"])?)
-        .map_err(|e| NetError::Parse(e.to_string()))?;
+    // Addresses (with each link's MAC) and IPv4 routes: one `ip`, two JSON arrays.
+    let out = run_in(netns, "ip", &["-j", "-batch", "-"], Some("addr\nroute\n"))?;
+    let mut docs = serde_json::Deserializer::from_str(&out).into_iter::<serde_json::Value>();
+    let mut next = |what: &str| -> Result<serde_json::Value, NetError> {
+        docs.next()
+            .ok_or_else(|| NetError::Parse(format!("no {what} in `ip -j` output")))?
+            .map_err(|e| NetError::Parse(e.to_string()))
+    };
+    let addrs = next("addresses")?;
+    let routes = next("routes")?;
     let links = addrs.as_array().cloned().unwrap_or_default();
     let link = links
         .iter()
@@ -90,9 +136,6 @@ pub fn inspect(netns: &Path) -> Result<PodNet, NetError> {
         .as_str()
         .and_then(parse_mac)
         .ok_or_else(|| NetError::Parse(format!("MAC of {veth}")))?;
-    let routes: serde_json::Value =
-        serde_json::from_str(&run_in(netns, &["ip", "-j", "-4", "route"])?)
-            .map_err(|e| NetError::Parse(e.to_string()))?;
     let gateway = routes.as_array().and_then(|rs| {
         rs.iter()
             .find(|r| r["dst"] == "default")
@@ -113,17 +156,16 @@ pub fn inspect(netns: &Path) -> Result<PodNet, NetError> {
 pub fn redirect(net: &PodNet, tap: &str) -> Result<(), NetError> {
     // The VMM makes the tap but leaves it down; a redirect into a down
     // device drops everything.
-    run_in(&net.netns, &["ip", "link", "set", tap, "up"])?;
+    run_in(&net.netns, "ip", &["link", "set", tap, "up"], None)?;
+    let mut batch = String::new();
     for (from, to) in [(net.veth.as_str(), tap), (tap, net.veth.as_str())] {
-        run_in(&net.netns, &["tc", "qdisc", "add", "dev", from, "ingress"])?;
-        run_in(
-            &net.netns,
-            &[
-                "tc", "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
-                "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
-            ],
-        )?;
+        batch += &format!(
+            "qdisc add dev {from} ingress\n\
+             filter add dev {from} parent ffff: protocol all u32 match u8 0 0 \
+             action mirred egress redirect dev {to}\n"
+        );
     }
+    run_in(&net.netns, "tc", &["-batch", "-"], Some(&batch))?;
     Ok(())
 }
 
@@ -145,6 +187,73 @@ pub fn guest_request(net: &PodNet) -> ConfigureNetworkRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A netns set up the way CNI's bridge plugin leaves it; removed on drop.
+    struct TestNetns(String);
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    fn sh(cmd: &str) {
+        let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    }
+
+    /// Needs root and iproute2 (what CI and every CNI node have).
+    #[test]
+    fn a_cni_netns_is_read_and_plumbed_by_name_and_by_path() {
+        let name = format!("vpodnettest{}", std::process::id());
+        sh(&format!("ip netns add {name}"));
+        let ns = TestNetns(name.clone());
+        sh(&format!(
+            "ip -n {n} link add eth0 address 0a:58:0a:59:07:05 type veth peer name vh0 \
+             && ip -n {n} link set eth0 up && ip -n {n} link set vh0 up \
+             && ip -n {n} addr add 10.89.7.5/24 dev eth0 \
+             && ip -n {n} route add default via 10.89.7.1 \
+             && ip -n {n} tuntap add dev {TAP_NAME} mode tap",
+            n = ns.0
+        ));
+        let by_name = inspect(&Path::new("/var/run/netns").join(&name)).unwrap();
+        assert_eq!(by_name.veth, "eth0");
+        assert_eq!(by_name.mac, [0x0a, 0x58, 0x0a, 0x59, 7, 5]);
+        assert_eq!(
+            (by_name.address.as_str(), by_name.prefix_len),
+            ("10.89.7.5", 24)
+        );
+        assert_eq!(by_name.gateway.as_deref(), Some("10.89.7.1"));
+        // A netns given by another path goes through nsenter, same answer.
+        let dir = std::env::temp_dir().join(format!("vpod-netns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let other = dir.join("ns");
+        std::fs::write(&other, b"").unwrap();
+        sh(&format!(
+            "mount --bind /var/run/netns/{name} {}",
+            other.display()
+        ));
+        let by_path = inspect(&other);
+        let _ = Command::new("umount").arg(&other).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            PodNet {
+                netns: by_name.netns.clone(),
+                ..by_path.unwrap()
+            },
+            by_name
+        );
+        redirect(&by_name, TAP_NAME).unwrap();
+        let filters = Command::new("tc")
+            .args(["-n", &name, "filter", "show", "dev", TAP_NAME, "ingress"])
+            .output()
+            .unwrap();
+        let filters = String::from_utf8_lossy(&filters.stdout);
+        assert!(filters.contains("mirred"), "{filters}");
+        // A second plumbing of the same netns fails, and says which command.
+        let e = redirect(&by_name, TAP_NAME).unwrap_err();
+        assert!(e.to_string().contains("qdisc add dev eth0 ingress"), "{e}");
+    }
 
     #[test]
     fn macs() {
