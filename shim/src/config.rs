@@ -207,6 +207,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid_and_shows_the_defaults() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("vpod-shim.toml");
+        assert_eq!(ShimConfig::load(&shipped).unwrap(), ShimConfig::default());
+    }
+
+    #[test]
     fn an_inline_body_and_no_options_work() {
         let c = ShimConfig::resolve(
             "type.googleapis.com/runtimeoptions.v1.Options",
