@@ -267,6 +267,32 @@ fn is_sandbox(spec: &oci_spec::runtime::Spec) -> bool {
         == Some("sandbox")
 }
 
+/// The pod VM's size. A sandbox boots before its containers are known: the
+/// configured default. A lone container (`ctr run`) with a memory limit is
+/// sized by its limits.
+fn vm_size(
+    cfg: &ShimConfig,
+    spec: &oci_spec::runtime::Spec,
+    sandbox: bool,
+) -> TtrpcResult<vpod_sandbox::VmSize> {
+    let default = vpod_sandbox::VmSize {
+        vcpus: cfg.default_vcpus,
+        mem_mib: cfg.default_memory_mib,
+    };
+    if sandbox {
+        return Ok(default);
+    }
+    let l = vpod_sandbox::Limits::from_spec(spec)
+        .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+    Ok(match l.memory_bytes {
+        Some(_) => vpod_sandbox::VmSize::for_pod(
+            &[l],
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ),
+        None => default,
+    })
+}
+
 /// A pod id the sandbox crate accepts, from containerd's (64 hex) ids.
 fn pod_id(id: &str) -> String {
     id.chars()
@@ -442,9 +468,12 @@ impl TaskService {
         &self,
         id: &str,
         images: Vec<ImageDisk>,
-        slots: usize,
+        sandbox: bool,
         spec: &oci_spec::runtime::Spec,
     ) -> TtrpcResult<Arc<Pod>> {
+        // A sandbox's containers come later, each into a free disk slot; a
+        // lone container brings its image and keeps one slot spare.
+        let slots = if sandbox { POD_SLOTS } else { 1 };
         // The netns CNI made (CRI's sandbox, `ctr run --with-ns network:`).
         let netns = spec
             .linux()
@@ -465,26 +494,7 @@ impl TaskService {
         let net_ms = t0.elapsed();
         let cfg = self.config()?;
         let pid = pod_id(id);
-        // A sandbox boots before its containers are known: the configured
-        // default size. A lone container (`ctr run`) with a memory limit is
-        // sized by its limits.
-        let default = vpod_sandbox::VmSize {
-            vcpus: cfg.default_vcpus,
-            mem_mib: cfg.default_memory_mib,
-        };
-        let size = if is_sandbox(spec) {
-            default
-        } else {
-            let l = vpod_sandbox::Limits::from_spec(spec)
-                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
-            match l.memory_bytes {
-                Some(_) => vpod_sandbox::VmSize::for_pod(
-                    &[l],
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
-                ),
-                None => default,
-            }
-        };
+        let size = vm_size(cfg, spec, sandbox)?;
         let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
         let pod = Pod::boot(PodConfig {
             id: pid.clone(),
@@ -613,7 +623,7 @@ impl Task for TaskService {
             // Policy of the pod as a whole (host namespaces) before booting.
             vpod_sandbox::check_spec(&spec, &self.classifier()?)
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
-            self.boot(&req.id, Vec::new(), POD_SLOTS, &spec).await?;
+            self.boot(&req.id, Vec::new(), true, &spec).await?;
         } else {
             let cache = self.config()?.rootfs_cache.clone();
             let mounts = req.rootfs.clone();
@@ -633,7 +643,7 @@ impl Task for TaskService {
                     pod
                 }
                 // No sandbox task (`ctr run`): this container's own VM.
-                None => self.boot(&req.id, vec![image], 1, &spec).await?,
+                None => self.boot(&req.id, vec![image], false, &spec).await?,
             };
             let mut spec = spec;
             if let Some(p) = spec.process().clone() {

@@ -88,9 +88,7 @@ fn ctr_run_prints_the_output_of_a_container_in_a_microvm() {
     );
     assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o), c.log());
     assert_no_shims(&c);
-    let left: Vec<_> = std::fs::read_dir(c.shim_state())
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let left = c.shim_state_left();
     assert!(left.is_empty(), "pod state left: {left:?}");
 }
 

@@ -335,9 +335,7 @@ async fn a_two_container_pod_runs_in_a_microvm_through_cri_and_matches_runc() {
     if let Err(left) = c.wait_no_shims(Duration::from_secs(30)) {
         panic!("shim (and its VM) left: {left:?}\n{}", c.log());
     }
-    let state: Vec<_> = std::fs::read_dir(c.shim_state())
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let state = c.shim_state_left();
     assert!(state.is_empty(), "pod state left: {state:?}");
     let m = mounts_under(&c.shim_state());
     assert!(m.is_empty(), "mounts left: {m:?}");

@@ -178,6 +178,13 @@ state = "{d}/state"
         self.dir.join("shim")
     }
 
+    /// Pod state dirs the shim left (its disks, sockets): none after a pod.
+    pub fn shim_state_left(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.shim_state())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
