@@ -79,6 +79,24 @@ struct Inner {
     qemu_error: Option<String>,
 }
 
+/// How long a VMM may take to exit after the guest's poweroff: a stuck one fails this boot, it
+/// never stalls the bench.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits for `child` to exit, at most `limit`.
+async fn wait_exit(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(st);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("VMM still running {limit:?} after poweroff"));
+        }
+        tokio::time::sleep(CHILD_CHECK).await;
+    }
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -271,7 +289,7 @@ async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
                 kind: ShutdownKind::Poweroff as i32,
             })
             .await;
-        let st = child.wait().map_err(|e| e.to_string())?;
+        let st = wait_exit(&mut child, EXIT_TIMEOUT).await?;
         if st.code() != Some(0) {
             return Err(format!("vpod-vmm exited {st} after poweroff"));
         }

@@ -140,6 +140,12 @@ pub fn run_inner(name: &str, workspace: &std::path::Path) -> (&'static str, Path
     } else {
         let mut opts = vpod_testbed::RunOptions::new(argv).expect("test bed options");
         opts.shares = vec![workspace.to_path_buf()];
+        // One L1 vCPU, as the test runner uses (see testbed/cargo-runner): a 2-vCPU L1 stalled
+        // after a dozen boots.
+        opts.smp = std::env::var("VPOD_TESTBED_SMP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         match vpod_testbed::run(&opts) {
             Ok(o) if o.status == 0 => {}
             Ok(o) => panic!("inner bench exited {}", o.status),

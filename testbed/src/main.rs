@@ -30,7 +30,8 @@ struct Cli {
 enum Cmd {
     /// Boot L1, run CMD in it (same cwd, same environment), return its exit status.
     Run {
-        #[arg(long, default_value_t = 2)]
+        /// L1 vCPUs; 1 by default (two can stall: an IPI to a CPU inside the nested guest).
+        #[arg(long, default_value_t = 1)]
         smp: u32,
         /// L1 memory in MiB.
         #[arg(long, default_value_t = 3072)]
