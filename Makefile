@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED := target/debug/testbed
 
-.PHONY: install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod bench-cri-containerd clean-cache
+.PHONY: install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod bench-cri-containerd soak clean-cache
 
 deps:
 	bash scripts/install-deps.sh
@@ -64,5 +64,10 @@ bench-pod: build
 # RunPodSandbox -> first output through containerd's CRI plugin, vpod vs runc.
 bench-cri-containerd: build
 	$(CARGO) bench -p vpod-benches --bench cri_containerd
+
+# kill -9 soak (not in CI): SOAK_CYCLES (50) pods, each owner killed at a random moment, leftovers
+# counted (processes, taps, mounts, netns, state dirs, disk images); exits 1 when any are left.
+soak: build
+	$(CARGO) bench -p vpod-benches --bench soak
 
 bench: bench-testbed bench-boot bench-images bench-pod bench-cri-containerd
