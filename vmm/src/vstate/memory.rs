@@ -27,6 +27,11 @@ pub enum MemoryError {
     TooBig(u64),
     #[error("building guest memory: {0}")]
     Collection(String),
+    #[error("madvise({advice}) on guest memory: {source}")]
+    Madvise {
+        advice: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// A guest RAM mapping made by us; unmapped on drop.
@@ -95,13 +100,30 @@ impl Mapping {
             if start + reserve_len > end {
                 libc::munmap(end as *mut libc::c_void, start + reserve_len - end);
             }
-            // Advice only: without THP on the host this fails or does nothing, both fine.
-            libc::madvise(addr, len, libc::MADV_HUGEPAGE);
         }
-        Ok(Mapping {
+        // From here on, dropping `mapping` unmaps it.
+        let mapping = Mapping {
             addr: addr as *mut u8,
             len,
-        })
+        };
+        // Guest RAM holds the guest's secrets (tmpfs, keys): keep it out of core dumps of this
+        // process and out of any child it forks. Not optional: a failure is an error.
+        for (advice, what) in [
+            (libc::MADV_DONTDUMP, "MADV_DONTDUMP"),
+            (libc::MADV_DONTFORK, "MADV_DONTFORK"),
+        ] {
+            // SAFETY: advises on exactly the mapping we own; neither advice changes its contents.
+            if unsafe { libc::madvise(addr, len, advice) } != 0 {
+                return Err(MemoryError::Madvise {
+                    advice: what,
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        // Advice only: without THP on the host this fails or does nothing, both fine.
+        // SAFETY: as above, advice on our own mapping.
+        unsafe { libc::madvise(addr, len, libc::MADV_HUGEPAGE) };
+        Ok(mapping)
     }
 }
 
@@ -208,6 +230,33 @@ mod tests {
         assert!(
             !maps().lines().any(|l| l.starts_with(&start)),
             "mapping leaked"
+        );
+    }
+
+    /// The VmFlags of the mapping that starts at `host` (from /proc/self/smaps).
+    fn vm_flags(host: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{host:x}-");
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {start}");
+        let flags = lines
+            .find_map(|l| l.strip_prefix("VmFlags:"))
+            .expect("VmFlags line");
+        flags.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn guest_ram_is_not_dumped_nor_inherited_by_fork() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let flags = vm_flags(host);
+        assert!(
+            flags.iter().any(|f| f == "dd"),
+            "no MADV_DONTDUMP: {flags:?}"
+        );
+        assert!(
+            flags.iter().any(|f| f == "dc"),
+            "no MADV_DONTFORK: {flags:?}"
         );
     }
 }
