@@ -10,7 +10,7 @@
 //! device's own `activate_evt` (registered in `MutEventSubscriber::init`); the event handler then
 //! registers the queue eventfds and backend fds (disk, tap, unix sockets) with `EventOps`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -28,10 +28,15 @@ pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
 
 /// A device's interrupt line: the status bits the driver reads and acks through the transport, and an
 /// irqfd (registered with KVM for the device's GSI) that raises the line.
+///
+/// It also carries the device's DEVICE_NEEDS_RESET condition from the event loop (where a device
+/// finds its queues broken) to the transport (which shows it in the Status register and clears it
+/// on a driver reset): a device must not touch its queues while [`Interrupt::needs_reset`] is set.
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
     irqfd: EventFd,
+    needs_reset: AtomicBool,
 }
 
 impl Interrupt {
@@ -39,7 +44,26 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             irqfd,
+            needs_reset: AtomicBool::new(false),
         }
+    }
+
+    /// The device hit an error it can't recover from without a reset (virtio 1.2 §2.1.2): flags
+    /// DEVICE_NEEDS_RESET and sends a config-change interrupt. Only the first call raises it.
+    pub fn set_needs_reset(&self) -> std::io::Result<()> {
+        if self.needs_reset.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.trigger(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Driver reset (by the transport, after the device itself was reset).
+    pub fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// Sets `bits` in InterruptStatus and raises the line.

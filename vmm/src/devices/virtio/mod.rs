@@ -2,6 +2,7 @@
 pub mod block;
 pub mod device;
 pub mod net;
+pub mod queue;
 pub mod rng;
 pub mod transport;
 pub mod vsock;

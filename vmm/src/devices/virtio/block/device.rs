@@ -18,6 +18,7 @@ use crate::devices::virtio::device::{
     ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
     VIRTIO_MMIO_INT_VRING,
 };
+use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
@@ -143,21 +144,46 @@ impl Block {
         }
     }
 
-    /// Processes every available request; raises the used-ring interrupt if the driver wants one.
+    /// Processes available requests (at most one queue's worth per call: see
+    /// `devices::virtio::queue`); raises the used-ring interrupt if the driver wants one. A broken
+    /// ring puts the device in DEVICE_NEEDS_RESET and it processes nothing until reset.
     pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.interrupt.needs_reset() {
+            return;
+        }
         let mem = &active.mem;
         let disk = &mut self.disk;
         let queue = &mut active.queue;
+        let mut budget = Budget::for_queue(queue);
         let mut used_any = false;
-        loop {
+        'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
-                tracing::warn!("block: queue: {e:?}");
-                return;
+                mark_broken(
+                    &active.interrupt,
+                    "block",
+                    "request",
+                    &RingError::Used(format!("{e:?}")),
+                );
+                break;
             }
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            loop {
+                if budget.spent() {
+                    // More may be waiting: leave notifications off and come back next turn.
+                    resignal(&active.queue_evt, "block");
+                    break 'outer;
+                }
+                let chain = match pop_chain(queue, mem) {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => break,
+                    Err(e) => {
+                        mark_broken(&active.interrupt, "block", "request", &e);
+                        break 'outer;
+                    }
+                };
+                budget.take();
                 let head = chain.head_index();
                 let len = match Request::parse(chain, mem, disk.capacity) {
                     Ok(req) => {
@@ -182,15 +208,27 @@ impl Block {
                     }
                 };
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    tracing::warn!("block: add_used: {e:?}");
+                    mark_broken(
+                        &active.interrupt,
+                        "block",
+                        "request",
+                        &RingError::Used(format!("{e:?}")),
+                    );
+                    break 'outer;
                 }
                 used_any = true;
             }
             match queue.enable_notification(mem) {
+                // Requests arrived while notifications were off: go round (within the budget).
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    tracing::warn!("block: queue: {e:?}");
+                    mark_broken(
+                        &active.interrupt,
+                        "block",
+                        "request",
+                        &RingError::Read(format!("{e:?}")),
+                    );
                     break;
                 }
             }
@@ -282,7 +320,9 @@ impl VirtioDevice for Block {
 mod tests {
     use super::*;
     use crate::devices::virtio::block::request::RequestError;
+    use crate::devices::virtio::queue::tests::within;
     use std::io::Write;
+    use std::time::Duration;
     use virtio_bindings::virtio_blk::*;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -625,6 +665,91 @@ mod tests {
             RequestError::Empty
         );
         assert!(h.mem.check_range(GuestAddress(STATUS), 1));
+    }
+
+    /// A device on `queue` in `mem`; returns it with its queue eventfd and interrupt.
+    fn activate_on(
+        h: &Harness,
+        mem: &GuestMemory,
+        queue: Queue,
+    ) -> (Block, EventFd, Arc<Interrupt>) {
+        let disk = DiskFile::open(h.disk_file.as_path(), false, None).unwrap();
+        let mut dev = Block::new(disk).unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        dev.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![queue],
+            queue_events: vec![evt.try_clone().unwrap()],
+            interrupt: irq.clone(),
+        })
+        .unwrap();
+        (dev, evt, irq)
+    }
+
+    #[test]
+    fn avail_idx_beyond_the_queue_size_needs_reset_instead_of_spinning() {
+        let h = harness(4);
+        header(&h.mem, VIRTIO_BLK_T_FLUSH, 0);
+        let vq = MockSplitQueue::new(&h.mem, 16);
+        vq.add_desc_chains(&[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)], 0)
+            .unwrap();
+        // 17 requests "available" on a 16-entry queue.
+        vq.avail().idx().store(17);
+        let (dev, _evt, irq) = activate_on(&h, &h.mem, vq.create_queue::<Queue>().unwrap());
+        let mut dev = within(Duration::from_secs(5), move || {
+            let mut dev = dev;
+            dev.process_queue();
+            dev
+        });
+        assert!(irq.needs_reset(), "DEVICE_NEEDS_RESET flagged");
+        assert_ne!(irq.status() & VIRTIO_MMIO_INT_CONFIG, 0, "config interrupt");
+        assert_eq!(vq.used().idx().load(), 0, "nothing processed");
+        // A broken device stays stopped until the driver resets it.
+        vq.avail().idx().store(1);
+        dev.process_queue();
+        assert_eq!(vq.used().idx().load(), 0);
+    }
+
+    #[test]
+    fn a_busy_guest_gets_one_queue_worth_per_event() {
+        use crate::devices::virtio::vsock::test_utils::Guest;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let h = harness(4);
+        let (mut guest, mut queues) = Guest::new(1, 16);
+        let hdr = guest.alloc(16);
+        guest.mem.write_obj(0x1234u32, GuestAddress(hdr)).unwrap(); // unsupported: cheap
+        for _ in 0..16 {
+            let status = guest.alloc(1);
+            guest.add_chain(0, &[(hdr, 16, false), (status, 1, true)]);
+        }
+        let mem = guest.mem.clone();
+        let (dev, evt, _irq) = activate_on(&h, &mem, queues.remove(0));
+        // The guest recycles every completed request at once, on another vCPU.
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let driver = std::thread::spawn(move || {
+            let mut completed = 0usize;
+            while !stop2.load(Ordering::SeqCst) {
+                for (head, _) in guest.take_used(0) {
+                    completed += 1;
+                    guest.repost(0, head);
+                }
+            }
+            completed + guest.take_used(0).len()
+        });
+        let result = std::panic::catch_unwind(|| {
+            within(Duration::from_secs(5), move || {
+                let mut dev = dev;
+                dev.process_queue();
+                dev
+            })
+        });
+        stop.store(true, Ordering::SeqCst);
+        let completed = driver.join().unwrap();
+        let _dev = result.unwrap();
+        assert_eq!(completed, 16, "one queue's worth of requests");
+        assert_eq!(evt.read().unwrap(), 1, "the device asked to be run again");
     }
 
     #[test]

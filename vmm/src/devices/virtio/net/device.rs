@@ -18,6 +18,7 @@ use super::{NetError, VNET_HDR_LEN};
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
 };
+use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
 
 pub const RXQ_INDEX: usize = 0;
 pub const TXQ_INDEX: usize = 1;
@@ -140,21 +141,36 @@ impl Net {
         }
     }
 
-    /// Whether the tap should be watched for frames (not while one waits for rx buffers).
+    /// Whether the tap should be watched for frames (not while one waits for rx buffers, nor
+    /// once the device needs a reset: nothing would read the tap and EPOLLIN would spin).
     pub(super) fn wants_tap_rx(&self) -> bool {
         self.rx_pending.is_none()
+            && !self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.interrupt.needs_reset())
     }
 
     /// Moves frames from the tap into rx chains until the tap is empty or the guest has no
-    /// buffers left (then the pending frame waits for the rx queue's kick).
+    /// buffers left (then the pending frame waits for the rx queue's kick). At most one queue's
+    /// worth per call; then the rx queue eventfd brings us back on the next loop turn.
     pub(super) fn process_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.interrupt.needs_reset() {
+            return;
+        }
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ_INDEX];
+        let mut budget = Budget::for_queue(queue);
         let mut used = false;
         loop {
+            // Counts tap reads too: a flood of runt frames is bounded the same way.
+            if !budget.take() {
+                resignal(&active.queue_events[RXQ_INDEX], "net");
+                break;
+            }
             let len = match self.rx_pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.rx_buf) {
@@ -176,8 +192,13 @@ impl Net {
                     }
                 },
             };
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                break;
+            let mut chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    mark_broken(&active.interrupt, "net", "rx", &e);
+                    break;
+                }
             };
             let head = chain.head_index();
             let used_len = match write_rx_chain(&mut chain, mem, &self.rx_buf[..len]) {
@@ -202,7 +223,12 @@ impl Net {
                 }
             };
             if let Err(e) = queue.add_used(mem, head, used_len) {
-                tracing::error!("net: rx add_used: {e}");
+                mark_broken(
+                    &active.interrupt,
+                    "net",
+                    "rx",
+                    &RingError::Used(format!("{e:?}")),
+                );
                 break;
             }
             used = true;
@@ -213,15 +239,32 @@ impl Net {
         }
     }
 
-    /// Sends every frame the guest queued on tx to the tap.
+    /// Sends the frames the guest queued on tx to the tap (at most one queue's worth per call;
+    /// then the tx queue eventfd brings us back on the next loop turn).
     pub(super) fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.interrupt.needs_reset() {
+            return;
+        }
         let mem = &active.mem;
         let queue = &mut active.queues[TXQ_INDEX];
+        let mut budget = Budget::for_queue(queue);
         let mut used = false;
-        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if !budget.take() {
+                resignal(&active.queue_events[TXQ_INDEX], "net");
+                break;
+            }
+            let mut chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    mark_broken(&active.interrupt, "net", "tx", &e);
+                    break;
+                }
+            };
             let head = chain.head_index();
             match read_tx_chain(&mut chain, mem, &mut self.tx_buf) {
                 Ok(len) => match self.tap.write_frame(&self.tx_buf[..len]) {
@@ -241,7 +284,12 @@ impl Net {
                 }
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                tracing::error!("net: tx add_used: {e}");
+                mark_broken(
+                    &active.interrupt,
+                    "net",
+                    "tx",
+                    &RingError::Used(format!("{e:?}")),
+                );
                 break;
             }
             used = true;

@@ -358,3 +358,36 @@ fn bad_tx_chains_are_dropped() {
     h.kick(TXQ_INDEX);
     assert!(wire.recv_matching(b"vpod-after-bad").is_some());
 }
+
+#[test]
+fn broken_tx_ring_needs_reset_and_stops_the_device() {
+    let (name, mut h) = setup();
+    let wire = Wire::open(&name);
+    let bufs: Vec<(u16, u64)> = (0..4).map(|_| give_rx(&mut h, 2048)).collect();
+    h.kick(RXQ_INDEX);
+    // 65 frames "queued" on a 64-entry tx queue.
+    h.guest.set_avail_idx(TXQ_INDEX, 65);
+    h.kick(TXQ_INDEX);
+    assert!(h.interrupt.needs_reset(), "DEVICE_NEEDS_RESET");
+    assert!(h.guest.take_used(TXQ_INDEX).is_empty());
+    // Stopped: frames from the wire stay on the tap, and the tap isn't watched (no busy loop).
+    wire.send(&frame(MAC, PEER_MAC, b"vpod-after-broken"));
+    h.run();
+    assert!(rx_frames_matching(&mut h, &bufs, b"vpod-after-broken").is_empty());
+    assert_eq!(h.em.run_with_timeout(50).unwrap(), 0, "event loop idle");
+}
+
+#[test]
+fn broken_rx_ring_needs_reset() {
+    let (name, mut h) = setup();
+    let wire = Wire::open(&name);
+    give_rx(&mut h, 2048);
+    let idx = h.guest.avail_idx(RXQ_INDEX);
+    h.guest.set_avail_idx(RXQ_INDEX, idx.wrapping_add(200));
+    h.kick(RXQ_INDEX);
+    wire.send(&frame(MAC, PEER_MAC, b"vpod-broken-rx"));
+    h.run();
+    assert!(h.interrupt.needs_reset(), "DEVICE_NEEDS_RESET");
+    assert!(h.guest.take_used(RXQ_INDEX).is_empty());
+    assert_eq!(h.em.run_with_timeout(50).unwrap(), 0, "event loop idle");
+}

@@ -12,6 +12,7 @@ use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
 };
+use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
 
 pub(super) struct Active {
     pub mem: GuestMemory,
@@ -89,18 +90,42 @@ impl Rng {
         written
     }
 
+    /// Fills available buffers (at most one queue's worth per call; see `devices::virtio::queue`).
     pub fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
+        if active.interrupt.needs_reset() {
+            return;
+        }
         let mem = &active.mem;
         let queue = &mut active.queue;
+        let mut budget = Budget::for_queue(queue);
         let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if budget.spent() {
+                resignal(&active.queue_evt, "rng");
+                break;
+            }
+            let chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    mark_broken(&active.interrupt, "rng", "request", &e);
+                    break;
+                }
+            };
+            budget.take();
             let head = chain.head_index();
             let len = Self::fill(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
-                tracing::warn!("rng: add_used: {e:?}");
+                mark_broken(
+                    &active.interrupt,
+                    "rng",
+                    "request",
+                    &RingError::Used(format!("{e:?}")),
+                );
+                break;
             }
             used_any = true;
         }
@@ -166,6 +191,7 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::queue::tests::within;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -195,6 +221,48 @@ mod tests {
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    #[test]
+    fn broken_avail_ring_needs_reset_instead_of_hanging() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        vq.add_desc_chains(&[d(0x10_0000, 64, W, 0)], 0).unwrap();
+        vq.avail().idx().store(17);
+        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mut rng = Rng::new().unwrap();
+        rng.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![vq.create_queue::<Queue>().unwrap()],
+            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
+            interrupt: irq.clone(),
+        })
+        .unwrap();
+        within(std::time::Duration::from_secs(5), move || {
+            rng.process_queue()
+        });
+        assert!(irq.needs_reset());
+        assert_eq!(vq.used().idx().load(), 0);
+    }
+
+    #[test]
+    fn one_queue_worth_per_call_then_resignal() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 4);
+        let chains: Vec<_> = (0..4).map(|i| d(0x10_0000 + i * 64, 8, W, 0)).collect();
+        vq.add_desc_chains(&chains, 0).unwrap();
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut rng = Rng::new().unwrap();
+        rng.activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![vq.create_queue::<Queue>().unwrap()],
+            queue_events: vec![evt.try_clone().unwrap()],
+            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
+        })
+        .unwrap();
+        rng.process_queue();
+        assert_eq!(vq.used().idx().load(), 4);
+        assert_eq!(evt.read().unwrap(), 1, "budget spent: run again next turn");
     }
 
     #[test]

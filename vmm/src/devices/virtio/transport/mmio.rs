@@ -188,7 +188,14 @@ impl MmioTransport {
                 .get(self.queue_sel as usize)
                 .map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
-            REG_STATUS => self.status,
+            REG_STATUS => {
+                // A device that found its queues broken flags it on the shared interrupt.
+                if self.interrupt.needs_reset() {
+                    self.status | S_NEEDS_RESET
+                } else {
+                    self.status
+                }
+            }
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
                 tracing::debug!("virtio-mmio: read of unknown register {offset:#x}");
@@ -369,6 +376,7 @@ impl MmioTransport {
         self.features_rejected = false;
         self.queue_sel = 0;
         self.status = 0;
+        self.interrupt.clear_needs_reset();
         self.interrupt.ack(u32::MAX);
     }
 }
@@ -678,5 +686,28 @@ pub(crate) mod tests {
         );
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), S_FAILED);
+    }
+
+    #[test]
+    fn device_needs_reset_shows_in_status_until_reset() {
+        let (mut t, dev) = setup();
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        let ok = S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
+        w(&mut t, REG_STATUS, ok);
+        assert_eq!(r(&mut t, REG_STATUS), ok);
+        // The device (on the event loop) finds a broken ring.
+        let irq = dev.lock().unwrap().ctx.as_ref().unwrap().interrupt.clone();
+        irq.set_needs_reset().unwrap();
+        assert_eq!(r(&mut t, REG_STATUS), ok | S_NEEDS_RESET);
+        assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
+        // A driver reset clears it, and the device can be brought up again.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert!(!irq.needs_reset());
+        negotiate(&mut t);
+        setup_queue(&mut t, 0, 0x1_0000);
+        w(&mut t, REG_STATUS, ok);
+        assert_eq!(r(&mut t, REG_STATUS), ok);
     }
 }

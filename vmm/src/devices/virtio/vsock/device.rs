@@ -15,6 +15,7 @@ use super::VsockError;
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
 };
+use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
 
 pub const RXQ_INDEX: usize = 0;
 pub const TXQ_INDEX: usize = 1;
@@ -96,15 +97,32 @@ impl Vsock {
         }
     }
 
-    /// Handles every packet the guest queued on tx. Returns whether any buffer was used.
+    /// Handles the packets the guest queued on tx (at most one queue's worth per call; then the tx
+    /// queue eventfd brings us back on the next loop turn). Returns whether any buffer was used.
     pub(super) fn process_tx(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
+        if active.interrupt.needs_reset() {
+            return false;
+        }
         let mem = &active.mem;
         let queue = &mut active.queues[TXQ_INDEX];
+        let mut budget = Budget::for_queue(queue);
         let mut used = false;
-        while let Some(mut chain) = queue.pop_descriptor_chain(mem) {
+        loop {
+            if !budget.take() {
+                resignal(&active.queue_events[TXQ_INDEX], "vsock");
+                break;
+            }
+            let mut chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    mark_broken(&active.interrupt, "vsock", "tx", &e);
+                    break;
+                }
+            };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => {
@@ -118,7 +136,12 @@ impl Vsock {
                 Err(e) => tracing::debug!("vsock: dropping bad tx chain: {e}"),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                tracing::error!("vsock: tx add_used: {e}");
+                mark_broken(
+                    &active.interrupt,
+                    "vsock",
+                    "tx",
+                    &RingError::Used(format!("{e:?}")),
+                );
                 break;
             }
             used = true;
@@ -130,18 +153,32 @@ impl Vsock {
         used
     }
 
-    /// Fills rx buffers with what the muxer has for the guest. Returns whether any was used.
+    /// Fills rx buffers with what the muxer has for the guest (at most one queue's worth per
+    /// call; then the rx queue eventfd brings us back). Returns whether any was used.
     pub(super) fn process_rx(&mut self) -> bool {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
+        if active.interrupt.needs_reset() {
+            return false;
+        }
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ_INDEX];
+        let mut budget = Budget::for_queue(queue);
         let mut used = false;
         while self.muxer.has_rx() {
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                // No buffers: the guest's next rx kick brings us back.
+            if !budget.take() {
+                resignal(&active.queue_events[RXQ_INDEX], "vsock");
                 break;
+            }
+            let mut chain = match pop_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                // No buffers: the guest's next rx kick brings us back.
+                Ok(None) => break,
+                Err(e) => {
+                    mark_broken(&active.interrupt, "vsock", "rx", &e);
+                    break;
+                }
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
@@ -157,6 +194,13 @@ impl Vsock {
                             }
                             (PKT_HEADER_SIZE + n) as u32
                         }
+                        None if cap == 0 => {
+                            // A buffer with no room for data (Linux never posts one) while a
+                            // connection only has data: unusable, return it empty (as a bad
+                            // chain) so that the guest's next buffers get the data.
+                            tracing::debug!("vsock: dropping rx chain without data room");
+                            0
+                        }
                         None => {
                             // Nothing to send after all: give the buffer back.
                             queue.go_to_previous_position();
@@ -170,7 +214,12 @@ impl Vsock {
                 }
             };
             if let Err(e) = queue.add_used(mem, head, len) {
-                tracing::error!("vsock: rx add_used: {e}");
+                mark_broken(
+                    &active.interrupt,
+                    "vsock",
+                    "rx",
+                    &RingError::Used(format!("{e:?}")),
+                );
                 break;
             }
             used = true;

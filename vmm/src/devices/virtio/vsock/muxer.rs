@@ -185,11 +185,16 @@ impl Muxer {
     }
 
     /// The next packet for the guest, payload read into `buf` (at most `buf.len()` bytes).
+    ///
+    /// Each connection on the rx list gets at most one turn per call: one that has something but
+    /// nothing for this `buf` (only data, and a buffer with no room for any) goes back on the list
+    /// and `None` comes back, instead of going round forever.
     pub fn next_rx(&mut self, buf: &mut [u8]) -> Option<(Header, usize)> {
         if let Some(hdr) = self.rst_queue.pop_front() {
             return Some((hdr, 0));
         }
-        while let Some(key) = self.rxq.pop_front() {
+        for _ in 0..self.rxq.len() {
+            let key = self.rxq.pop_front()?;
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;
             };

@@ -136,6 +136,20 @@ impl Guest {
             .unwrap();
     }
 
+    /// Writes `idx` into queue `q`'s avail.idx as is (a driver lying about its ring).
+    pub fn set_avail_idx(&mut self, q: usize, idx: u16) {
+        let r = &mut self.rings[q];
+        r.avail_idx = idx;
+        self.mem
+            .write_obj(idx.to_le(), GuestAddress(r.avail + 2))
+            .unwrap();
+    }
+
+    /// The avail.idx the driver published last on queue `q`.
+    pub fn avail_idx(&self, q: usize) -> u16 {
+        self.rings[q].avail_idx
+    }
+
     /// New used elements (head, len) on queue `q` since the last call.
     pub fn take_used(&mut self, q: usize) -> Vec<(u16, u32)> {
         let mem = &self.mem;
@@ -170,6 +184,7 @@ pub struct Harness<D: VirtioDevice + MutEventSubscriber + 'static> {
     pub guest: Guest,
     pub queue_evts: Vec<EventFd>,
     pub irq: EventFd,
+    pub interrupt: Arc<Interrupt>,
 }
 
 impl<D: VirtioDevice + MutEventSubscriber + 'static> Harness<D> {
@@ -183,11 +198,12 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> Harness<D> {
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
         let ctx = ActivateContext {
             mem: guest.mem.clone(),
             queues,
             queue_events: queue_evts.iter().map(|e| e.try_clone().unwrap()).collect(),
-            interrupt: Arc::new(Interrupt::new(irq.try_clone().unwrap())),
+            interrupt: interrupt.clone(),
         };
         dev.lock().unwrap().activate(ctx).unwrap();
         let mut h = Self {
@@ -196,6 +212,7 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> Harness<D> {
             guest,
             queue_evts,
             irq,
+            interrupt,
         };
         h.run();
         assert!(h.dev.lock().unwrap().is_activated());

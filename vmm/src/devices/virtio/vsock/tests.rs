@@ -655,3 +655,59 @@ fn throughput() {
         (TOTAL >> 20) as f64 / secs
     );
 }
+
+/// An rx chain whose writable part has no room for data (a header descriptor plus a 0-length
+/// one), posted while a host peer has unread data: the device must neither spin nor stall the
+/// data for the guest's next, real buffer.
+#[test]
+fn rx_chain_without_data_room_does_not_hang() {
+    let (_dir, uds, mut h) = setup("zerorx");
+    give_rx(&mut h, 1);
+    let (mut host, req) = host_connect(&mut h, &uds, 1234);
+    let local = req.src_port;
+    send(&mut h, from_guest(1234, local, VSOCK_OP_RESPONSE), &[]);
+    assert_eq!(read_line(&mut host), format!("OK {local}"));
+    // No rx buffers left; the host writes and the data waits.
+    host.write_all(b"unread host data").unwrap();
+    h.run();
+    assert!(recv(&mut h).is_empty());
+
+    let hs = PKT_HEADER_SIZE as u32;
+    let hdr = h.guest.alloc(hs);
+    let data = h.guest.alloc(16);
+    let bad = h
+        .guest
+        .add_chain(RXQ_INDEX, &[(hdr, hs, true), (data, 0, true)]);
+    let mut h = super::super::queue::tests::within(Duration::from_secs(5), move || {
+        h.kick(RXQ_INDEX);
+        h
+    });
+    assert_eq!(
+        h.guest.take_used(RXQ_INDEX),
+        [(bad, 0)],
+        "unusable: returned empty"
+    );
+    // The next real buffer gets the data.
+    give_rx(&mut h, 1);
+    let pkts = recv(&mut h);
+    assert_eq!(pkts.len(), 1, "{pkts:?}");
+    assert_eq!(pkts[0].0.op, VSOCK_OP_RW);
+    assert_eq!(pkts[0].1, b"unread host data");
+}
+
+#[test]
+fn broken_rings_need_reset_and_stop_the_device() {
+    for q in [TXQ_INDEX, RXQ_INDEX] {
+        let (_dir, uds, mut h) = setup(&format!("broken{q}"));
+        // 65 entries "available" on a 64-entry queue.
+        h.guest.set_avail_idx(q, 65);
+        h.kick(q);
+        // The rx queue is only popped with something to deliver: a host connection.
+        let mut host = UnixStream::connect(&uds).unwrap();
+        host.write_all(b"CONNECT 5\n").unwrap();
+        h.run();
+        assert!(h.interrupt.needs_reset(), "queue {q}: DEVICE_NEEDS_RESET");
+        assert!(h.guest.take_used(q).is_empty());
+        assert_eq!(h.em.run_with_timeout(50).unwrap(), 0, "queue {q}: idle");
+    }
+}

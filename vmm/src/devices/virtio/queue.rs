@@ -1,0 +1,216 @@
+//! Taking descriptor chains from a queue the guest controls, for every device.
+//!
+//! The avail ring is guest memory: a driver (buggy or hostile) can set `avail.idx` to anything.
+//! virtio-queue refuses an index more than the queue size ahead of ours (it logs and pops
+//! nothing), but `enable_notification` still reports "more available", so a device looping on
+//! "pop until empty, re-enable, pop again" spins forever. [`pop_chain`] tells "empty" apart from
+//! "broken": a broken ring puts the device in DEVICE_NEEDS_RESET (virtio 1.2 §2.1.2, see
+//! [`Interrupt::set_needs_reset`]) and devices stop touching its queues until the driver resets.
+//!
+//! Work per event is bounded too: a device handles at most one queue size of chains per event
+//! ([`Budget`]), then signals its own queue eventfd so the event loop comes back to the rest after
+//! serving every other device (and noticing a stop request).
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{GuestMemory, Interrupt};
+
+/// A chain popped from a queue.
+pub type Chain<'a> = DescriptorChain<&'a GuestMemory>;
+
+/// Why a queue can't be used any more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error(
+        "avail.idx {avail} is {ahead} entries ahead of the device's {next} (queue size {size})"
+    )]
+    AvailIdx {
+        avail: u16,
+        next: u16,
+        ahead: u16,
+        size: u16,
+    },
+    #[error("reading the avail ring: {0}")]
+    Read(String),
+    #[error("avail ring entry names descriptor {head}, outside the queue (size {size})")]
+    Head { head: u16, size: u16 },
+    #[error("updating the used ring: {0}")]
+    Used(String),
+}
+
+/// The next chain the driver made available: `Ok(None)` if there is none, `Err` if the ring is
+/// inconsistent (the caller must stop using the queue: see [`mark_broken`]).
+pub fn pop_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemory,
+) -> Result<Option<Chain<'a>>, RingError> {
+    let size = queue.size();
+    let next = queue.next_avail();
+    let avail = queue
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|e| RingError::Read(format!("{e:?}")))?;
+    let ahead = (avail - Wrapping(next)).0;
+    if ahead == 0 {
+        return Ok(None);
+    }
+    if ahead > size {
+        return Err(RingError::AvailIdx {
+            avail: avail.0,
+            next,
+            ahead,
+            size,
+        });
+    }
+    // The driver may move avail.idx again between our read and the queue's own: pop_descriptor_chain
+    // then refuses it the same way, which is just as broken.
+    let chain = queue
+        .pop_descriptor_chain(mem)
+        .ok_or_else(|| RingError::Read("the avail ring entry could not be read".into()))?;
+    let head = chain.head_index();
+    if head >= size {
+        return Err(RingError::Head { head, size });
+    }
+    Ok(Some(chain))
+}
+
+/// Puts the device in DEVICE_NEEDS_RESET because of `err` on its queue `queue` (logged once: the
+/// device stops processing, so nothing more is logged until the driver resets it).
+pub fn mark_broken(interrupt: &Interrupt, device: &str, queue: &str, err: &RingError) {
+    if interrupt.needs_reset() {
+        tracing::debug!("{device}: {queue} queue: {err}");
+        return;
+    }
+    tracing::warn!("{device}: {queue} queue is broken, device needs a reset: {err}");
+    if let Err(e) = interrupt.set_needs_reset() {
+        tracing::warn!("{device}: raising the config interrupt: {e}");
+    }
+}
+
+/// How many chains one event may still handle on one queue.
+#[derive(Debug)]
+pub struct Budget(u16);
+
+impl Budget {
+    /// One queue's worth: everything a well-behaved driver can have made available at once.
+    pub fn for_queue(queue: &Queue) -> Self {
+        Self(queue.size().max(1))
+    }
+
+    /// Takes one unit; false when the budget is spent.
+    pub fn take(&mut self) -> bool {
+        if self.0 == 0 {
+            return false;
+        }
+        self.0 -= 1;
+        true
+    }
+
+    pub fn spent(&self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Asks the event loop to come back to this queue on a later turn (the budget ran out).
+pub fn resignal(evt: &EventFd, device: &str) {
+    if let Err(e) = evt.write(1) {
+        tracing::warn!("{device}: re-signalling the queue eventfd: {e}");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    /// Runs `f` on its own thread and returns its result, or fails the test if it takes longer
+    /// than `limit` (a device that spins: the thread is left behind, the test still ends).
+    pub(crate) fn within<T: Send + 'static>(
+        limit: std::time::Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(v) => v,
+            Err(e) => panic!("device did not return within {limit:?} ({e}): it hangs"),
+        }
+    }
+
+    fn mem() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    #[test]
+    fn empty_chain_and_broken_index() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let mut q = vq.create_queue::<Queue>().unwrap();
+        assert_eq!(pop_chain(&mut q, &m).unwrap().map(|c| c.head_index()), None);
+        let d = RawDescriptor::from(SplitDescriptor::new(
+            0x8_0000,
+            8,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ));
+        vq.add_desc_chains(&[d], 0).unwrap();
+        assert_eq!(
+            pop_chain(&mut q, &m).unwrap().map(|c| c.head_index()),
+            Some(0)
+        );
+        assert!(pop_chain(&mut q, &m).unwrap().is_none());
+        // 17 ahead on a 16-entry queue.
+        vq.avail().idx().store(1 + 17);
+        assert_eq!(
+            pop_chain(&mut q, &m).unwrap_err(),
+            RingError::AvailIdx {
+                avail: 18,
+                next: 1,
+                ahead: 17,
+                size: 16
+            }
+        );
+        // Exactly a queue's worth ahead is fine; a head outside the table is not.
+        vq.avail().idx().store(1 + 16);
+        vq.avail().ring().ref_at(1).unwrap().store(u16::to_le(16));
+        assert_eq!(
+            pop_chain(&mut q, &m).unwrap_err(),
+            RingError::Head { head: 16, size: 16 }
+        );
+    }
+
+    #[test]
+    fn needs_reset_is_flagged_once_with_a_config_interrupt() {
+        let irq = Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
+        assert!(!irq.needs_reset());
+        let err = RingError::Read("x".into());
+        mark_broken(&irq, "test", "q", &err);
+        assert!(irq.needs_reset());
+        assert_eq!(irq.status(), super::super::device::VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(irq.irqfd().read().unwrap(), 1);
+        mark_broken(&irq, "test", "q", &err);
+        assert!(irq.irqfd().read().is_err(), "raised only once");
+        irq.clear_needs_reset();
+        assert!(!irq.needs_reset());
+    }
+
+    #[test]
+    fn budget_counts_down() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 4);
+        let q = vq.create_queue::<Queue>().unwrap();
+        let mut b = Budget::for_queue(&q);
+        assert!((0..4).all(|_| b.take()));
+        assert!(b.spent());
+        assert!(!b.take());
+    }
+}
