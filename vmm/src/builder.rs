@@ -254,7 +254,8 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
             Ok(h) => handles.push(h),
             Err(e) => {
                 running.vcpus = handles;
-                running.teardown();
+                // Errors are logged by teardown; the start error is the one to report.
+                let _ = running.teardown();
                 return Err(e.into());
             }
         }

@@ -1,9 +1,15 @@
 //! The VMM's event-loop thread: one `EventManager` with every device as a subscriber, plus a stop
 //! eventfd. Queue processing happens here; vCPU threads only touch the transport registers.
+//!
+//! Stopping is bounded whatever the guest does: devices do bounded work per event (see
+//! `devices::virtio::queue`), no event is dispatched to a device once a stop was requested, and
+//! [`EventLoop::stop`] waits for the thread only until a deadline; a thread that doesn't finish
+//! (a device stuck in a call) is detached and reported instead of blocking teardown forever.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -19,6 +25,31 @@ pub enum EventLoopError {
     EventFd(#[source] std::io::Error),
     #[error("spawning the event loop thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("the event loop thread did not stop within {0:?}; detached")]
+    StopTimeout(Duration),
+}
+
+/// How long [`EventLoop::stop`] waits for the thread.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A device as the event manager sees it: events are no longer passed on once stop is requested
+/// (the loop then exits after the current batch instead of serving devices again).
+struct Guarded {
+    inner: Subscriber,
+    stop: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Guarded {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.inner.init(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        self.inner.process(events, ops);
+    }
 }
 
 struct Stopper {
@@ -42,14 +73,16 @@ impl MutEventSubscriber for Stopper {
 pub struct EventLoop {
     thread: Option<JoinHandle<()>>,
     stop_evt: EventFd,
+    stop: Arc<AtomicBool>,
 }
 
 impl EventLoop {
     pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
         let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
+        let stop_flag = Arc::new(AtomicBool::new(false));
         let stopper = Stopper {
             evt: stop_evt.try_clone().map_err(EventLoopError::EventFd)?,
-            stop: Arc::new(AtomicBool::new(false)),
+            stop: stop_flag.clone(),
         };
         let (tx, rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -57,16 +90,19 @@ impl EventLoop {
             .stack_size(crate::THREAD_STACK_SIZE)
             .spawn(move || {
                 let stop = stopper.stop.clone();
-                let mut em = match EventManager::<Subscriber>::new() {
+                let mut em = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
                     Ok(em) => em,
                     Err(e) => {
                         let _ = tx.send(Err(e.to_string()));
                         return;
                     }
                 };
-                em.add_subscriber(Arc::new(Mutex::new(stopper)));
-                for s in subscribers {
-                    em.add_subscriber(s);
+                em.add_subscriber(Box::new(stopper));
+                for inner in subscribers {
+                    em.add_subscriber(Box::new(Guarded {
+                        inner,
+                        stop: stop.clone(),
+                    }));
                 }
                 let _ = tx.send(Ok(()));
                 while !stop.load(Ordering::SeqCst) {
@@ -81,6 +117,7 @@ impl EventLoop {
             Ok(Ok(())) => Ok(Self {
                 thread: Some(thread),
                 stop_evt,
+                stop: stop_flag,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -93,18 +130,42 @@ impl EventLoop {
         }
     }
 
-    /// Stops and joins the thread; subscribers (devices) are dropped with the manager.
-    pub fn stop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = self.stop_evt.write(1);
-            let _ = t.join();
+    /// Asks the thread to stop (returns at once; see [`EventLoop::join_until`]).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the thread if it waits in epoll.
+        let _ = self.stop_evt.write(1);
+    }
+
+    /// Waits for the thread until `deadline`; past it the thread is detached (it and the devices
+    /// it holds leak) and an error returned. Subscribers are dropped with the manager.
+    pub fn join_until(&mut self, deadline: Instant) -> Result<(), EventLoopError> {
+        let Some(t) = self.thread.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                let waited = started.elapsed();
+                tracing::error!("event loop thread did not stop within {waited:?}; detaching it");
+                return Err(EventLoopError::StopTimeout(waited));
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
+        let _ = t.join();
+        Ok(())
+    }
+
+    /// Stops and joins the thread, waiting at most [`STOP_TIMEOUT`].
+    pub fn stop(&mut self) -> Result<(), EventLoopError> {
+        self.request_stop();
+        self.join_until(Instant::now() + STOP_TIMEOUT)
     }
 }
 
 impl Drop for EventLoop {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -143,7 +204,83 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(hits.load(Ordering::SeqCst), 1);
-        el.stop();
-        el.stop();
+        let _ = el.stop();
+        let _ = el.stop();
+    }
+
+    /// A device stuck inside `process` (until `release`).
+    struct Stuck {
+        evt: EventFd,
+        entered: Arc<AtomicBool>,
+        release: Arc<AtomicBool>,
+    }
+    impl MutEventSubscriber for Stuck {
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
+        }
+        fn process(&mut self, _: Events, _: &mut EventOps) {
+            self.entered.store(true, Ordering::SeqCst);
+            while !self.release.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    #[test]
+    fn stop_is_bounded_when_a_device_hangs() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let entered = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
+        let stuck = Stuck {
+            evt: evt.try_clone().unwrap(),
+            entered: entered.clone(),
+            release: release.clone(),
+        };
+        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(stuck))]).unwrap();
+        evt.write(1).unwrap();
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            let r = el.stop();
+            let _ = tx.send(r.is_err());
+        });
+        let timed_out = rx.recv_timeout(Duration::from_secs(10));
+        release.store(true, Ordering::SeqCst);
+        assert_eq!(
+            timed_out,
+            Ok(true),
+            "stop must return (with an error) in bounded time"
+        );
+        assert!(started.elapsed() < STOP_TIMEOUT + Duration::from_secs(1));
+    }
+
+    /// A device whose fd is always ready (it re-arms itself on every event).
+    struct Busy {
+        evt: EventFd,
+    }
+    impl MutEventSubscriber for Busy {
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::new(&self.evt, EventSet::IN)).unwrap();
+        }
+        fn process(&mut self, _: Events, _: &mut EventOps) {
+            let _ = self.evt.write(1);
+        }
+    }
+
+    #[test]
+    fn stop_is_reached_with_a_device_that_is_always_ready() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let busy = Busy {
+            evt: evt.try_clone().unwrap(),
+        };
+        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(busy))]).unwrap();
+        evt.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        el.stop().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -77,27 +77,45 @@ pub(crate) struct Running {
     pub vm: Vm,
 }
 
+/// How long teardown waits for the VM's threads, whatever the guest did.
+pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Running {
-    /// Stops vCPUs (signal + immediate_exit, re-kicked until they are out), joins every thread.
-    pub fn teardown(mut self) {
+    /// Stops vCPUs (signal + immediate_exit, re-kicked until they are out) and the event loop,
+    /// joins every thread that finished by the deadline ([`TEARDOWN_TIMEOUT`]) and detaches the
+    /// others (logged, returned as an error count): it never blocks longer than that.
+    pub fn teardown(mut self) -> Result<(), usize> {
         self.stop.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // The event loop is told first: a vCPU may be waiting for a device lock it holds.
+        self.event_loop.request_stop();
+        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
         while self.vcpus.iter().any(|v| !v.is_finished()) && Instant::now() < deadline {
             for v in &self.vcpus {
                 v.kick();
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        let mut stuck = 0;
         for v in self.vcpus.drain(..) {
             if v.is_finished() {
                 v.join();
             } else {
                 tracing::error!("a vCPU thread did not stop; leaking it");
+                stuck += 1;
             }
         }
-        self.event_loop.stop();
+        // At least a moment for the event loop even if the vCPUs used up the deadline.
+        let loop_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+        if self.event_loop.join_until(loop_deadline).is_err() {
+            stuck += 1;
+        }
         // VM fd, vCPU fds (closed by their threads) and memory go with `self`.
         drop(self.vm);
+        if stuck == 0 {
+            Ok(())
+        } else {
+            Err(stuck)
+        }
     }
 }
 
@@ -149,7 +167,11 @@ impl RunningVm {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(r) = running {
-            r.teardown();
+            if let Err(n) = r.teardown() {
+                tracing::error!(
+                    "VM teardown: {n} thread(s) did not stop in time and were detached"
+                );
+            }
         }
         self.outcome
             .lock()
@@ -204,7 +226,11 @@ impl Drop for RunningVm {
             .take()
         {
             self.exit.signal(ExitEvent::Stop);
-            r.teardown();
+            if let Err(n) = r.teardown() {
+                tracing::error!(
+                    "VM teardown: {n} thread(s) did not stop in time and were detached"
+                );
+            }
         }
     }
 }
