@@ -186,6 +186,7 @@ async fn lib_run(f: &Files, disk: &Path, dir: &Path, i: usize) -> Result<LibRun,
     let pod = Pod::boot(PodConfig {
         id: format!("bench-{i}"),
         dir: dir.join(format!("pod-{i}")),
+        ephemeral_dir: None,
         kernel: f.kernel.clone(),
         initrd: f.initrd.clone(),
         vcpus: size.vcpus,

@@ -32,6 +32,12 @@ const IMAGE_SERIAL: &str = "img0";
 /// How long SIGTERM/`vpod stop` lets the container wind down.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--ephemeral-dir`'s default.
+pub const DEFAULT_EPHEMERAL_DIR: &str = "/var/lib/vpod/ephemeral";
+
+fn default_ephemeral_dir() -> PathBuf {
+    DEFAULT_EPHEMERAL_DIR.into()
+}
 
 #[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
 pub struct RunArgs {
@@ -44,6 +50,11 @@ pub struct RunArgs {
     /// Size of the pod's ephemeral disk (writable layer, emptyDirs).
     #[arg(long, default_value = "1Gi")]
     pub ephemeral_storage: String,
+    /// Where pods' ephemeral disks go, one dir per pod (a real disk: every block the guest
+    /// writes lands there, so not a tmpfs such as /run).
+    #[arg(long, env = "VPOD_EPHEMERAL_DIR", default_value = DEFAULT_EPHEMERAL_DIR)]
+    #[serde(default = "default_ephemeral_dir")]
+    pub ephemeral_dir: PathBuf,
     /// NAME=DIR[:DEST]: the files of host DIR as a secret in guest RAM,
     /// mounted read-only at DEST (default /run/secrets/NAME); re-pushed when
     /// they change.
@@ -322,6 +333,7 @@ fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Plan, 
         pod: PodConfig {
             id: id.into(),
             dir: vm_dir.to_path_buf(),
+            ephemeral_dir: Some(args.ephemeral_dir.join(id)),
             kernel: args.kernel.clone(),
             initrd: args.initrd.clone(),
             vcpus: size.vcpus,

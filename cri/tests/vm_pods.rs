@@ -468,6 +468,7 @@ fn pod_config(env: &Env, images: Vec<ImageDisk>, slots: usize) -> PodConfig {
     PodConfig {
         id: "lib-pod".into(),
         dir: env.dir.join("pod"),
+        ephemeral_dir: None,
         kernel: guest_file("vmlinux"),
         initrd: guest_file("initramfs.cpio"),
         vcpus: 1,

@@ -4,6 +4,7 @@
 //! ENOSPC for the writer in the guest, never a host problem (the file
 //! cannot grow past its size).
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -38,10 +39,14 @@ pub fn create(path: &Path, bytes: u64) -> Result<(), EphemeralError> {
         path: path.display().to_string(),
         source,
     };
+    // What the guest writes is the pod's alone: 0600 whatever the umask.
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
+        .map_err(create_err)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(create_err)?;
     f.set_len(bytes).map_err(create_err)?;
     drop(f);
@@ -89,6 +94,11 @@ mod tests {
             md.blocks() * 512 < 16 << 20,
             "not sparse: {} blocks",
             md.blocks()
+        );
+        assert_eq!(
+            md.mode() & 0o777,
+            0o600,
+            "issue 12 item 8: only root reads it"
         );
         let magic = std::fs::read(&p).unwrap();
         // ext2/3/4 superblock magic at 1024 + 56.

@@ -148,11 +148,13 @@ pub fn container_plan(
                 mounts.push(volume(vname));
             }
             MountKind::RuntimeFile { source } => {
-                let data = std::fs::read(source).map_err(|e| OciError::Read {
-                    path: source.clone(),
-                    destination: destination.clone(),
-                    source: e,
-                })?;
+                let cap = crate::volumes::MAX_VOLUME_BYTES;
+                let data =
+                    crate::volumes::read_file_capped(source, cap).map_err(|e| OciError::Read {
+                        path: source.clone(),
+                        destination: destination.clone(),
+                        source: e,
+                    })?;
                 let file = source
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -346,6 +348,8 @@ mod tests {
         let root = std::env::temp_dir().join(format!("vpod-oci-{}", std::process::id()));
         let secret = root.join("pods/uid1/volumes/kubernetes.io~secret/tok");
         std::fs::create_dir_all(&secret).unwrap();
+        std::fs::create_dir_all(root.join("pods/uid1/volumes/kubernetes.io~empty-dir/cache"))
+            .unwrap();
         let mounts = format!(
             r#"{{"destination":"/proc","type":"proc","source":"proc"}},
                {{"destination":"/etc/secret","type":"bind","source":"{}","options":["rbind","ro"]}},
@@ -354,7 +358,13 @@ mod tests {
             root.display()
         );
         let spec = spec_json(&mounts, NS);
-        let plan = container_plan("c1", &spec, "img0", &MountClassifier::new(&root)).unwrap();
+        let plan = container_plan(
+            "c1",
+            &spec,
+            "img0",
+            &MountClassifier::new(&root).for_pod(Some("uid1"), None),
+        )
+        .unwrap();
         let r = &plan.request;
         let p = r.process.as_ref().unwrap();
         assert_eq!(

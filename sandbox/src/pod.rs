@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! PodConfig ──boot──► Pod { vm, agent } ──create/start/exec/...──► vpod-init
-//!                      │ state dir: ephemeral.img, slot-N.img, vsock.sock, console.log
-//!                      └ Drop: stops the VM, deletes the state dir
+//!                      │ state dir: slot-N.img, vsock.sock, console.log
+//!                      │ disk dir:  ephemeral.img (a real disk, not the tmpfs of /run)
+//!                      └ Drop: stops the VM, deletes both dirs
 //! ```
+//!
+//! Both dirs are 0700 and every file in them 0600, whatever the umask: they hold what the
+//! guest writes (its disk, its console) and the socket that drives it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,7 +44,7 @@ pub enum PodError {
     NoKernel(PathBuf),
     #[error("guest initramfs {0} not found (build it with `make guest`, or pass --initrd)")]
     NoInitrd(PathBuf),
-    #[error("pod {id}: state directory {path} already exists (is the pod running? `vpod rm` it)")]
+    #[error("pod {id}: directory {path} already exists (is the pod running? `vpod rm` it)")]
     Exists { id: String, path: PathBuf },
     #[error("pod {id}: {op}: {source}")]
     Io {
@@ -86,7 +90,7 @@ pub enum PodError {
     Oci {
         id: String,
         container: String,
-        source: crate::oci::OciError,
+        source: Box<crate::oci::OciError>,
     },
     #[error("pod {id}: container {container}: {source}")]
     HostVolume {
@@ -98,6 +102,12 @@ pub enum PodError {
     Net {
         id: String,
         source: crate::net::NetError,
+    },
+    #[error("pod {id}: netns {netns} is refused: {why}")]
+    NetnsRefused {
+        id: String,
+        netns: PathBuf,
+        why: String,
     },
     #[error("pod {id}: enter netns {netns}: {source}")]
     Netns {
@@ -123,8 +133,12 @@ pub struct ImageDisk {
 #[derive(Debug, Clone)]
 pub struct PodConfig {
     pub id: String,
-    /// The pod's state directory (created; must not exist).
+    /// The pod's state directory (created 0700; must not exist).
     pub dir: PathBuf,
+    /// Where the ephemeral disk goes: a directory made for this pod (0700; must not exist;
+    /// removed with the pod) on a real disk, since every block the guest writes lands in it.
+    /// `None`: in the state directory.
+    pub ephemeral_dir: Option<PathBuf>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub vcpus: u8,
@@ -159,6 +173,7 @@ struct Slot {
 pub struct Pod {
     id: String,
     dir: PathBuf,
+    ephemeral_dir: Option<PathBuf>,
     vm: Arc<RunningVm>,
     exit: watch::Receiver<Option<VmExit>>,
     agent: AgentClient<Channel>,
@@ -215,58 +230,18 @@ impl Pod {
         if !cfg.initrd.is_file() {
             return Err(PodError::NoInitrd(cfg.initrd));
         }
-        if cfg.dir.exists() {
-            return Err(PodError::Exists {
-                id,
-                path: cfg.dir.clone(),
-            });
+        if let Some(n) = &cfg.net {
+            // Only a named netns CNI made: the VMM's tap goes there, and tc plumbs its veth.
+            crate::policy::check_netns_path(&n.netns).map_err(|why| PodError::NetnsRefused {
+                id: id.clone(),
+                netns: n.netns.clone(),
+                why,
+            })?;
         }
-        std::fs::create_dir_all(&cfg.dir).map_err(|source| PodError::Io {
-            id: id.clone(),
-            op: format!("create {}", cfg.dir.display()),
-            source,
-        })?;
-        // From here on the directory is ours to remove on failure.
-        let cleanup = DirGuard(Some(cfg.dir.clone()));
         let mut times = BootTimes::default();
         let t0 = Instant::now();
-        let eph = paths::ephemeral(&cfg.dir);
-        ephemeral::create(&eph, cfg.ephemeral_bytes).map_err(|source| PodError::Ephemeral {
-            id: id.clone(),
-            source,
-        })?;
-        let mut disks = vec![DiskConfig {
-            path: eph,
-            read_only: false,
-            id: Some(EPHEMERAL_SERIAL.into()),
-        }];
-        for img in &cfg.images {
-            disks.push(DiskConfig {
-                path: img.path.clone(),
-                read_only: true,
-                id: Some(img.serial.clone()),
-            });
-        }
-        let mut slots = Vec::new();
-        for n in 0..cfg.spare_slots {
-            let path = paths::slot(&cfg.dir, n);
-            std::fs::write(&path, [0u8; SLOT_PLACEHOLDER_BYTES]).map_err(|source| {
-                PodError::Io {
-                    id: id.clone(),
-                    op: format!("write {}", path.display()),
-                    source,
-                }
-            })?;
-            slots.push(Slot {
-                index: disks.len(),
-                serial: None,
-            });
-            disks.push(DiskConfig {
-                path,
-                read_only: true,
-                id: Some(format!("slot-{n}")),
-            });
-        }
+        // From here on the directories are ours to remove on failure.
+        let (mut cleanup, disks, slots) = prepare(&cfg)?;
         times.disk = t0.elapsed();
 
         let vsock = paths::vsock(&cfg.dir);
@@ -318,14 +293,15 @@ impl Pod {
         let mut pod = Pod {
             id: id.clone(),
             dir: cfg.dir.clone(),
+            ephemeral_dir: cfg.ephemeral_dir.clone(),
             vm,
             exit,
             agent: placeholder_client(),
             slots: Mutex::new(slots),
             boot_times: times,
         };
-        // `pod` now owns the cleanup (its Drop stops the VM, removes the dir).
-        std::mem::forget(cleanup);
+        // `pod` now owns the cleanup (its Drop stops the VM, removes the dirs).
+        cleanup.0.clear();
 
         if let Some(n) = &cfg.net {
             crate::net::redirect(n, crate::net::TAP_NAME).map_err(|source| PodError::Net {
@@ -466,7 +442,7 @@ impl Pod {
                 PodError::Oci {
                     id: self.id.clone(),
                     container: id.into(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         for v in plan.once {
@@ -568,6 +544,9 @@ impl Pod {
     pub fn stop_now(&self) {
         self.vm.stop();
         remove_dir(&self.dir);
+        if let Some(d) = &self.ephemeral_dir {
+            remove_dir(d);
+        }
     }
 }
 
@@ -618,14 +597,112 @@ fn start_vm(
     }
 }
 
-struct DirGuard(Option<PathBuf>);
+/// Removes the directories it holds when dropped.
+struct DirGuard(Vec<PathBuf>);
 
 impl Drop for DirGuard {
     fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
+        for d in self.0.drain(..) {
             remove_dir(&d);
         }
     }
+}
+
+/// Files of a pod: only its owner (root) reads them, whatever the umask.
+pub const FILE_MODE: u32 = 0o600;
+/// Directories of a pod.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Makes `dir` (which must not exist) and any missing parents 0700.
+fn make_private_dir(id: &str, dir: &Path) -> Result<(), PodError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.exists() {
+        return Err(PodError::Exists {
+            id: id.into(),
+            path: dir.to_owned(),
+        });
+    }
+    let io = |source| PodError::Io {
+        id: id.into(),
+        op: format!("create {}", dir.display()),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io)
+}
+
+/// Creates `path` (new) as a 0600 file with `data`.
+fn write_private_file(id: &str, path: &Path, data: &[u8]) -> Result<(), PodError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| PodError::Io {
+        id: id.into(),
+        op: format!("write {}", path.display()),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io)?;
+    f.write_all(data).map_err(io)
+}
+
+/// The pod's directories and disks before its VM starts: the state dir, the ephemeral disk's
+/// dir, the ephemeral disk, the empty slots and the console file (made here so it is 0600 when
+/// the VMM opens it).
+fn prepare(cfg: &PodConfig) -> Result<(DirGuard, Vec<DiskConfig>, Vec<Slot>), PodError> {
+    let id = cfg.id.as_str();
+    make_private_dir(id, &cfg.dir)?;
+    let mut cleanup = DirGuard(vec![cfg.dir.clone()]);
+    let eph_dir = match &cfg.ephemeral_dir {
+        Some(d) => {
+            make_private_dir(id, d)?;
+            cleanup.0.push(d.clone());
+            d.as_path()
+        }
+        None => cfg.dir.as_path(),
+    };
+    let eph = paths::ephemeral(eph_dir);
+    ephemeral::create(&eph, cfg.ephemeral_bytes).map_err(|source| PodError::Ephemeral {
+        id: id.into(),
+        source,
+    })?;
+    let mut disks = vec![DiskConfig {
+        path: eph,
+        read_only: false,
+        id: Some(EPHEMERAL_SERIAL.into()),
+    }];
+    for img in &cfg.images {
+        disks.push(DiskConfig {
+            path: img.path.clone(),
+            read_only: true,
+            id: Some(img.serial.clone()),
+        });
+    }
+    let mut slots = Vec::new();
+    for n in 0..cfg.spare_slots {
+        let path = paths::slot(&cfg.dir, n);
+        write_private_file(id, &path, &[0u8; SLOT_PLACEHOLDER_BYTES])?;
+        slots.push(Slot {
+            index: disks.len(),
+            serial: None,
+        });
+        disks.push(DiskConfig {
+            path,
+            read_only: true,
+            id: Some(format!("slot-{n}")),
+        });
+    }
+    write_private_file(id, &paths::console(&cfg.dir), b"")?;
+    Ok((cleanup, disks, slots))
 }
 
 fn remove_dir(dir: &Path) {
@@ -636,4 +713,90 @@ fn remove_dir(dir: &Path) {
 /// so a failed boot can still be dropped (and cleaned up) as a `Pod`.
 fn placeholder_client() -> AgentClient<Channel> {
     AgentClient::new(Channel::from_static("http://vpod-agent.invalid").connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn config(base: &Path) -> PodConfig {
+        PodConfig {
+            id: "p1".into(),
+            dir: base.join("run/pods/p1"),
+            ephemeral_dir: Some(base.join("lib/ephemeral/p1")),
+            kernel: base.join("vmlinux"),
+            initrd: base.join("initrd"),
+            vcpus: 1,
+            mem_mib: 128,
+            ephemeral_bytes: 16 << 20,
+            images: Vec::new(),
+            spare_slots: 2,
+            hostname: "p1".into(),
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            net: None,
+        }
+    }
+
+    /// Issue 12 item 8: state dirs 0700, files 0600 (not the umask's 0755/0644), and the
+    /// ephemeral disk in its own dir (a real disk), not in the state dir (/run, tmpfs).
+    #[test]
+    fn pod_dirs_and_files_are_private_and_the_disk_is_elsewhere() {
+        let base = std::env::temp_dir().join(format!("vpod-pod-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let cfg = config(&base);
+        let (guard, disks, slots) = prepare(&cfg).unwrap();
+        let eph_dir = cfg.ephemeral_dir.clone().unwrap();
+        for d in [&cfg.dir, &eph_dir, &base.join("run/pods")] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        assert_eq!(disks[0].path, eph_dir.join("ephemeral.img"));
+        assert!(!paths::ephemeral(&cfg.dir).exists());
+        assert_eq!(slots.len(), 2);
+        for f in [
+            disks[0].path.clone(),
+            paths::slot(&cfg.dir, 0),
+            paths::slot(&cfg.dir, 1),
+            paths::console(&cfg.dir),
+        ] {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        // A second pod with the same dirs is refused; the first one's are left alone.
+        assert!(matches!(prepare(&cfg), Err(PodError::Exists { .. })));
+        drop(guard);
+        assert!(!cfg.dir.exists() && !eph_dir.exists());
+        // A leftover disk dir is refused, and the state dir made for it removed again.
+        std::fs::create_dir_all(&eph_dir).unwrap();
+        assert!(matches!(prepare(&cfg), Err(PodError::Exists { .. })));
+        assert!(!cfg.dir.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Issue 12 item 6: a pod's netns is never the host's, whatever the caller passes.
+    #[tokio::test]
+    async fn a_netns_outside_the_netns_dirs_is_refused_before_anything_is_made() {
+        let base = std::env::temp_dir().join(format!("vpod-pod-ns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("vmlinux"), "").unwrap();
+        std::fs::write(base.join("initrd"), "").unwrap();
+        let mut cfg = config(&base);
+        cfg.net = Some(crate::net::PodNet {
+            netns: "/proc/1/ns/net".into(),
+            veth: "eth0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            address: "10.0.0.2".into(),
+            prefix_len: 24,
+            gateway: None,
+            mtu: 1500,
+        });
+        let e = Pod::boot(cfg.clone()).await.unwrap_err();
+        assert!(matches!(e, PodError::NetnsRefused { .. }), "{e}");
+        assert!(!cfg.dir.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -3,6 +3,10 @@
 //!
 //! containerd's CRI plugin leaves a namespace out of `linux.namespaces` when the pod shares the
 //! host's (`hostNetwork`, `hostPID`, `hostIPC`), for the sandbox and for every container in it.
+//! A namespace `path` joins an existing namespace: only a CNI netns (for the pod's network) and
+//! the pod's own namespaces pass; anything else (`/proc/1/ns/net`) would be the host's.
+
+use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
@@ -19,6 +23,13 @@ pub enum PolicyError {
         field: &'static str,
         what: &'static str,
         hint: &'static str,
+    },
+    #[error("{field} {path:?} is refused: {why}")]
+    NamespacePath {
+        /// `linux.namespaces[<type>].path`.
+        field: String,
+        path: std::path::PathBuf,
+        why: String,
     },
     #[error("the OCI spec has no `linux` section: vpod runs Linux containers only")]
     NotLinux,
@@ -56,6 +67,11 @@ pub fn check_spec(spec: &Spec, mounts: &MountClassifier) -> Result<CheckedSpec, 
             return Err(PolicyError::HostNamespace { field, what, hint });
         }
     }
+    for ns in &namespaces {
+        if let Some(path) = ns.path() {
+            check_namespace_path(ns.typ(), path, mounts.pod_pid())?;
+        }
+    }
     let mounts = spec
         .mounts()
         .iter()
@@ -68,6 +84,109 @@ pub fn check_spec(spec: &Spec, mounts: &MountClassifier) -> Result<CheckedSpec, 
     })
 }
 
+/// Where a pod's network namespace may come from: the dirs `ip netns` and CNI under containerd
+/// (1.6 and later: `/var/run/netns/cni-<uuid>`) bind-mount named netns files in.
+pub const NETNS_DIRS: &[&str] = &["/run/netns", "/var/run/netns"];
+
+fn ns_name(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Network => "network",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Mount => "mount",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+/// The name of a namespace type under `/proc/<pid>/ns/`.
+fn proc_ns_file(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Mount => "mnt",
+        other => ns_name(other),
+    }
+}
+
+/// A namespace `path` of a spec. The pod's own namespaces (`/proc/<pod_pid>/ns/{net,ipc,uts,pid}`,
+/// what containerd names in each container of a sandbox, whose pid is the shim's) pass: the
+/// container joins the pod's VM and they are not used. Otherwise only a network namespace may
+/// have a path, a named netns in [`NETNS_DIRS`] (CNI's); any other path would join the host's.
+fn check_namespace_path(
+    typ: LinuxNamespaceType,
+    path: &Path,
+    pod_pid: Option<u32>,
+) -> Result<(), PolicyError> {
+    let refuse = |why: String| PolicyError::NamespacePath {
+        field: format!("linux.namespaces[{}].path", ns_name(typ)),
+        path: path.to_owned(),
+        why,
+    };
+    let own = matches!(
+        typ,
+        LinuxNamespaceType::Network
+            | LinuxNamespaceType::Ipc
+            | LinuxNamespaceType::Uts
+            | LinuxNamespaceType::Pid
+    );
+    if let Some(pid) = pod_pid.filter(|_| own) {
+        let mine = format!("/proc/{pid}/ns/{}", proc_ns_file(typ));
+        if path == Path::new(&mine) {
+            return Ok(());
+        }
+    }
+    if typ != LinuxNamespaceType::Network {
+        return Err(refuse(format!(
+            "a vpod pod's {} namespace is its microVM's own; it joins no host namespace",
+            ns_name(typ)
+        )));
+    }
+    check_netns_path(path).map_err(refuse)
+}
+
+/// Whether `path` is a named network namespace in [`NETNS_DIRS`]: absolute, no `..`, directly in
+/// one of those dirs (which may be symlinks, `/var/run` is), and not itself a symlink.
+pub fn check_netns_path(path: &Path) -> Result<(), String> {
+    let outside = || {
+        format!(
+            "a pod's network namespace must be a named netns in {} (what CNI makes); any other \
+             path could be the host's network",
+            NETNS_DIRS.join(" or ")
+        )
+    };
+    if !path.is_absolute() || path.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("not an absolute path without `..`; {}", outside()));
+    }
+    let path: PathBuf = path.components().collect();
+    let (Some(dir), Some(_)) = (path.parent(), path.file_name()) else {
+        return Err(outside());
+    };
+    if !NETNS_DIRS.iter().any(|d| dir == Path::new(d)) {
+        return Err(outside());
+    }
+    // The dir as resolved must still be a netns dir (as resolved), and the file a real one.
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        let known = NETNS_DIRS
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(d).ok())
+            .any(|d| d == real);
+        if !known {
+            return Err(format!(
+                "{} resolves to {}; {}",
+                dir.display(),
+                real.display(),
+                outside()
+            ));
+        }
+    }
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(format!("it is a symlink; {}", outside()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,7 +195,10 @@ mod tests {
     fn spec(namespaces: &[&str], extra_mounts: &str, devices: &str) -> Spec {
         let ns: Vec<String> = namespaces
             .iter()
-            .map(|t| format!(r#"{{"type":"{t}"}}"#))
+            .map(|t| match t.split_once('=') {
+                Some((t, p)) => format!(r#"{{"type":"{t}","path":"{p}"}}"#),
+                None => format!(r#"{{"type":"{t}"}}"#),
+            })
             .collect();
         let json = format!(
             r#"{{
@@ -101,14 +223,18 @@ mod tests {
 
     #[test]
     fn a_pod_spec_passes_with_its_mounts_classified() {
+        let h = crate::mounts::tests::Host::new("policy");
         let s = spec(
             POD_NS,
-            r#",{"destination": "/etc/secret", "type": "bind",
-                 "source": "/var/lib/kubelet/pods/u/volumes/kubernetes.io~secret/s",
-                 "options": ["rbind", "ro"]}"#,
+            &format!(
+                r#",{{"destination": "/etc/secret", "type": "bind",
+                 "source": "{}/volumes/kubernetes.io~secret/db-pass",
+                 "options": ["rbind", "ro"]}}"#,
+                h.pod(crate::mounts::tests::UID)
+            ),
             "",
         );
-        let c = check_spec(&s, &MountClassifier::default()).unwrap();
+        let c = check_spec(&s, &h.classifier()).unwrap();
         assert_eq!(c.mounts.len(), 3);
         assert_eq!(c.mounts[1].1, MountKind::Shm);
         assert!(matches!(c.mounts[2].1, MountKind::Secret { .. }));
@@ -145,5 +271,67 @@ mod tests {
         );
         let c = check_spec(&s, &MountClassifier::default()).unwrap();
         assert_eq!(c.host_devices_dropped, 1);
+    }
+
+    /// Issue 12 item 6: a namespace path that is not a CNI netns is the host's.
+    #[test]
+    fn namespace_paths_outside_the_netns_dirs_are_refused_naming_the_field() {
+        let c = MountClassifier::default();
+        for (ns, field) in [
+            ("network=/proc/1/ns/net", "linux.namespaces[network].path"),
+            (
+                "network=/run/netns/../../proc/1/ns/net",
+                "linux.namespaces[network].path",
+            ),
+            (
+                "network=/var/run/netns/../netns/x",
+                "linux.namespaces[network].path",
+            ),
+            ("network=/tmp/netns/cni-1", "linux.namespaces[network].path"),
+            ("network=/run/netns", "linux.namespaces[network].path"),
+            ("network=netns/cni-1", "linux.namespaces[network].path"),
+            ("pid=/proc/1/ns/pid", "linux.namespaces[pid].path"),
+            ("ipc=/proc/1/ns/ipc", "linux.namespaces[ipc].path"),
+            ("uts=/proc/1/ns/uts", "linux.namespaces[uts].path"),
+            ("mount=/proc/1/ns/mnt", "linux.namespaces[mount].path"),
+            ("user=/proc/1/ns/user", "linux.namespaces[user].path"),
+            ("cgroup=/proc/1/ns/cgroup", "linux.namespaces[cgroup].path"),
+        ] {
+            let (typ, _) = ns.split_once('=').unwrap();
+            let mut nss: Vec<&str> = POD_NS.iter().copied().filter(|t| *t != typ).collect();
+            nss.push(ns);
+            let e = check_spec(&spec(&nss, "", ""), &c).unwrap_err();
+            assert!(
+                matches!(e, PolicyError::NamespacePath { .. }),
+                "{ns}: {e:?}"
+            );
+            assert!(e.to_string().contains(field), "{ns}: {e}");
+        }
+    }
+
+    #[test]
+    fn cni_netns_paths_and_the_pods_own_namespaces_pass() {
+        let c = MountClassifier::default();
+        for net in ["/var/run/netns/cni-1234", "/run/netns/cni-1234"] {
+            let ns = format!("network={net}");
+            let nss = ["pid", "ipc", "uts", "mount", ns.as_str()];
+            check_spec(&spec(&nss, "", ""), &c).unwrap();
+        }
+        // A container of a CRI pod: containerd names the sandbox's namespaces by its pid,
+        // which is the shim's; those are the pod's own, any other pid is not.
+        let me = std::process::id();
+        let own = [
+            format!("network=/proc/{me}/ns/net"),
+            format!("ipc=/proc/{me}/ns/ipc"),
+            format!("uts=/proc/{me}/ns/uts"),
+            format!("pid=/proc/{me}/ns/pid"),
+        ];
+        let mut nss: Vec<&str> = own.iter().map(String::as_str).collect();
+        nss.push("mount");
+        check_spec(&spec(&nss, "", ""), &c.clone().with_pod_pid(me)).unwrap();
+        let e = check_spec(&spec(&nss, "", ""), &c).unwrap_err();
+        assert!(matches!(e, PolicyError::NamespacePath { .. }), "{e:?}");
+        let e = check_spec(&spec(&nss, "", ""), &c.with_pod_pid(me + 1)).unwrap_err();
+        assert!(matches!(e, PolicyError::NamespacePath { .. }), "{e:?}");
     }
 }

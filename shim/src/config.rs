@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// Where a pod's state dirs go.
 const STATE_ROOT: &str = "/run/vpod/shim";
+/// Where a pod's ephemeral disk goes: a real disk, not /run's tmpfs (host RAM).
+const EPHEMERAL_ROOT: &str = "/var/lib/vpod/shim-ephemeral";
 /// Built rootfs disks, keyed by their snapshot dirs.
 const ROOTFS_CACHE: &str = "/var/lib/vpod/shim-rootfs";
 const KERNEL: &str = "/var/lib/vpod/guest/vmlinux";
@@ -72,12 +74,17 @@ pub struct ShimConfig {
     pub default_memory_mib: u32,
     /// Size limit of each pod's ephemeral disk.
     pub ephemeral_storage_mib: u64,
-    /// Pod state dirs (disks, VM sockets).
+    /// Pod state dirs (image slots, VM sockets, console).
     pub state_dir: PathBuf,
+    /// Pods' ephemeral disks, one dir per pod (on a real disk: every block a guest writes).
+    pub ephemeral_dir: PathBuf,
     /// Cached erofs disks of container rootfs snapshots.
     pub rootfs_cache: PathBuf,
     /// kubelet's `--root-dir`: where its volume dirs are recognized.
     pub kubelet_root: PathBuf,
+    /// containerd's `root` and `state` dirs: where a sandbox's hosts, hostname and
+    /// resolv.conf are recognized.
+    pub containerd_dirs: Vec<PathBuf>,
 }
 
 impl Default for ShimConfig {
@@ -90,8 +97,13 @@ impl Default for ShimConfig {
             default_memory_mib: size.mem_mib,
             ephemeral_storage_mib: EPHEMERAL_MIB,
             state_dir: STATE_ROOT.into(),
+            ephemeral_dir: EPHEMERAL_ROOT.into(),
             rootfs_cache: ROOTFS_CACHE.into(),
             kubelet_root: KUBELET_ROOT.into(),
+            containerd_dirs: vpod_sandbox::mounts::DEFAULT_CONTAINERD_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -203,6 +215,12 @@ mod tests {
         assert_eq!(c.kubelet_root, PathBuf::from("/data/kubelet"));
         // Unset fields keep their defaults.
         assert_eq!(c.state_dir, PathBuf::from(STATE_ROOT));
+        // Issue 12 item 8: ephemeral disks are on a real disk, not under /run (tmpfs).
+        assert!(
+            !c.ephemeral_dir.starts_with("/run"),
+            "{:?}",
+            c.ephemeral_dir
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

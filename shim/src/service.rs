@@ -451,8 +451,14 @@ impl TaskService {
         })
     }
 
-    fn classifier(&self) -> TtrpcResult<MountClassifier> {
-        Ok(MountClassifier::new(&self.config()?.kubelet_root))
+    /// What the pod of `spec` may read on the host: its own kubelet volumes and sandbox files
+    /// (containerd's annotations); its namespaces are named by this shim's pid.
+    fn classifier(&self, spec: &oci_spec::runtime::Spec) -> TtrpcResult<MountClassifier> {
+        let cfg = self.config()?;
+        Ok(MountClassifier::new(&cfg.kubelet_root)
+            .with_containerd_dirs(cfg.containerd_dirs.clone())
+            .for_spec(spec)
+            .with_pod_pid(std::process::id()))
     }
 
     async fn pod(&self) -> TtrpcResult<Arc<Pod>> {
@@ -501,6 +507,10 @@ impl TaskService {
             dir: cfg
                 .state_dir
                 .join(format!("{}-{pid}", self.inner.namespace)),
+            ephemeral_dir: Some(
+                cfg.ephemeral_dir
+                    .join(format!("{}-{pid}", self.inner.namespace)),
+            ),
             kernel: cfg.kernel.clone(),
             initrd: cfg.initrd.clone(),
             vcpus: size.vcpus,
@@ -621,7 +631,7 @@ impl Task for TaskService {
 
         if sandbox {
             // Policy of the pod as a whole (host namespaces) before booting.
-            vpod_sandbox::check_spec(&spec, &self.classifier()?)
+            vpod_sandbox::check_spec(&spec, &self.classifier(&spec)?)
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
             self.boot(&req.id, Vec::new(), true, &spec).await?;
         } else {
@@ -656,7 +666,7 @@ impl Task for TaskService {
                     &req.id,
                     &spec,
                     &disk.serial,
-                    &self.classifier()?,
+                    &self.classifier(&spec)?,
                     !req.stdin.is_empty(),
                 )
                 .await

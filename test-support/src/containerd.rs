@@ -53,7 +53,9 @@ impl Containerd {
             dir.join("vpod-shim.toml"),
             format!(
                 "kernel = \"{}\"\ninitrd = \"{}\"\nstate_dir = \"{d}/shim\"\n\
-                 rootfs_cache = \"{d}/rootfs-cache\"\nkubelet_root = \"{d}/kubelet\"\n",
+                 rootfs_cache = \"{d}/rootfs-cache\"\nkubelet_root = \"{d}/kubelet\"\n\
+                 ephemeral_dir = \"{d}/shim-ephemeral\"\n\
+                 containerd_dirs = [\"{d}/root\", \"{d}/state\"]\n",
                 guest_file("vmlinux").display(),
                 guest_file("initramfs.cpio").display(),
             ),
