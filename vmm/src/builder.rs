@@ -18,7 +18,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::{layout, mptable, pvh};
 use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
-use crate::devices::legacy::{serial::ConsoleOut, ExitPort, IrqTrigger, SerialDevice, I8042};
+use crate::devices::legacy::serial::{CappedFile, ConsoleOut};
+use crate::devices::legacy::{ExitPort, IrqTrigger, SerialDevice, I8042};
 use crate::devices::virtio::block::{Block, BlockError, DiskFile};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
@@ -88,17 +89,24 @@ pub fn base_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
     Ok(cmdline)
 }
 
-fn console_out(console: &Console) -> Result<ConsoleOut, BuildError> {
+fn console_out(
+    console: &Console,
+    limit: u64,
+    counters: &Arc<VmCounters>,
+) -> Result<ConsoleOut, BuildError> {
     Ok(match console {
         Console::Off => Box::new(std::io::sink()),
         Console::Stdout => Box::new(std::io::stdout()),
-        Console::File(path) => Box::new(
-            OpenOptions::new()
+        Console::File(path) => {
+            let file = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| BuildError::ConsoleFile(path.clone(), e))?,
-        ),
+                .map_err(|e| BuildError::ConsoleFile(path.clone(), e))?;
+            let out = CappedFile::new(file, limit, counters.clone())
+                .map_err(|e| BuildError::ConsoleFile(path.clone(), e))?;
+            Box::new(out)
+        }
     })
 }
 
@@ -156,7 +164,7 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
     let serial = SerialDevice::new(
         IrqTrigger(serial_irq),
-        console_out(&config.console)?,
+        console_out(&config.console, config.console_limit, &counters)?,
         exit.clone(),
     );
     pio.insert(

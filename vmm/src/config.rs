@@ -57,7 +57,13 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     pub rng: bool,
     pub console: Console,
+    /// Largest size, in bytes, a [`Console::File`] may reach: the guest writes it, so it is capped
+    /// (output past the cap is dropped and counted in the metrics' `console_bytes_dropped`).
+    pub console_limit: u64,
 }
+
+/// Default [`VmConfig::console_limit`]: 1 MiB.
+pub const DEFAULT_CONSOLE_LIMIT: u64 = 1 << 20;
 
 impl VmConfig {
     /// A config with one vCPU, 128 MiB, no devices, console off.
@@ -74,6 +80,7 @@ impl VmConfig {
             vsock: None,
             rng: false,
             console: Console::Off,
+            console_limit: DEFAULT_CONSOLE_LIMIT,
         }
     }
 

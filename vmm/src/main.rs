@@ -49,6 +49,9 @@ struct Args {
     /// off, stdout, or a file path.
     #[arg(long, default_value = "stdout", value_parser = parse_console)]
     console: Console,
+    /// Largest size in bytes of a console file (the rest is dropped and counted in the metrics).
+    #[arg(long, default_value_t = vpod_vmm::config::DEFAULT_CONSOLE_LIMIT)]
+    console_limit: u64,
     /// Write metrics JSON here when the VM ends.
     #[arg(long)]
     metrics: Option<PathBuf>,
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
         vsock: args.vsock,
         rng: args.rng,
         console: args.console,
+        console_limit: args.console_limit,
     };
 
     let sigset = block_stop_signals();

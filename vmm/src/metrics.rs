@@ -48,6 +48,7 @@ pub struct VmCounters {
     first_run: OnceLock<Instant>,
     exits: [AtomicU64; KINDS.len()],
     kvm_stats: Mutex<BTreeMap<String, u64>>,
+    console_dropped: AtomicU64,
 }
 
 impl VmCounters {
@@ -58,7 +59,13 @@ impl VmCounters {
             first_run: OnceLock::new(),
             exits: Default::default(),
             kvm_stats: Mutex::new(BTreeMap::new()),
+            console_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Console bytes the guest wrote past the console file's cap.
+    pub fn add_console_dropped(&self, n: u64) {
+        self.console_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn mark_first_run(&self) {
@@ -99,6 +106,7 @@ impl VmCounters {
             run_time_us: Instant::now()
                 .saturating_duration_since(self.start)
                 .as_micros() as u64,
+            console_bytes_dropped: self.console_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -116,6 +124,8 @@ pub struct VmMetrics {
     /// KVM's per-vCPU exit counters (`exits`, `io_exits`, `mmio_exits`, `halt_exits`, ...), summed.
     pub kvm_stats: BTreeMap<String, u64>,
     pub run_time_us: u64,
+    /// Console output dropped because the console file reached its cap.
+    pub console_bytes_dropped: u64,
 }
 
 vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, 0xAE, 0xce);
@@ -198,6 +208,10 @@ mod tests {
         assert_eq!(m.userspace_exits["io_out"], 2);
         assert_eq!(m.userspace_exits["mmio_read"], 1);
         assert_eq!(m.kvm_stats["exits"], 10);
+        assert_eq!(m.console_bytes_dropped, 0);
+        c.add_console_dropped(7);
+        c.add_console_dropped(3);
+        assert_eq!(c.snapshot().console_bytes_dropped, 10);
         serde_json::to_string(&m).unwrap();
     }
 

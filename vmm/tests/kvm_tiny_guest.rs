@@ -130,3 +130,36 @@ fn not_a_pvh_kernel() {
     let e = Vmm::start(config).err().unwrap();
     assert!(e.to_string().starts_with("not a PVH vmlinux"), "{e}");
 }
+
+#[test]
+fn console_file_is_capped_whatever_the_guest_writes() {
+    if !kvm_available() {
+        return;
+    }
+    assert_eq!(VmConfig::new("k").console_limit, 1 << 20, "default cap");
+    // 96 KiB of 'x' to COM1 against a 64 KiB cap, then reset.
+    let n: u32 = 96 << 10;
+    let limit = 64 << 10;
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    code.push(0xb9); // mov ecx, n
+    code.extend_from_slice(&n.to_le_bytes());
+    // 1: mov al,'x'; out dx,al; dec ecx; jnz 1b
+    code.extend_from_slice(&[0xb0, b'x', 0xee, 0x49, 0x75, 0xfa]);
+    code.extend_from_slice(RESET);
+    let out = vmm_sys_util::tempfile::TempFile::new().unwrap();
+    let path = out.as_path().to_path_buf();
+    let (exit, m) = run(&code, |c| {
+        c.console = Console::File(path.clone());
+        c.console_limit = limit;
+    });
+    assert_eq!(exit, VmExit::Reboot);
+    let content = std::fs::read(&path).unwrap();
+    assert_eq!(content.len() as u64, limit, "console file capped");
+    let marker = vpod_vmm::devices::legacy::serial::TRUNCATED_MARKER;
+    assert!(content.ends_with(marker));
+    assert_eq!(
+        m.console_bytes_dropped,
+        u64::from(n) - (limit - marker.len() as u64),
+        "{m:?}"
+    );
+}

@@ -1,6 +1,9 @@
 //! COM1 (vm-superio 16550A) at 0x3f8, IRQ 4 through an irqfd. Output goes to stdout, a file or
-//! nowhere; a [`PanicWatcher`] in front of it spots "Kernel panic - not syncing" on the way.
+//! nowhere; a [`PanicWatcher`] in front of it spots "Kernel panic - not syncing" on the way. A
+//! console file is a [`CappedFile`]: the guest decides how much it writes, the host disk doesn't
+//! pay for it past the cap.
 
+use std::fs::File;
 use std::io::{self, Write};
 use std::sync::Arc;
 
@@ -62,6 +65,75 @@ impl<W: Write> Write for PanicWatcher<W> {
 
 pub type ConsoleOut = Box<dyn Write + Send>;
 
+/// Written once at the end of a console file that reached its cap.
+pub const TRUNCATED_MARKER: &[u8] =
+    b"\n[vpod: console output truncated here: size limit reached]\n";
+
+/// A console file that never grows past `limit` bytes (its size when opened counts): output past
+/// the cap is dropped and counted in the VM's metrics, and the file ends with
+/// [`TRUNCATED_MARKER`] (within the limit). The panic watcher in front still sees every byte.
+pub struct CappedFile {
+    file: File,
+    /// Bytes in the file (what was there when opened plus what we wrote).
+    size: u64,
+    limit: u64,
+    truncated: bool,
+    counters: Arc<crate::metrics::VmCounters>,
+}
+
+impl CappedFile {
+    pub fn new(
+        file: File,
+        limit: u64,
+        counters: Arc<crate::metrics::VmCounters>,
+    ) -> io::Result<Self> {
+        let size = file.metadata()?.len();
+        Ok(Self {
+            file,
+            size,
+            limit,
+            // A file already at its cap (a previous boot) gets nothing more, not even a marker.
+            truncated: size >= limit,
+            counters,
+        })
+    }
+
+    /// Room for guest bytes: the cap minus the marker that has to fit after them.
+    fn data_room(&self) -> u64 {
+        self.limit
+            .saturating_sub(TRUNCATED_MARKER.len() as u64)
+            .saturating_sub(self.size)
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.truncated {
+            self.counters.add_console_dropped(buf.len() as u64);
+            return Ok(buf.len());
+        }
+        let room = usize::try_from(self.data_room()).unwrap_or(usize::MAX);
+        let take = buf.len().min(room);
+        if take > 0 {
+            self.file.write_all(&buf[..take])?;
+            self.size += take as u64;
+        }
+        if take < buf.len() {
+            self.truncated = true;
+            self.counters.add_console_dropped((buf.len() - take) as u64);
+            if self.size + TRUNCATED_MARKER.len() as u64 <= self.limit {
+                self.file.write_all(TRUNCATED_MARKER)?;
+                self.size += TRUNCATED_MARKER.len() as u64;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 pub struct SerialDevice {
     serial: Serial<IrqTrigger, NoEvents, PanicWatcher<ConsoleOut>>,
 }
@@ -115,6 +187,50 @@ mod tests {
         w.write_all(b"Kernel panic - not syncin\nKernel panic - syncing")
             .unwrap();
         assert!(!exit.panic_seen());
+    }
+
+    #[test]
+    fn console_file_stops_at_its_cap_and_counts_the_rest() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let counters = Arc::new(crate::metrics::VmCounters::new(std::time::Instant::now()));
+        let tmp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let limit = 4096u64;
+        let out =
+            CappedFile::new(tmp.as_file().try_clone().unwrap(), limit, counters.clone()).unwrap();
+        let mut dev = SerialDevice::new(
+            IrqTrigger(EventFd::new(0).unwrap()),
+            Box::new(out),
+            exit.clone(),
+        );
+        // A guest flooding the port with 64 KiB, then panicking.
+        for i in 0..65_536u32 {
+            dev.write(0, &[b'a' + (i % 26) as u8]);
+        }
+        for b in b"Kernel panic - not syncing\n" {
+            dev.write(0, &[*b]);
+        }
+        let content = std::fs::read(tmp.as_path()).unwrap();
+        assert_eq!(content.len() as u64, limit, "file capped");
+        assert!(content.ends_with(TRUNCATED_MARKER));
+        assert!(content.starts_with(b"abcdef"));
+        let kept = limit - TRUNCATED_MARKER.len() as u64;
+        assert_eq!(
+            counters.snapshot().console_bytes_dropped,
+            65_536 + 27 - kept,
+            "every dropped byte counted"
+        );
+        assert!(
+            exit.panic_seen(),
+            "the panic watcher still sees dropped output"
+        );
+
+        // Reopened (a restarted VMM appending to the same file): still capped, nothing added.
+        let counters = Arc::new(crate::metrics::VmCounters::new(std::time::Instant::now()));
+        let mut again =
+            CappedFile::new(tmp.as_file().try_clone().unwrap(), limit, counters.clone()).unwrap();
+        again.write_all(b"more").unwrap();
+        assert_eq!(std::fs::metadata(tmp.as_path()).unwrap().len(), limit);
+        assert_eq!(counters.snapshot().console_bytes_dropped, 4);
     }
 
     #[test]
