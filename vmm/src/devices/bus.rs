@@ -3,6 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use super::latch::WarnLatch;
+use crate::latched_warn;
+
+const UNMAPPED_READ: u32 = 0;
+const UNMAPPED_WRITE: u32 = 1;
+
 /// A device on a bus. `offset` is relative to the device's base address.
 pub trait BusDevice: Send {
     fn read(&mut self, offset: u64, data: &mut [u8]);
@@ -23,6 +29,8 @@ type Entry = (u64, Arc<Mutex<dyn BusDevice>>);
 pub struct Bus {
     /// base -> (len, device)
     devices: BTreeMap<u64, Entry>,
+    /// Guest accesses where no device is: warned about once per bus and direction.
+    unmapped: WarnLatch,
 }
 
 impl Bus {
@@ -66,7 +74,15 @@ impl Bus {
                     .read(offset, data);
                 true
             }
-            None => false,
+            None => {
+                latched_warn!(
+                    self.unmapped,
+                    UNMAPPED_READ,
+                    "guest read of {} bytes at {addr:#x}: no device there",
+                    data.len()
+                );
+                false
+            }
         }
     }
 
@@ -78,7 +94,15 @@ impl Bus {
                     .write(offset, data);
                 true
             }
-            None => false,
+            None => {
+                latched_warn!(
+                    self.unmapped,
+                    UNMAPPED_WRITE,
+                    "guest write of {} bytes at {addr:#x}: no device there",
+                    data.len()
+                );
+                false
+            }
         }
     }
 }
@@ -121,5 +145,19 @@ mod tests {
         assert!(bus.write(0x18, &[9]));
         assert_eq!(dev.lock().unwrap().0, vec![(0, 9)]);
         assert!(!bus.write(u64::MAX, &[1]));
+    }
+
+    #[test]
+    fn unmapped_accesses_warn_once() {
+        use crate::devices::latch::tests::{captured_logs, count};
+        let bus = Bus::new();
+        let logs = captured_logs(|| {
+            let mut b = [0u8; 4];
+            for i in 0..50 {
+                assert!(!bus.read(0x1000 + i, &mut b));
+                assert!(!bus.write(0x2000 + i, &b));
+            }
+        });
+        assert_eq!(count(&logs, "no device there"), (2, 98), "{logs}");
     }
 }

@@ -12,9 +12,11 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::bus::BusDevice;
+use crate::devices::latch::WarnLatch;
 use crate::devices::virtio::device::{
     ActivateContext, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
 };
+use crate::latched_warn;
 
 const MMIO_MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
@@ -52,6 +54,21 @@ const S_DRIVER_OK: u32 = VIRTIO_CONFIG_S_DRIVER_OK;
 const S_FAILED: u32 = VIRTIO_CONFIG_S_FAILED;
 const S_NEEDS_RESET: u32 = VIRTIO_CONFIG_S_NEEDS_RESET;
 
+/// Kinds of driver misuse, each warned about once per transport (then logged at debug level).
+mod misuse {
+    pub const UNKNOWN_REGISTER: u32 = 0;
+    pub const BAD_ACCESS: u32 = 1;
+    pub const BAD_QUEUE_SIZE: u32 = 2;
+    pub const QUEUE_WRITE_STATE: u32 = 3;
+    pub const FEATURE_WRITE_STATE: u32 = 4;
+    pub const UNOFFERED_FEATURES: u32 = 5;
+    pub const FEATURES_OK_REFUSED: u32 = 6;
+    pub const BAD_STATUS: u32 = 7;
+    pub const BAD_QUEUE: u32 = 8;
+    pub const ACTIVATE: u32 = 9;
+    pub const RESET: u32 = 10;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MmioError {
     #[error("creating a queue of size {0}: {1:?}")]
@@ -76,6 +93,8 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     config_generation: u32,
+    /// Driver misuse already warned about (see [`misuse`]).
+    misuse: WarnLatch,
 }
 
 impl MmioTransport {
@@ -116,6 +135,7 @@ impl MmioTransport {
             queue_sel: 0,
             status: 0,
             config_generation: 0,
+            misuse: WarnLatch::new(),
         })
     }
 
@@ -153,7 +173,9 @@ impl MmioTransport {
 
     fn update_queue(&mut self, f: impl FnOnce(&mut Queue)) {
         if !self.queue_config_allowed() {
-            tracing::debug!(
+            latched_warn!(
+                self.misuse,
+                misuse::QUEUE_WRITE_STATE,
                 "virtio-mmio: queue register write in status {:#x} ignored",
                 self.status
             );
@@ -198,7 +220,11 @@ impl MmioTransport {
             }
             REG_CONFIG_GENERATION => self.config_generation,
             _ => {
-                tracing::debug!("virtio-mmio: read of unknown register {offset:#x}");
+                latched_warn!(
+                    self.misuse,
+                    misuse::UNKNOWN_REGISTER,
+                    "virtio-mmio: read of unknown register {offset:#x}"
+                );
                 0
             }
         }
@@ -217,7 +243,11 @@ impl MmioTransport {
                 });
                 if !ok {
                     // Not a power of two, zero, or above QueueNumMax: the driver is broken.
-                    tracing::warn!("virtio-mmio: bad queue size {v}");
+                    latched_warn!(
+                        self.misuse,
+                        misuse::BAD_QUEUE_SIZE,
+                        "virtio-mmio: bad queue size {v}"
+                    );
                     self.fail();
                 }
             }
@@ -238,13 +268,19 @@ impl MmioTransport {
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
             REG_STATUS => self.set_status(v),
-            _ => tracing::debug!("virtio-mmio: write of unknown register {offset:#x}"),
+            _ => latched_warn!(
+                self.misuse,
+                misuse::UNKNOWN_REGISTER,
+                "virtio-mmio: write of unknown register {offset:#x}"
+            ),
         }
     }
 
     fn ack_features(&mut self, v: u32) {
         if self.status & (S_DRIVER | S_FEATURES_OK | S_FAILED) != S_DRIVER {
-            tracing::debug!(
+            latched_warn!(
+                self.misuse,
+                misuse::FEATURE_WRITE_STATE,
                 "virtio-mmio: feature write in status {:#x} ignored",
                 self.status
             );
@@ -261,7 +297,9 @@ impl MmioTransport {
             }
         };
         if value & !self.avail_features != 0 {
-            tracing::warn!(
+            latched_warn!(
+                self.misuse,
+                misuse::UNOFFERED_FEATURES,
                 "virtio-mmio: driver acked features {:#x} that were not offered",
                 value & !self.avail_features
             );
@@ -288,7 +326,9 @@ impl MmioTransport {
                 // Modern transport: VERSION_1 is mandatory; offered-only features.
                 let version_1 = self.acked_features & (1 << VIRTIO_F_VERSION_1) != 0;
                 if self.features_rejected || !version_1 {
-                    tracing::warn!(
+                    latched_warn!(
+                        self.misuse,
+                        misuse::FEATURES_OK_REFUSED,
                         "virtio-mmio: refusing FEATURES_OK (features {:#x})",
                         self.acked_features
                     );
@@ -301,7 +341,11 @@ impl MmioTransport {
                 self.status = v;
                 self.activate();
             }
-            _ => tracing::warn!("virtio-mmio: invalid status transition {cur:#x} -> {v:#x}"),
+            _ => latched_warn!(
+                self.misuse,
+                misuse::BAD_STATUS,
+                "virtio-mmio: invalid status transition {cur:#x} -> {v:#x}"
+            ),
         }
     }
 
@@ -309,7 +353,9 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                tracing::warn!(
+                latched_warn!(
+                    self.misuse,
+                    misuse::BAD_QUEUE,
                     "virtio-mmio: queue {i} is not valid (addresses outside guest memory?)"
                 );
                 self.fail();
@@ -318,7 +364,11 @@ impl MmioTransport {
             match Queue::try_from(q.state()) {
                 Ok(q) => queues.push(q),
                 Err(e) => {
-                    tracing::warn!("virtio-mmio: queue {i}: {e:?}");
+                    latched_warn!(
+                        self.misuse,
+                        misuse::BAD_QUEUE,
+                        "virtio-mmio: queue {i}: {e:?}"
+                    );
                     self.fail();
                     return;
                 }
@@ -343,7 +393,9 @@ impl MmioTransport {
         };
         let result = self.lock_device().activate(ctx);
         if let Err(e) = result {
-            tracing::warn!(
+            latched_warn!(
+                self.misuse,
+                misuse::ACTIVATE,
                 "virtio-mmio: activating device type {}: {e}",
                 self.device_type
             );
@@ -360,7 +412,9 @@ impl MmioTransport {
     fn reset(&mut self) {
         let activated = self.lock_device().is_activated();
         if activated && !self.lock_device().reset() {
-            tracing::warn!(
+            latched_warn!(
+                self.misuse,
+                misuse::RESET,
                 "virtio-mmio: device type {} can't be reset; it stays failed",
                 self.device_type
             );
@@ -388,6 +442,12 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
+            latched_warn!(
+                self.misuse,
+                misuse::BAD_ACCESS,
+                "virtio-mmio: {}-byte read at {offset:#x} ignored",
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -400,7 +460,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            tracing::debug!(
+            latched_warn!(
+                self.misuse,
+                misuse::BAD_ACCESS,
                 "virtio-mmio: {}-byte write at {offset:#x} ignored",
                 data.len()
             );
@@ -686,6 +748,32 @@ pub(crate) mod tests {
         );
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), S_FAILED);
+    }
+
+    #[test]
+    fn guest_misuse_warns_once_per_kind() {
+        use crate::devices::latch::tests::{captured_logs, count};
+        let (mut t, _) = setup();
+        let logs = captured_logs(|| {
+            for _ in 0..100 {
+                // Invalid status transition, unknown register, bad width.
+                w(
+                    &mut t,
+                    REG_STATUS,
+                    S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+                );
+                w(&mut t, 0x0f0, 1);
+                let _ = r(&mut t, 0x0f0);
+                t.write(REG_STATUS, &[1, 0]);
+            }
+        });
+        assert_eq!(count(&logs, "invalid status transition"), (1, 99), "{logs}");
+        assert_eq!(count(&logs, "unknown register"), (1, 199), "{logs}");
+        assert_eq!(count(&logs, "2-byte write"), (1, 99), "{logs}");
+        // Another device's misuse is still reported.
+        let (mut t2, _) = setup();
+        let logs = captured_logs(|| w(&mut t2, REG_STATUS, S_ACK | S_DRIVER_OK));
+        assert_eq!(count(&logs, "invalid status transition"), (1, 0), "{logs}");
     }
 
     #[test]
