@@ -11,7 +11,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// The outcome of a VM run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest announced a poweroff (exit port byte 1) and reset itself.
+    /// The guest announced a poweroff (exit port byte 1) and reset itself, or its kernel halted
+    /// (`reboot(RB_POWER_OFF)` without ACPI: "reboot: System halted" on the console).
     Poweroff,
     /// The guest rebooted: announced (byte 2) or an unannounced reset without a kernel panic.
     Reboot,
@@ -36,6 +37,9 @@ pub enum ExitEvent {
     Shutdown,
     /// Host stop request.
     Stop,
+    /// The guest kernel halted or powered down (seen on the serial console): with no ACPI its
+    /// CPUs now sit in HLT for ever, so the VMM ends the VM.
+    Halted,
     Error(String),
 }
 
@@ -48,6 +52,7 @@ pub fn decide(event: &ExitEvent, announced: u8, panic_seen: bool) -> VmExit {
         (_, ANNOUNCE_REBOOT) => VmExit::Reboot,
         (_, _) if panic_seen => VmExit::Panic,
         (ExitEvent::Reset, _) => VmExit::Reboot,
+        (ExitEvent::Halted, _) => VmExit::Poweroff,
         (ExitEvent::Shutdown, _) => VmExit::Panic,
     }
 }
@@ -139,6 +144,8 @@ mod tests {
         assert_eq!(decide(&Reset, 0, false), VmExit::Reboot);
         assert_eq!(decide(&Reset, 0, true), VmExit::Panic);
         assert_eq!(decide(&Shutdown, 0, false), VmExit::Panic);
+        assert_eq!(decide(&Halted, 0, false), VmExit::Poweroff);
+        assert_eq!(decide(&Halted, ANNOUNCE_REBOOT, false), VmExit::Reboot);
         assert_eq!(
             decide(&Shutdown, ANNOUNCE_POWEROFF, false),
             VmExit::Poweroff

@@ -163,3 +163,20 @@ fn console_file_is_capped_whatever_the_guest_writes() {
         "{m:?}"
     );
 }
+
+#[test]
+fn kernel_halt_on_the_console_is_a_poweroff() {
+    if !kvm_available() {
+        return;
+    }
+    // What reboot(RB_POWER_OFF) does without ACPI: the kernel says so, then halts for ever.
+    let mut code = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for b in b"[    0.5] reboot: System halted\n" {
+        code.extend_from_slice(&[0xb0, *b, 0xee]); // mov al, b; out dx, al
+    }
+    code.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]); // cli; 1: hlt; jmp 1b
+    let started = Instant::now();
+    let (exit, _) = run(&code, |_| {});
+    assert_eq!(exit, VmExit::Poweroff);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -12,15 +12,25 @@ use vm_superio::Serial;
 
 use super::IrqTrigger;
 use crate::devices::bus::BusDevice;
-use crate::exit::ExitSignal;
+use crate::exit::{ExitEvent, ExitSignal};
 
 const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
 
-/// Passes bytes through to `out` and flags the VM when the kernel's panic line goes by.
+/// What the kernel prints (pr_emerg, so even with `quiet`) when `reboot(2)` halts or powers
+/// off a machine without ACPI; its CPUs then halt for ever, so the VM ends here. This lets a
+/// guest power off without port I/O from user space (a kernel without X86_IOPL_IOPERM).
+const HALT_MARKERS: [&[u8]; 2] = [b"reboot: System halted", b"reboot: Power down"];
+/// Longest line kept for the halt check (longer lines can't be one of the markers' lines).
+const MAX_LINE: usize = 128;
+
+/// Passes bytes through to `out`, flags the VM when the kernel's panic line goes by, and ends
+/// it when the kernel reports a halt.
 pub struct PanicWatcher<W: Write> {
     out: W,
     /// How many bytes of `PANIC_MARKER` the stream currently matches.
     matched: usize,
+    /// The current line (its first MAX_LINE bytes), for the halt markers.
+    line: Vec<u8>,
     exit: Arc<ExitSignal>,
 }
 
@@ -29,12 +39,26 @@ impl<W: Write> PanicWatcher<W> {
         Self {
             out,
             matched: 0,
+            line: Vec::with_capacity(MAX_LINE),
             exit,
         }
     }
 
+    fn end_of_line(&mut self) {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        if HALT_MARKERS.iter().any(|m| line.ends_with(m)) {
+            self.exit.signal(ExitEvent::Halted);
+        }
+        self.line.clear();
+    }
+
     fn scan(&mut self, buf: &[u8]) {
         for &b in buf {
+            if b == b'\n' {
+                self.end_of_line();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
             // The marker has no repeated prefix, so on a mismatch we only need to retry its first byte.
             if b == PANIC_MARKER[self.matched] {
                 self.matched += 1;
@@ -178,6 +202,31 @@ mod tests {
         w.write_all(b"ic - not syncing: VFS").unwrap();
         assert!(exit.panic_seen());
         assert_eq!(w.out, b"[ 1.0] KKernel panic - not syncing: VFS");
+    }
+
+    #[test]
+    fn kernel_halt_line_ends_the_vm_as_poweroff() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut w = PanicWatcher::new(io::sink(), exit.clone());
+        w.write_all(b"[    1.5] reboot: System halte").unwrap();
+        assert_eq!(exit.event(), None);
+        w.write_all(b"d\r\n").unwrap();
+        assert_eq!(exit.event(), Some(ExitEvent::Halted));
+        assert_eq!(exit.wait(), crate::exit::VmExit::Poweroff);
+
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut w = PanicWatcher::new(io::sink(), exit.clone());
+        w.write_all(b"reboot: Power down\n").unwrap();
+        assert_eq!(exit.event(), Some(ExitEvent::Halted));
+        // Not a halt: other reboot lines, the marker mid-line, an overlong line.
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut w = PanicWatcher::new(io::sink(), exit.clone());
+        w.write_all(b"reboot: Restarting system\nsaid reboot: System halted?\n")
+            .unwrap();
+        let mut long = vec![b'x'; 200];
+        long.extend_from_slice(b"reboot: System halted\n");
+        w.write_all(&long).unwrap();
+        assert_eq!(exit.event(), None);
     }
 
     #[test]
