@@ -2,12 +2,17 @@
 //! One shim process per pod, which owns the pod's microVM in-process.
 
 mod config;
+mod reaping;
 mod rootfs;
 mod service;
 
 #[tokio::main]
 async fn main() {
-    containerd_shim::asynchronous::run::<service::VpodShim>("io.containerd.vpod.v2", None).await;
+    containerd_shim::asynchronous::run::<service::VpodShim>(
+        "io.containerd.vpod.v2",
+        Some(reaping::shim_config()),
+    )
+    .await;
     // Exit now: dropping the runtime would wait for any blocking task still
     // running, and the VM's threads end with the process anyway.
     std::process::exit(0)
