@@ -153,13 +153,13 @@ fn rss(pid: u32) -> (u64, u64) {
     (total, guest)
 }
 
-async fn ping_uds(uds: &Path) -> Option<AgentClient<tonic::transport::Channel>> {
+async fn ping_uds(uds: &Path) -> Option<AgentClient<vpod_agent_api::AgentChannel>> {
     let mut c = vpod_agent_api::connect(uds, AGENT_VSOCK_PORT).await.ok()?;
     c.ping(PingRequest { token: 1 }).await.ok()?;
     Some(c)
 }
 
-async fn ping_vsock(cid: u32) -> Option<AgentClient<tonic::transport::Channel>> {
+async fn ping_vsock(cid: u32) -> Option<AgentClient<vpod_agent_api::AgentChannel>> {
     let connector = tower::service_fn(move |_: tonic::transport::Uri| async move {
         let s =
             tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(cid, AGENT_VSOCK_PORT))
@@ -170,7 +170,7 @@ async fn ping_vsock(cid: u32) -> Option<AgentClient<tonic::transport::Channel>> 
         .connect_with_connector(connector)
         .await
         .ok()?;
-    let mut c = AgentClient::new(ch);
+    let mut c = AgentClient::new(vpod_agent_api::AgentChannel::from(ch));
     c.ping(PingRequest { token: 1 }).await.ok()?;
     Some(c)
 }
@@ -204,10 +204,10 @@ async fn measured<F, Fut>(
     child: &mut Child,
     ready_ms: f64,
     connect: F,
-) -> Result<(Boot, AgentClient<tonic::transport::Channel>), String>
+) -> Result<(Boot, AgentClient<vpod_agent_api::AgentChannel>), String>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<AgentClient<tonic::transport::Channel>>>,
+    Fut: std::future::Future<Output = Option<AgentClient<vpod_agent_api::AgentChannel>>>,
 {
     let pid = child.id();
     let exits = kvm_debugfs_counters(pid);

@@ -90,13 +90,16 @@ pub async fn stop(run_dir: &Path, id: &str, grace: Duration) -> Result<u8, Strin
     let mut agent = vpod_agent_api::connect(&rec.vsock(), AGENT_VSOCK_PORT)
         .await
         .map_err(|e| format!("pod {id}: reach its agent: {e}"))?;
-    agent
-        .stop_container(StopContainerRequest {
-            id: CONTAINER_ID.into(),
-            grace_period_ms: grace.as_millis().min(u32::MAX as u128) as u32,
-            signal: 0,
-        })
+    // StopContainer lasts the grace period: its deadline is that plus a call's.
+    let deadline = grace + vpod_agent_api::call_timeout();
+    let stop = agent.stop_container(StopContainerRequest {
+        id: CONTAINER_ID.into(),
+        grace_period_ms: grace.as_millis().min(u32::MAX as u128) as u32,
+        signal: 0,
+    });
+    tokio::time::timeout(deadline, stop)
         .await
+        .map_err(|_| format!("pod {id}: stop: the agent did not answer within {deadline:?}"))?
         .map_err(|s| format!("pod {id}: stop: {}", s.message()))?;
     wait_gone(pid, SUPERVISOR_EXIT_WAIT).await;
     println!("{id}");

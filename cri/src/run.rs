@@ -601,7 +601,7 @@ async fn drive(
 
 /// Host stdin → the container's stdin; EOF closes it.
 async fn forward_stdin(
-    mut agent: vpod_agent_api::AgentClient<tonic::transport::Channel>,
+    mut agent: vpod_agent_api::AgentClient<vpod_agent_api::AgentChannel>,
     id: String,
 ) {
     let (tx, rx) = mpsc::channel::<StdinChunk>(16);
@@ -636,7 +636,7 @@ async fn forward_stdin(
 }
 
 async fn forward_resizes(
-    mut agent: vpod_agent_api::AgentClient<tonic::transport::Channel>,
+    mut agent: vpod_agent_api::AgentClient<vpod_agent_api::AgentChannel>,
     id: String,
 ) {
     use tokio::signal::unix::{signal, SignalKind};

@@ -14,7 +14,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 use vpod_agent_api::pb::{
     BootTimesRequest, HealthRequest, LogSource, LogsRequest, PingRequest, ShutdownKind,
@@ -142,7 +141,7 @@ impl Harness {
         self.dir.0.join("vmm.sock")
     }
 
-    async fn client(&self) -> AgentClient<Channel> {
+    async fn client(&self) -> AgentClient<vpod_agent_api::AgentChannel> {
         vpod_agent_api::connect_with_retry(
             &self.vmm_sock(),
             AGENT_VSOCK_PORT,

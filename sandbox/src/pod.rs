@@ -176,7 +176,7 @@ pub struct Pod {
     ephemeral_dir: Option<PathBuf>,
     vm: Arc<RunningVm>,
     exit: watch::Receiver<Option<VmExit>>,
-    agent: AgentClient<Channel>,
+    agent: AgentClient<vpod_agent_api::AgentChannel>,
     slots: Mutex<Vec<Slot>>,
     pub boot_times: BootTimes,
 }
@@ -356,7 +356,7 @@ impl Pod {
     }
 
     /// A client of the pod's agent (cheap to clone; shares the connection).
-    pub fn agent(&self) -> AgentClient<Channel> {
+    pub fn agent(&self) -> AgentClient<vpod_agent_api::AgentChannel> {
         self.agent.clone()
     }
 
@@ -711,8 +711,8 @@ fn remove_dir(dir: &Path) {
 
 /// A client that is never used: `Pod` holds one until the agent answers,
 /// so a failed boot can still be dropped (and cleaned up) as a `Pod`.
-fn placeholder_client() -> AgentClient<Channel> {
-    AgentClient::new(Channel::from_static("http://vpod-agent.invalid").connect_lazy())
+fn placeholder_client() -> AgentClient<vpod_agent_api::AgentChannel> {
+    AgentClient::new(Channel::from_static("http://vpod-agent.invalid").connect_lazy().into())
 }
 
 #[cfg(test)]

@@ -7,14 +7,18 @@
 //! stream carries the vsock stream's bytes. If the guest refuses (nothing
 //! listens on the port yet), the VMM closes the unix stream.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tonic::codegen::http;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::pb::agent_client::AgentClient;
@@ -22,6 +26,19 @@ use crate::pb::PingRequest;
 
 /// How long [`connect`] waits for the VMM's `OK` line.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default deadline of an agent call ([`call_timeout`]).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Environment variable that overrides [`DEFAULT_CALL_TIMEOUT`], in seconds
+/// (`30`, `2.5`): read by [`connect`] and [`connect_with_retry`].
+pub const CALL_TIMEOUT_ENV: &str = "VPOD_AGENT_CALL_TIMEOUT";
+
+/// Calls that legitimately last as long as something in the guest: a
+/// container's life (WaitContainer), its stop grace period (StopContainer),
+/// its stdin (WriteStdin, a client stream answered at its end). They get no
+/// deadline here; their callers bound them.
+const UNBOUNDED_CALLS: &[&str] = &["WaitContainer", "StopContainer", "WriteStdin"];
 
 /// Longest reply line accepted from the VMM (`OK 4294967295\n` is 14 bytes).
 const MAX_REPLY_LINE: usize = 64;
@@ -61,6 +78,84 @@ pub enum Error {
         attempts: u32,
         last: Box<Error>,
     },
+}
+
+/// The deadline of agent calls: `$VPOD_AGENT_CALL_TIMEOUT` seconds if set
+/// and valid, else [`DEFAULT_CALL_TIMEOUT`].
+pub fn call_timeout() -> Duration {
+    std::env::var(CALL_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(DEFAULT_CALL_TIMEOUT)
+}
+
+/// The agent's gRPC channel with a deadline on every call.
+///
+/// A unary call must be answered within the deadline; a streaming call
+/// (Attach, Exec, Logs, Health) must be set up within it (the agent's
+/// response headers), after which its stream lasts as long as it needs.
+/// [`UNBOUNDED_CALLS`] have none. A missed deadline is the status
+/// `DEADLINE_EXCEEDED` "agent did not answer <Rpc> within <d>".
+#[derive(Clone, Debug)]
+pub struct AgentChannel {
+    inner: Channel,
+    timeout: Duration,
+}
+
+impl AgentChannel {
+    pub fn new(inner: Channel, timeout: Duration) -> Self {
+        AgentChannel { inner, timeout }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// A channel with the deadline of [`call_timeout`].
+impl From<Channel> for AgentChannel {
+    fn from(inner: Channel) -> Self {
+        AgentChannel::new(inner, call_timeout())
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type CallFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>>;
+
+/// The RPC's name from its path (`/vpod.agent.v1.Agent/ContainerStats`).
+fn rpc_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for AgentChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.inner, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let rpc = rpc_name(req.uri().path()).to_owned();
+        let timeout = self.timeout;
+        let call = tower::Service::call(&mut self.inner, req);
+        Box::pin(async move {
+            if UNBOUNDED_CALLS.contains(&rpc.as_str()) {
+                return call.await.map_err(Into::into);
+            }
+            match tokio::time::timeout(timeout, call).await {
+                Ok(r) => r.map_err(Into::into),
+                // A Status inside the error is what tonic hands the caller.
+                Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                    "agent did not answer {rpc} within {timeout:?}"
+                ))) as BoxError),
+            }
+        })
+    }
 }
 
 /// Runs the VMM's vsock host handshake on an already connected unix stream:
@@ -131,7 +226,17 @@ async fn open_stream(uds_path: &Path, port: u32) -> Result<UnixStream, Error> {
 /// The returned client reconnects by itself (new handshake) if the
 /// connection drops; errors of the first connection are reported precisely
 /// (refused, bad reply, timeout) instead of as an opaque transport error.
-pub async fn connect(uds_path: &Path, port: u32) -> Result<AgentClient<Channel>, Error> {
+/// Its calls have the deadline of [`call_timeout`].
+pub async fn connect(uds_path: &Path, port: u32) -> Result<AgentClient<AgentChannel>, Error> {
+    connect_with_timeout(uds_path, port, call_timeout()).await
+}
+
+/// [`connect`] with `call_timeout` as the deadline of every call.
+pub async fn connect_with_timeout(
+    uds_path: &Path,
+    port: u32,
+    call_timeout: Duration,
+) -> Result<AgentClient<AgentChannel>, Error> {
     // First connection: done here so its errors keep their type.
     let first = open_stream(uds_path, port).await?;
     let first = Arc::new(Mutex::new(Some(first)));
@@ -157,7 +262,7 @@ pub async fn connect(uds_path: &Path, port: u32) -> Result<AgentClient<Channel>,
         .connect_with_connector(connector)
         .await
         .map_err(|source| Error::Transport { port, source })?;
-    Ok(AgentClient::new(channel))
+    Ok(AgentClient::new(AgentChannel::new(channel, call_timeout)))
 }
 
 /// Like [`connect`], but keeps trying until the agent answers a `Ping` or
@@ -170,7 +275,7 @@ pub async fn connect_with_retry(
     uds_path: &Path,
     port: u32,
     timeout: Duration,
-) -> Result<AgentClient<Channel>, Error> {
+) -> Result<AgentClient<AgentChannel>, Error> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut delay = RETRY_DELAY_MIN;
@@ -325,6 +430,137 @@ mod tests {
             }
             other => panic!("unexpected error: {other}"),
         }
+    }
+
+    /// A fake agent behind a fake VMM: the vsock handshake succeeds and a
+    /// real gRPC server runs on the connection, but no call is ever answered
+    /// (a hung guest). Returns the socket and how many calls arrived.
+    async fn silent_agent() -> (tempdir::Dir, PathBuf, Arc<std::sync::atomic::AtomicU32>) {
+        use std::convert::Infallible;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        #[derive(Clone)]
+        struct Silent(Arc<AtomicU32>);
+        impl tower::Service<http::Request<tonic::body::Body>> for Silent {
+            type Response = http::Response<tonic::body::Body>;
+            type Error = Infallible;
+            type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Box::pin(std::future::pending())
+            }
+        }
+        impl tonic::server::NamedService for Silent {
+            const NAME: &'static str = "vpod.agent.v1.Agent";
+        }
+
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<UnixStream>>(4);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while !line.ends_with(b"\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    line.push(b[0]);
+                }
+                s.write_all(b"OK 5000\n").await.unwrap();
+                if tx.send(Ok(s)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let calls = Arc::new(AtomicU32::new(0));
+        let svc = Silent(calls.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        );
+        (dir, path, calls)
+    }
+
+    /// Issue 12 item 12: a guest that never answers fails a call at its
+    /// deadline, with the call named, instead of stalling the caller.
+    #[tokio::test]
+    async fn a_call_the_agent_never_answers_fails_at_its_deadline() {
+        use crate::pb::{ContainerRef, KillContainerRequest};
+        let (_dir, path, calls) = silent_agent().await;
+        let deadline = Duration::from_millis(300);
+        let mut c = connect_with_timeout(&path, 1024, deadline).await.unwrap();
+        let bounded = Duration::from_secs(10);
+
+        let t0 = Instant::now();
+        let st = tokio::time::timeout(bounded, c.container_stats(ContainerRef { id: "a".into() }))
+            .await
+            .expect("ContainerStats stalled: no deadline")
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(st.code(), tonic::Code::DeadlineExceeded, "{st:?}");
+        assert_eq!(
+            st.message(),
+            "agent did not answer ContainerStats within 300ms"
+        );
+        assert!(
+            took >= deadline && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert!(
+            calls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "the call reached the agent"
+        );
+
+        let st = tokio::time::timeout(
+            bounded,
+            c.kill_container(KillContainerRequest {
+                id: "a".into(),
+                signal: 9,
+                all: false,
+            }),
+        )
+        .await
+        .expect("KillContainer stalled: no deadline")
+        .unwrap_err();
+        assert!(st.message().contains("KillContainer"), "{st:?}");
+
+        // A stream's setup has the deadline too.
+        let st = tokio::time::timeout(bounded, c.attach(ContainerRef { id: "a".into() }))
+            .await
+            .expect("Attach stalled: no deadline")
+            .unwrap_err();
+        assert_eq!(st.message(), "agent did not answer Attach within 300ms");
+
+        // Waiting for a container is not cut short.
+        let wait = c.wait_container(ContainerRef { id: "a".into() });
+        assert!(
+            tokio::time::timeout(deadline * 3, wait).await.is_err(),
+            "WaitContainer must wait as long as the container runs"
+        );
+    }
+
+    #[test]
+    fn the_call_timeout_comes_from_the_environment_or_the_default() {
+        // One test touches the variable: no other test reads it.
+        std::env::remove_var(CALL_TIMEOUT_ENV);
+        assert_eq!(call_timeout(), DEFAULT_CALL_TIMEOUT);
+        std::env::set_var(CALL_TIMEOUT_ENV, "2.5");
+        assert_eq!(call_timeout(), Duration::from_millis(2500));
+        for bad in ["0", "-1", "soon", "NaN"] {
+            std::env::set_var(CALL_TIMEOUT_ENV, bad);
+            assert_eq!(call_timeout(), DEFAULT_CALL_TIMEOUT, "{bad}");
+        }
+        std::env::remove_var(CALL_TIMEOUT_ENV);
+        assert_eq!(
+            rpc_name("/vpod.agent.v1.Agent/ContainerStats"),
+            "ContainerStats"
+        );
     }
 
     /// Minimal self-cleaning temporary directory (no extra dependency).
