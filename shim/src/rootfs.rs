@@ -95,6 +95,28 @@ pub fn disk(mounts: &[Mount], cache: &Path) -> Result<RootfsDisk, RootfsError> {
     Ok(RootfsDisk { serial, path })
 }
 
+/// Removes what a shim with pid `pid` left in `cache` when it died while
+/// building a disk: its `.KEY.PID.tmp` files and `.KEY.PID.merged` mounts.
+/// Returns how many it removed.
+pub fn remove_leftovers(cache: &Path, pid: u32) -> usize {
+    let (tmp, merged) = (format!(".{pid}.tmp"), format!(".{pid}.merged"));
+    let mut n = 0;
+    for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        if name.ends_with(&tmp) {
+            n += usize::from(std::fs::remove_file(&path).is_ok());
+        } else if name.ends_with(&merged) {
+            let _ = umount2(&path, MntFlags::MNT_DETACH);
+            n += usize::from(std::fs::remove_dir(&path).is_ok());
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +171,26 @@ mod tests {
         let d2 = disk(&mounts, &dir.join("cache")).unwrap();
         assert_eq!(d1, d2);
         assert_eq!(std::fs::metadata(&d2.path).unwrap().modified().unwrap(), t1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 12 item 11: a dead shim's half-built disks go; others' stay.
+    #[test]
+    fn a_dead_shims_build_leftovers_are_removed() {
+        let dir = std::env::temp_dir().join(format!("vpod-shim-leftovers-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(".k1.4242.merged")).unwrap();
+        std::fs::write(dir.join(".k1.4242.tmp"), "x").unwrap();
+        std::fs::write(dir.join(".k2.4243.tmp"), "x").unwrap();
+        std::fs::write(dir.join("k3.erofs"), "x").unwrap();
+        assert_eq!(remove_leftovers(&dir, 4242), 2);
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".k2.4243.tmp", "k3.erofs"]);
+        assert_eq!(remove_leftovers(&dir.join("absent"), 4242), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -55,6 +55,123 @@ fn err(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
 pub struct VpodShim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// The task's bundle (`-bundle`, else the working directory containerd
+    /// starts us in): where `delete` finds the pod's [`PodMarker`].
+    bundle: PathBuf,
+}
+
+/// In each task's bundle: which pod dirs the task's shim made, and which
+/// shim, so `delete` after a crash can remove them. containerd gives that
+/// `delete` no runtime options, so the shim config can't tell it.
+const POD_MARKER: &str = "vpod-shim.json";
+
+/// What [`POD_MARKER`] holds.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PodMarker {
+    shim_pid: u32,
+    /// The shim's start time (`/proc/PID/stat` field 22): a recycled pid is
+    /// not the shim.
+    shim_start_time: u64,
+    /// The pod's state dir (slots, sockets, console).
+    state_dir: PathBuf,
+    /// The pod's ephemeral disk dir.
+    ephemeral_dir: PathBuf,
+    /// Where the shim builds rootfs disks (its half-built ones are named by its pid).
+    rootfs_cache: PathBuf,
+}
+
+/// Start time of process `pid` in clock ticks after boot (`/proc/PID/stat`
+/// field 22), if it exists.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parens; field 3 on
+    // follows the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl PodMarker {
+    fn for_pod(cfg: &ShimConfig, namespace: &str, id: &str) -> PodMarker {
+        let name = format!("{namespace}-{}", pod_id(id));
+        let me = std::process::id();
+        PodMarker {
+            shim_pid: me,
+            shim_start_time: proc_start_time(me).unwrap_or(0),
+            state_dir: cfg.state_dir.join(&name),
+            ephemeral_dir: cfg.ephemeral_dir.join(&name),
+            rootfs_cache: cfg.rootfs_cache.clone(),
+        }
+    }
+
+    /// Written (0600) into `bundle`, atomically.
+    fn write(&self, bundle: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = bundle.join(format!(".{POD_MARKER}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, bundle.join(POD_MARKER))
+    }
+
+    fn read(bundle: &std::path::Path) -> Option<PodMarker> {
+        serde_json::from_slice(&std::fs::read(bundle.join(POD_MARKER)).ok()?).ok()
+    }
+
+    fn shim_alive(&self) -> bool {
+        self.shim_start_time != 0 && proc_start_time(self.shim_pid) == Some(self.shim_start_time)
+    }
+}
+
+/// What [`clean_after_dead_shim`] did.
+#[derive(Debug, PartialEq)]
+enum Cleanup {
+    /// No marker: no pod dirs were made for this task (or already cleaned).
+    NoMarker,
+    /// The pod's shim still runs (containerd deletes a task of a live pod,
+    /// e.g. after a failed start): nothing of the pod is touched.
+    ShimAlive(u32),
+    /// The shim is gone: its pod dirs and half-built disks are removed.
+    Cleaned(Vec<PathBuf>),
+}
+
+/// A dir the marker may name for removal: absolute, below some parent, no `..`.
+fn removable(dir: &std::path::Path) -> bool {
+    use std::path::Component;
+    dir.is_absolute()
+        && dir.components().count() > 2
+        && dir
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// `delete` after the shim died: removes the pod's state and ephemeral dirs
+/// and the shim's half-built rootfs disks, unless the shim still runs.
+///
+/// Nothing else is left on the host: the VMM and its threads lived in the
+/// shim's process and died with it, and the tap it opened in the pod's netns
+/// (CNI's, removed by CNI) was not persistent: it went away when its last fd
+/// closed. The marker itself stays: containerd removes the bundle.
+fn clean_after_dead_shim(bundle: &std::path::Path) -> Cleanup {
+    let Some(m) = PodMarker::read(bundle) else {
+        return Cleanup::NoMarker;
+    };
+    if m.shim_alive() {
+        return Cleanup::ShimAlive(m.shim_pid);
+    }
+    let mut removed = Vec::new();
+    for dir in [&m.state_dir, &m.ephemeral_dir] {
+        if removable(dir) && std::fs::remove_dir_all(dir).is_ok() {
+            removed.push(dir.clone());
+        }
+    }
+    rootfs::remove_leftovers(&m.rootfs_cache, m.shim_pid);
+    Cleanup::Cleaned(removed)
 }
 
 /// The bundle's OCI spec annotations that say which pod a task is in.
@@ -71,9 +188,15 @@ impl Shim for VpodShim {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let bundle = if args.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            PathBuf::from(&args.bundle)
+        };
         VpodShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            bundle,
         }
     }
 
@@ -84,7 +207,13 @@ impl Shim for VpodShim {
     }
 
     async fn delete_shim(&mut self) -> Result<api::DeleteResponse, ShimError> {
-        // containerd calls this when the shim is gone: report a killed task.
+        // containerd calls this when the shim is gone (killed, crashed) or a
+        // start failed: clean up what the dead shim left, report a killed task.
+        let bundle = self.bundle.clone();
+        let done = tokio::task::spawn_blocking(move || clean_after_dead_shim(&bundle))
+            .await
+            .map_err(|e| ShimError::Other(e.to_string()))?;
+        log::info!("delete of {}: {done:?}", self.bundle.display());
         Ok(api::DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
             exited_at: Some(Timestamp::now()).into(),
@@ -103,6 +232,7 @@ impl Shim for VpodShim {
                 namespace: self.namespace.clone(),
                 publisher,
                 config: std::sync::OnceLock::new(),
+                marker: std::sync::OnceLock::new(),
                 pod: tokio::sync::Mutex::new(None),
                 tasks: Mutex::new(HashMap::new()),
                 execs: Mutex::new(HashMap::new()),
@@ -156,6 +286,8 @@ struct Inner {
     publisher: RemotePublisher,
     /// From the first Create's runtime options (one runtime per shim).
     config: std::sync::OnceLock<ShimConfig>,
+    /// The pod's dirs, fixed by the first task (the one that boots the VM).
+    marker: std::sync::OnceLock<PodMarker>,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     tasks: Mutex<HashMap<String, Arc<TaskState>>>,
     /// Exec'd processes by (container id, exec id).
@@ -451,6 +583,15 @@ impl TaskService {
         })
     }
 
+    /// The pod's dirs: those of the first task (`id`) to ask.
+    fn marker(&self, id: &str) -> TtrpcResult<&PodMarker> {
+        let cfg = self.config()?;
+        Ok(self
+            .inner
+            .marker
+            .get_or_init(|| PodMarker::for_pod(cfg, &self.inner.namespace, id)))
+    }
+
     /// What the pod of `spec` may read on the host: its own kubelet volumes and sandbox files
     /// (containerd's annotations); its namespaces are named by this shim's pid.
     fn classifier(&self, spec: &oci_spec::runtime::Spec) -> TtrpcResult<MountClassifier> {
@@ -502,15 +643,11 @@ impl TaskService {
         let pid = pod_id(id);
         let size = vm_size(cfg, spec, sandbox)?;
         let hostname = spec.hostname().clone().filter(|h| !h.is_empty());
+        let dirs = self.marker(id)?;
         let pod = Pod::boot(PodConfig {
             id: pid.clone(),
-            dir: cfg
-                .state_dir
-                .join(format!("{}-{pid}", self.inner.namespace)),
-            ephemeral_dir: Some(
-                cfg.ephemeral_dir
-                    .join(format!("{}-{pid}", self.inner.namespace)),
-            ),
+            dir: dirs.state_dir.clone(),
+            ephemeral_dir: Some(dirs.ephemeral_dir.clone()),
             kernel: cfg.kernel.clone(),
             initrd: cfg.initrd.clone(),
             vcpus: size.vcpus,
@@ -615,6 +752,13 @@ impl Task for TaskService {
                 .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
             let _ = self.inner.config.set(c);
         }
+        // Before anything is made: a crash from here on is cleaned up by `delete`.
+        self.marker(&req.id)?.write(&bundle).map_err(|e| {
+            err(
+                ttrpc::Code::INTERNAL,
+                format!("write {}/{POD_MARKER}: {e}", bundle.display()),
+            )
+        })?;
         let (exit, _) = watch::channel(None);
         let t = Arc::new(TaskState {
             id: req.id.clone(),
@@ -1237,6 +1381,99 @@ impl Task for TaskService {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn shim_for(bundle: &std::path::Path) -> VpodShim {
+        VpodShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: "k8s.io".into(),
+            bundle: bundle.to_path_buf(),
+        }
+    }
+
+    /// A pid that no longer runs (an exited, reaped child's).
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    /// Issue 12 item 11: `delete` after the shim died removes the pod's
+    /// state dir, ephemeral dir and half-built rootfs disks; it touches
+    /// nothing of a pod whose shim still runs.
+    #[tokio::test]
+    async fn delete_after_a_dead_shim_removes_its_pod_dirs() {
+        let base = std::env::temp_dir().join(format!("vpod-shim-delete-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let cfg = ShimConfig {
+            state_dir: base.join("state"),
+            ephemeral_dir: base.join("ephemeral"),
+            rootfs_cache: base.join("rootfs"),
+            ..ShimConfig::default()
+        };
+        let bundle = base.join("bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        let mut m = PodMarker::for_pod(&cfg, "k8s.io", "0123456789abcdefABCDEF0123456789abcdef");
+        assert_eq!(m.shim_pid, std::process::id());
+        assert!(m.shim_alive(), "{m:?}");
+        assert_eq!(
+            m.state_dir,
+            base.join("state/k8s.io-0123456789abcdefabcdef0123456789")
+        );
+        let make = |m: &PodMarker| {
+            for d in [&m.state_dir, &m.ephemeral_dir] {
+                std::fs::create_dir_all(d).unwrap();
+                std::fs::write(d.join("slot-0.img"), "x").unwrap();
+            }
+            std::fs::create_dir_all(&m.rootfs_cache).unwrap();
+            std::fs::write(m.rootfs_cache.join(format!(".k.{}.tmp", m.shim_pid)), "x").unwrap();
+        };
+
+        // No marker: nothing to do, still a killed task's answer.
+        let r = shim_for(&bundle).delete_shim().await.unwrap();
+        assert_eq!(r.exit_status, 137);
+        assert_eq!(clean_after_dead_shim(&bundle), Cleanup::NoMarker);
+
+        // The shim runs (this process): the pod is left alone.
+        make(&m);
+        m.write(&bundle).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bundle.join(POD_MARKER))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        shim_for(&bundle).delete_shim().await.unwrap();
+        assert!(m.state_dir.join("slot-0.img").exists());
+        assert!(m.ephemeral_dir.exists());
+
+        // The same pid, another start time: a recycled pid, not the shim.
+        m.shim_start_time += 1;
+        m.write(&bundle).unwrap();
+        shim_for(&bundle).delete_shim().await.unwrap();
+        assert!(!m.state_dir.exists() && !m.ephemeral_dir.exists());
+
+        // A dead shim: everything of its pod goes.
+        m.shim_pid = dead_pid();
+        make(&m);
+        m.write(&bundle).unwrap();
+        shim_for(&bundle).delete_shim().await.unwrap();
+        assert!(!m.state_dir.exists(), "state dir left");
+        assert!(!m.ephemeral_dir.exists(), "ephemeral dir left");
+        assert_eq!(std::fs::read_dir(&m.rootfs_cache).unwrap().count(), 0);
+        // Again (containerd deletes each task of the pod): nothing left to do.
+        assert_eq!(clean_after_dead_shim(&bundle), Cleanup::Cleaned(Vec::new()));
+
+        // A marker naming a relative or `..` path removes nothing.
+        let victim = base.join("victim");
+        std::fs::create_dir_all(&victim).unwrap();
+        m.state_dir = base.join("state/../victim");
+        m.ephemeral_dir = "victim".into();
+        m.write(&bundle).unwrap();
+        shim_for(&bundle).delete_shim().await.unwrap();
+        assert!(victim.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn stdin_ends_at_close_io_with_what_was_written_before() {
