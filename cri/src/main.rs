@@ -348,6 +348,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Supervise { .. }) {
+        // Pods whose `vpod run` or supervisor was killed: their records go.
+        for id in record::collect_garbage(&cli.run_dir) {
+            tracing::info!("removed the record of pod {id}: its supervisor is gone");
+        }
+    }
     if matches!(cli.cmd, Cmd::Image(_)) {
         return match run(cli) {
             Ok(()) => ExitCode::SUCCESS,

@@ -3,17 +3,16 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use vpod_agent_api::pb::{
     exec_input, exec_output, ExecInput, ExecResize, ExecStart, Process, StopContainerRequest,
 };
 use vpod_agent_api::AGENT_VSOCK_PORT;
 
-use crate::record::Record;
+use crate::record::{Record, Supervisor};
 use crate::run::{unix_now, CONTAINER_ID, DEFAULT_STOP_GRACE};
 use crate::term;
 
@@ -55,10 +54,10 @@ pub fn ps(run_dir: &Path, all: bool) -> Result<u8, String> {
     Ok(0)
 }
 
-fn running(run_dir: &Path, id: &str) -> Result<(Record, i32), String> {
+fn running(run_dir: &Path, id: &str) -> Result<(Record, Supervisor), String> {
     let rec = Record::find(run_dir, id).map_err(|e| e.to_string())?;
     match rec.supervisor() {
-        Some(pid) if rec.status().is_none() => Ok((rec, pid)),
+        Some(sup) if rec.status().is_none() => Ok((rec, sup)),
         _ => Err(format!("pod {id} is not running ({})", state(&rec))),
     }
 }
@@ -81,7 +80,7 @@ pub async fn logs(run_dir: &Path, id: &str, follow: bool) -> Result<u8, String> 
 }
 
 pub async fn stop(run_dir: &Path, id: &str, grace: Duration) -> Result<u8, String> {
-    let Ok((rec, pid)) = running(run_dir, id) else {
+    let Ok((rec, sup)) = running(run_dir, id) else {
         // Already stopped: stop is idempotent.
         Record::find(run_dir, id).map_err(|e| e.to_string())?;
         println!("{id}");
@@ -101,36 +100,29 @@ pub async fn stop(run_dir: &Path, id: &str, grace: Duration) -> Result<u8, Strin
         .await
         .map_err(|_| format!("pod {id}: stop: the agent did not answer within {deadline:?}"))?
         .map_err(|s| format!("pod {id}: stop: {}", s.message()))?;
-    wait_gone(pid, SUPERVISOR_EXIT_WAIT).await;
+    sup.wait_gone(SUPERVISOR_EXIT_WAIT).await;
     println!("{id}");
     Ok(0)
 }
 
-async fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let t0 = Instant::now();
-    while kill(Pid::from_raw(pid), None).is_ok() {
-        if t0.elapsed() > timeout {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
-}
-
 pub async fn rm(run_dir: &Path, id: &str, force: bool) -> Result<u8, String> {
     let rec = Record::find(run_dir, id).map_err(|e| e.to_string())?;
-    if let Some(pid) = rec.supervisor() {
+    // Signals go through the supervisor's pidfd: to that process or none.
+    if let Some(sup) = rec.supervisor() {
         if !force {
             return Err(format!(
                 "pod {id} is running: `vpod stop {id}` first, or `vpod rm -f {id}`"
             ));
         }
         // SIGTERM: the supervisor stops the container, then the VM.
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        if !wait_gone(pid, DEFAULT_STOP_GRACE + SUPERVISOR_EXIT_WAIT).await {
+        sup.signal(Signal::SIGTERM);
+        if !sup
+            .wait_gone(DEFAULT_STOP_GRACE + SUPERVISOR_EXIT_WAIT)
+            .await
+        {
             // The VM lives in the supervisor: killing it frees everything.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            wait_gone(pid, SUPERVISOR_EXIT_WAIT).await;
+            sup.signal(Signal::SIGKILL);
+            sup.wait_gone(SUPERVISOR_EXIT_WAIT).await;
         }
     }
     rec.remove();
