@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -237,21 +238,37 @@ impl Store {
         let t0 = Instant::now();
         let (_, _, config) = self.image_config(&manifest_digest)?;
         let layers: Vec<Digest> = manifest.layers.iter().map(|l| l.digest.clone()).collect();
+        // The tree holds the image's set-id files and device nodes: it lives in a 0700 dir of
+        // its own (under 0700 work/ and images/), so no other user reaches it, even one that
+        // kept a cwd or an fd open in work/ from before. Its root is the image's `/` (0755).
         let work = WorkDir(self.work_dir().join(format!(
             "{}-{}",
             manifest_digest.short(),
             std::process::id()
         )));
         let _ = fs::remove_dir_all(&work.0);
-        fs::create_dir(&work.0).ctx("create directory", &work.0)?;
-        fs::set_permissions(&work.0, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        crate::store::private_dir(&self.work_dir())?;
+        fs::DirBuilder::new()
+            .mode(crate::store::DIR_MODE)
+            .create(&work.0)
+            .ctx("create directory", &work.0)?;
+        fs::set_permissions(&work.0, fs::Permissions::from_mode(crate::store::DIR_MODE))
             .ctx("chmod", &work.0)?;
-        unpack_image(self, &layers, &work.0)?;
+        let tree = work.0.join("rootfs");
+        fs::create_dir(&tree).ctx("create directory", &tree)?;
+        fs::set_permissions(&tree, fs::Permissions::from_mode(0o755)).ctx("chmod", &tree)?;
+        unpack_image(self, &layers, &tree)?;
         let unpacked = t0.elapsed();
 
         let (temp, f) = TempFile::new(&self.ingest_dir(), "disk")?;
         drop(f);
-        make_fs(fs_type, &work.0, &temp.path)?;
+        make_fs(fs_type, &tree, &temp.path)?;
+        // Whatever mode mkfs gave its output, the store's files are 0600.
+        fs::set_permissions(
+            &temp.path,
+            fs::Permissions::from_mode(crate::store::FILE_MODE),
+        )
+        .ctx("chmod", &temp.path)?;
         let file = fs::File::open(&temp.path).ctx("open", &temp.path)?;
         file.sync_all().ctx("fsync", &temp.path)?;
         let disk_size = file.metadata().ctx("stat", &temp.path)?.len();

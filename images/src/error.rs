@@ -58,6 +58,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An image is bigger, unpacked, than [`crate::unpack::UnpackLimits`] allows.
+    #[error("layer {layer}: entry {entry:?}: the image exceeds the unpack limit {limit_name} = {limit} ({what})")]
+    LimitExceeded {
+        layer: Digest,
+        entry: String,
+        /// The field of `UnpackLimits` that was hit.
+        limit_name: &'static str,
+        limit: u64,
+        /// What went over, in words.
+        what: String,
+    },
     #[error("image {0:?} is not in the store")]
     NotFound(String),
     #[error("invalid image reference {reference:?}: {reason}")]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::blockimg::{BlockImage, FsType};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, Descriptor, Manifest, Parsed};
@@ -339,8 +340,36 @@ fn layout_name(desc: &Descriptor, origin: &Path) -> Option<String> {
 }
 
 /// Imports an OCI layout (directory or tar) or a `docker save` tar. `name`, when given, names a
-/// single imported image (it replaces the names inside the archive).
+/// single imported image (it replaces the names inside the archive). All names are set at once
+/// at the end: a failed import names nothing.
 pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Imported>> {
+    Ok(import_with(store, path, name, None)?
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// [`import`], then builds each image's block image before any name is set: when a build fails
+/// (a layer that doesn't unpack, an unpack limit, mkfs), the error is returned and no name of
+/// the archive is set (names that existed before stay as they were).
+pub fn import_and_build(
+    store: &Store,
+    path: &Path,
+    name: Option<&str>,
+    fs_type: FsType,
+) -> Result<Vec<(Imported, BlockImage)>> {
+    Ok(import_with(store, path, name, Some(fs_type))?
+        .into_iter()
+        .map(|(i, b)| (i, b.expect("built")))
+        .collect())
+}
+
+fn import_with(
+    store: &Store,
+    path: &Path,
+    name: Option<&str>,
+    build: Option<FsType>,
+) -> Result<Vec<(Imported, Option<BlockImage>)>> {
     let meta = std::fs::metadata(path).ctx("stat", path)?;
     let src: Box<dyn Source> = if meta.is_dir() {
         Box::new(DirSource(path.to_owned()))
@@ -401,14 +430,30 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Impo
         let d = images[0].1.clone();
         images = vec![(Some(n), d)];
     }
-    let mut out = Vec::new();
-    for (n, d) in images {
-        let n = n.unwrap_or_else(|| d.to_string());
-        store.set_ref(&n, &d)?;
-        out.push(Imported {
-            name: n,
-            manifest: d,
-        });
+    let mut built: HashMap<Digest, BlockImage> = HashMap::new();
+    if let Some(fs_type) = build {
+        for (_, d) in &images {
+            if !built.contains_key(d) {
+                built.insert(d.clone(), store.ensure_block_image(d, fs_type)?);
+            }
+        }
     }
-    Ok(out)
+    let named: Vec<(String, Digest)> = images
+        .into_iter()
+        .map(|(n, d)| (n.unwrap_or_else(|| d.to_string()), d))
+        .collect();
+    store.set_refs(&named)?;
+    Ok(named
+        .into_iter()
+        .map(|(n, d)| {
+            let b = built.get(&d).cloned();
+            (
+                Imported {
+                    name: n,
+                    manifest: d,
+                },
+                b,
+            )
+        })
+        .collect())
 }

@@ -17,9 +17,10 @@ pub mod unpack;
 pub use blockimg::{make_fs, BlockImage, BuildStats, FsType, ImageInfo};
 pub use digest::Digest;
 pub use error::{Error, Result};
-pub use import::{import, Imported};
-pub use pull::{pull, Progress, Pulled, RegistryAuth, RegistryConfig};
+pub use import::{import, import_and_build, Imported};
+pub use pull::{pull, pull_and_build, Progress, Pulled, RegistryAuth, RegistryConfig};
 pub use store::{PruneReport, Store, Usage};
+pub use unpack::{unpack_tar, UnpackLimits, UnpackStats};
 
 /// Default root of vpod's state.
 pub const DEFAULT_ROOT: &str = "/var/lib/vpod";

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use oci_client::secrets::RegistryAuth;
 
+use crate::blockimg::{BlockImage, FsType};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{self, Descriptor, Parsed};
@@ -134,6 +135,7 @@ fn on_host(r: &Reference, host: &str) -> Reference {
 }
 
 /// Pulls `image` into the store and names it. Tries each mirror, then the registry itself.
+/// A failed pull names nothing (a name it had before stays as it was).
 pub async fn pull(
     store: &Store,
     image: &str,
@@ -141,6 +143,34 @@ pub async fn pull(
     cfg: &RegistryConfig,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> Result<Pulled> {
+    Ok(pull_with(store, image, auth, cfg, progress, None).await?.0)
+}
+
+/// [`pull`], then builds the image's block image before naming it: when the build fails (a
+/// layer that doesn't unpack, an unpack limit, mkfs), the error is returned and the name is
+/// not set (a name it had before stays as it was).
+pub async fn pull_and_build(
+    store: &Store,
+    image: &str,
+    auth: &RegistryAuth,
+    cfg: &RegistryConfig,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    fs_type: FsType,
+) -> Result<(Pulled, BlockImage)> {
+    let (p, b) = pull_with(store, image, auth, cfg, progress, Some(fs_type)).await?;
+    Ok((p, b.expect("built")))
+}
+
+async fn pull_with(
+    store: &Store,
+    image: &str,
+    auth: &RegistryAuth,
+    cfg: &RegistryConfig,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    build: Option<FsType>,
+) -> Result<(Pulled, Option<BlockImage>)> {
+    // Held from the first blob to the name: prune keeps what the pull wrote meanwhile.
+    let _writers = store.writer_guard()?;
     let r = reference::parse(image)?;
     let name = r.whole();
     let upstream = r.resolve_registry().to_owned();
@@ -154,8 +184,23 @@ pub async fn pull(
         match pull_from(store, &r, &host, auth, cfg, progress).await {
             Ok(mut p) => {
                 p.name = name.clone();
+                let built = match build {
+                    None => None,
+                    Some(fs_type) => {
+                        let (store, md) = (store.clone(), p.manifest.clone());
+                        let b = tokio::task::spawn_blocking(move || {
+                            store.ensure_block_image(&md, fs_type)
+                        })
+                        .await
+                        .map_err(|e| Error::Tool {
+                            tool: "block image build".into(),
+                            reason: format!("the build thread failed: {e}"),
+                        })??;
+                        Some(b)
+                    }
+                };
                 store.set_ref(&name, &p.manifest)?;
-                return Ok(p);
+                return Ok((p, built));
             }
             Err(e) => {
                 tracing::warn!(endpoint = %host, error = %e, "pull failed");

@@ -8,15 +8,19 @@
 //! refs.json                 {"docker.io/library/busybox:latest": "sha256:..."}   (under refs.lock)
 //! disks/<hex>.erofs|.ext4   block image of manifest <hex>, and <hex>.json its ImageInfo
 //! leases/<hex>/<user>       a pod using the image: `rm` refuses while one exists
-//! work/                     unpack trees while a block image is built
+//! work/<id>/rootfs          unpack trees while a block image is built
 //! ```
+//! An unpacked tree holds the image's setuid-root files and device nodes as they are, so no one
+//! but root may reach into the store: every directory of it is 0700 and every file it writes
+//! 0600, set explicitly (whatever the umask), and `open` puts those modes back on an existing
+//! store's directories.
 //! Two processes may use one store: blob writes are atomic renames, refs.json is rewritten under
 //! an exclusive flock, and prune takes `gc.lock` exclusively while every writer holds it shared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,11 +30,55 @@ use serde::Serialize;
 use crate::digest::{Digest, Hasher, HashingReader, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, Parsed};
+use crate::unpack::UnpackLimits;
+
+/// Mode of every directory of the store.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the store writes.
+pub const FILE_MODE: u32 = 0o600;
 
 /// A content store rooted at `<root>/images`.
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    limits: UnpackLimits,
+}
+
+/// Creates `p` (its parent must exist) if missing, and gives it mode 0700 either way.
+pub(crate) fn private_dir(p: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(DIR_MODE).create(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).ctx("create directory", p),
+    }
+    let m = fs::symlink_metadata(p).ctx("stat", p)?;
+    if !m.is_dir() {
+        return Err(Error::Io {
+            op: "create directory",
+            path: p.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
+        });
+    }
+    if m.permissions().mode() & 0o7777 != DIR_MODE {
+        fs::set_permissions(p, fs::Permissions::from_mode(DIR_MODE)).ctx("chmod", p)?;
+    }
+    Ok(())
+}
+
+/// Opens `p` for writing, creating it 0600 (made so explicitly, whatever the umask).
+fn private_file(p: &Path, create_new: bool) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(!create_new)
+        .create_new(create_new)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(p)?;
+    f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(f)
 }
 
 /// Usage figures (for `vpod image usage` and CRI ImageFsInfo).
@@ -71,12 +119,7 @@ impl TempFile {
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let path = dir.join(name);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&path)
-            .ctx("create", &path)?;
+        let f = private_file(&path, true).ctx("create", &path)?;
         Ok((TempFile { path, keep: false }, f))
     }
 
@@ -158,14 +201,29 @@ impl BlobWriter {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `<root>/images`.
+    /// Opens (creating if needed) the store under `<root>/images`, with the default
+    /// [`UnpackLimits`]. The store's directories get mode 0700 (existing ones too).
     pub fn open(root: &Path) -> Result<Store> {
+        fs::create_dir_all(root).ctx("create directory", root)?;
         let dir = root.join("images");
-        for d in ["blobs/sha256", "ingest", "disks", "leases", "work"] {
-            let p = dir.join(d);
-            fs::create_dir_all(&p).ctx("create directory", &p)?;
+        private_dir(&dir)?;
+        for d in ["blobs", "blobs/sha256", "ingest", "disks", "leases", "work"] {
+            private_dir(&dir.join(d))?;
         }
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            limits: UnpackLimits::default(),
+        })
+    }
+
+    /// The store with other limits on what building a block image may unpack.
+    pub fn with_unpack_limits(mut self, limits: UnpackLimits) -> Store {
+        self.limits = limits;
+        self
+    }
+
+    pub fn unpack_limits(&self) -> UnpackLimits {
+        self.limits
     }
 
     pub fn dir(&self) -> &Path {
@@ -299,12 +357,7 @@ impl Store {
 
     fn lock(&self, name: &str, exclusive: bool) -> Result<Flock<File>> {
         let p = self.dir.join(name);
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .ctx("open lock", &p)?;
+        let f = private_file(&p, false).ctx("open lock", &p)?;
         let arg = if exclusive {
             FlockArg::LockExclusive
         } else {
@@ -361,12 +414,21 @@ impl Store {
 
     /// Points `name` at `manifest` (the manifest blob must be in the store).
     pub fn set_ref(&self, name: &str, manifest: &Digest) -> Result<()> {
-        if !self.has_blob(manifest) {
-            return Err(Error::BlobMissing(manifest.clone()));
+        self.set_refs(&[(name.to_owned(), manifest.clone())])
+    }
+
+    /// Points each name at its manifest, all or none (one rewrite of refs.json).
+    pub fn set_refs(&self, refs_to_set: &[(String, Digest)]) -> Result<()> {
+        for (_, manifest) in refs_to_set {
+            if !self.has_blob(manifest) {
+                return Err(Error::BlobMissing(manifest.clone()));
+            }
         }
         let _l = self.lock("refs.lock", true)?;
         let mut refs = self.read_refs()?;
-        refs.insert(name.to_owned(), manifest.clone());
+        for (name, manifest) in refs_to_set {
+            refs.insert(name.clone(), manifest.clone());
+        }
         self.write_refs(&refs)
     }
 
@@ -454,9 +516,9 @@ impl Store {
             });
         }
         let dir = self.lease_dir(d);
-        fs::create_dir_all(&dir).ctx("create directory", &dir)?;
+        private_dir(&dir)?;
         let p = dir.join(user);
-        File::create(&p).ctx("create", &p)?;
+        private_file(&p, false).ctx("create", &p)?;
         Ok(())
     }
 

@@ -2,13 +2,23 @@
 //! ownership, xattrs, hard links, symlinks and device nodes. Every path is resolved inside the
 //! root (symlinks followed as the container would see them, absolute ones relative to the root);
 //! an entry that would land outside it is refused.
+//!
+//! What a layer may cost is bounded by [`UnpackLimits`]: the bytes and entries of the whole
+//! image, and the bytes the tar reader takes in besides file data (headers, long names and PAX
+//! records, which are held in memory, and anything after the end of the archive).
+//!
+//! The tree holds the image's set-id files and device nodes as they are: callers unpack into a
+//! directory no other user can reach (the store's work dirs are 0700 under 0700 parents).
+//! [`unpack_tar`] is the one-call entry point (for tools and fuzz targets).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
 
@@ -23,13 +33,86 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// As in Linux path resolution: more symlinks than this in one path is a loop.
 const MAX_SYMLINKS: usize = 40;
+/// Longest entry path accepted (Linux's PATH_MAX).
+const MAX_PATH: usize = 4096;
+
+/// How big an image may be once unpacked (all its layers together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Sum of the sizes every entry claims (sparse files at their full size), plus xattrs.
+    /// Files a later layer replaces still count: they were written.
+    pub max_bytes: u64,
+    /// Number of tar entries (whiteouts and directories included).
+    pub max_entries: u64,
+    /// What the tar reader may consume for one entry besides its data: header blocks, GNU long
+    /// names and PAX records (read into memory whole); also the bound on what may follow the
+    /// end of an archive.
+    pub max_metadata_bytes: u64,
+}
+
+impl UnpackLimits {
+    /// 10 GiB, a million entries, 16 MiB of metadata per entry.
+    pub const DEFAULT: UnpackLimits = UnpackLimits {
+        max_bytes: 10 << 30,
+        max_entries: 1_000_000,
+        max_metadata_bytes: 16 << 20,
+    };
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits::DEFAULT
+    }
+}
+
+/// What an unpack wrote so far (what the limits count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub bytes: u64,
+    pub entries: u64,
+}
 
 /// Unpacks layers, in order, into one directory.
 pub struct Unpacker {
     root: PathBuf,
     is_root: bool,
-    /// Directory mtimes, applied at the end (creating children changes them).
+    /// Directory mtimes, applied at the end (creating children changes them). Whatever is
+    /// removed leaves this map too, so no path in it goes through a symlink.
     dir_times: BTreeMap<PathBuf, i64>,
+    limits: UnpackLimits,
+    stats: UnpackStats,
+}
+
+/// Counts down what the tar reader may still take from the stream; a read past it fails.
+struct Budgeted<R> {
+    inner: R,
+    left: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        if left == 0 && !buf.is_empty() {
+            return Err(io::Error::other("tar metadata budget exhausted"));
+        }
+        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
+/// Unpacks one layer stream (a tar, or a gzip or zstd compressed one) into `dest`, an existing
+/// directory, within `limits`: the entry point for tools and fuzz targets. Nothing is written
+/// outside `dest`, whatever the stream holds; errors name the layer as the digest of the empty
+/// string (the stream's digest is not computed). Unpack as root only into a directory other
+/// users can't reach: the tree may hold set-id files and device nodes.
+pub fn unpack_tar(stream: impl Read, dest: &Path, limits: UnpackLimits) -> Result<UnpackStats> {
+    let mut u = Unpacker::with_limits(dest, limits);
+    u.apply(&Digest::of(b""), stream)?;
+    let stats = u.stats();
+    u.finish()?;
+    Ok(stats)
 }
 
 /// Wraps a layer stream in the decompressor its magic bytes call for.
@@ -49,18 +132,29 @@ pub fn decompress<'a, R: BufRead + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a
 struct Layer<'a> {
     digest: &'a Digest,
     written: HashSet<PathBuf>,
-    opaque: Vec<PathBuf>,
     resolved: HashMap<PathBuf, PathBuf>,
 }
 
 impl Unpacker {
-    /// `root` must exist (and is normally empty).
+    /// `root` must exist (and is normally empty). Default limits.
     pub fn new(root: &Path) -> Unpacker {
+        Unpacker::with_limits(root, UnpackLimits::default())
+    }
+
+    /// `root` must exist (and is normally empty).
+    pub fn with_limits(root: &Path, limits: UnpackLimits) -> Unpacker {
         Unpacker {
             root: root.to_owned(),
             is_root: nix::unistd::geteuid().is_root(),
             dir_times: BTreeMap::new(),
+            limits,
+            stats: UnpackStats::default(),
         }
+    }
+
+    /// What the layers applied so far wrote.
+    pub fn stats(&self) -> UnpackStats {
+        self.stats
     }
 
     /// Applies one layer read from `r` (compressed or not). Reads `r` to the end of the tar.
@@ -83,35 +177,108 @@ impl Unpacker {
             entry: entry.to_owned(),
             source,
         };
-        let mut archive = tar::Archive::new(stream);
+        let meta = self.limits.max_metadata_bytes;
+        let left = Rc::new(Cell::new(meta));
+        let over = |left: &Cell<u64>, entry: &str, e: io::Error| {
+            if left.get() == 0 {
+                Error::LimitExceeded {
+                    layer: digest.clone(),
+                    entry: entry.to_owned(),
+                    limit_name: "max_metadata_bytes",
+                    limit: meta,
+                    what: "tar headers, long names and PAX records of one entry, or data after \
+                           the end of the archive"
+                        .into(),
+                }
+            } else {
+                io_err("read tar", entry, e)
+            }
+        };
+        let mut archive = tar::Archive::new(Budgeted {
+            inner: stream,
+            left: left.clone(),
+        });
         let mut layer = Layer {
             digest,
             written: HashSet::new(),
-            opaque: Vec::new(),
             resolved: HashMap::new(),
         };
         let mut buf = vec![0u8; 256 << 10];
-        let entries = archive.entries().map_err(|e| io_err("read tar", "", e))?;
+        let entries = archive.entries().map_err(|e| over(&left, "", e))?;
+        let mut last = String::new();
         for entry in entries {
-            let mut entry = entry.map_err(|e| io_err("read tar", "", e))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            self.entry(&mut layer, &mut entry, &name, &mut buf)?;
+            let mut entry = entry.map_err(|e| over(&left, &last, e))?;
+            // File data is counted against max_bytes, not this budget.
+            left.set(u64::MAX);
+            let name = shown(&entry.path_bytes());
+            let size = entry.size();
+            let read = self.entry(&mut layer, &mut entry, &name, &mut buf)?;
+            // The next header, plus the rest of this entry's data the reader skips (counted in
+            // max_bytes already) and its padding.
+            left.set(
+                meta.saturating_add(size.saturating_sub(read))
+                    .saturating_add(512),
+            );
+            last = name;
         }
         // Tar streams end with zero blocks and compressors with trailers: read them so the blob
         // hash covers all of it.
+        left.set(meta);
         io::copy(&mut archive.into_inner(), &mut io::sink())
-            .map_err(|e| io_err("read", "(end of layer)", e))?;
-        // Opaque dirs hide everything lower layers put there; this layer's entries stay.
-        for dir in std::mem::take(&mut layer.opaque) {
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
-            for child in rd.flatten() {
-                let p = child.path();
-                if !layer.written.contains(&p) {
-                    remove_any(&p)
-                        .map_err(|e| io_err("remove (opaque dir)", &p.display().to_string(), e))?;
-                }
-            }
+            .map_err(|e| over(&left, "(end of layer)", e))?;
+        Ok(())
+    }
+
+    /// Removes `p` (anything, a whole tree for a directory) and forgets what we knew under it.
+    fn remove(&mut self, layer: &mut Layer, p: &Path) -> io::Result<()> {
+        remove_any(p)?;
+        layer.resolved.clear();
+        let under: Vec<PathBuf> = self
+            .dir_times
+            .range(p.to_path_buf()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(p))
+            .cloned()
+            .collect();
+        for k in under {
+            self.dir_times.remove(&k);
         }
+        Ok(())
+    }
+
+    fn limit(
+        &self,
+        layer: &Layer,
+        entry: &str,
+        limit_name: &'static str,
+        limit: u64,
+        what: String,
+    ) -> Error {
+        Error::LimitExceeded {
+            layer: layer.digest.clone(),
+            entry: entry.to_owned(),
+            limit_name,
+            limit,
+            what,
+        }
+    }
+
+    /// Counts `bytes` more against `max_bytes`.
+    fn charge(&mut self, layer: &Layer, entry: &str, bytes: u64) -> Result<()> {
+        let total = self.stats.bytes.saturating_add(bytes);
+        if total > self.limits.max_bytes {
+            return Err(self.limit(
+                layer,
+                entry,
+                "max_bytes",
+                self.limits.max_bytes,
+                format!(
+                    "unpacked size: {} bytes so far, this entry adds {bytes}",
+                    self.stats.bytes
+                ),
+            ));
+        }
+        self.stats.bytes = total;
         Ok(())
     }
 
@@ -120,7 +287,9 @@ impl Unpacker {
         for (dir, mtime) in self.dir_times.iter().rev() {
             let t = TimeVal::new(mtime.max(&0).to_owned(), 0);
             // Best effort: a timestamp is not worth failing an image over.
-            let _ = lutimes(dir, &t, &t);
+            if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+                let _ = lutimes(dir, &t, &t);
+            }
         }
         Ok(())
     }
@@ -139,20 +308,35 @@ impl Unpacker {
         entry: &mut tar::Entry<R>,
         name: &str,
         buf: &mut [u8],
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let io_err = |op: &'static str, source: io::Error| Error::LayerIo {
             layer: layer.digest.clone(),
             op,
             entry: name.to_owned(),
             source,
         };
+        self.stats.entries += 1;
+        if self.stats.entries > self.limits.max_entries {
+            return Err(self.limit(
+                layer,
+                name,
+                "max_entries",
+                self.limits.max_entries,
+                "number of tar entries in the image".into(),
+            ));
+        }
+        // What the entry claims (a sparse file its full size): refused before a byte is read.
+        self.charge(layer, name, entry.size())?;
+        if entry.path_bytes().len() > MAX_PATH {
+            return Err(self.bad(layer, name, "path longer than PATH_MAX"));
+        }
         let path = entry
             .path()
             .map_err(|e| io_err("read path", e))?
             .into_owned();
         let parts = clean(&path).map_err(|r| self.bad(layer, name, r))?;
         let Some((file_name, parent)) = parts.split_last() else {
-            return Ok(()); // "./": the root itself, which we own
+            return Ok(0); // "./": the root itself, which we own
         };
         let kind = entry.header().entry_type();
 
@@ -165,21 +349,35 @@ impl Unpacker {
                 .resolve(layer, parent, false)
                 .map_err(|r| self.bad(layer, name, r))?
             else {
-                return Ok(()); // nothing below to hide
+                return Ok(0); // nothing below to hide
             };
             if file_name == OPAQUE {
-                layer.opaque.push(dir);
+                // Hides everything lower layers put there; this layer's entries stay (those
+                // after the marker come later). Done now, while `dir` is known to be a directory
+                // of ours: a later entry may turn a component of it into a symlink.
+                let rd = fs::read_dir(&dir).map_err(|e| io_err("read dir (opaque)", e))?;
+                let mut hidden = Vec::new();
+                for child in rd {
+                    let p = child.map_err(|e| io_err("read dir (opaque)", e))?.path();
+                    if !layer.written.contains(&p) {
+                        hidden.push(p);
+                    }
+                }
+                for p in hidden {
+                    self.remove(layer, &p)
+                        .map_err(|e| io_err("remove (opaque dir)", e))?;
+                }
             } else {
                 if target.is_empty() || target == "." || target == ".." || target.contains('/') {
                     return Err(self.bad(layer, name, "invalid whiteout name"));
                 }
                 let victim = dir.join(target);
                 if fs::symlink_metadata(&victim).is_ok() {
-                    remove_any(&victim).map_err(|e| io_err("remove (whiteout)", e))?;
-                    layer.resolved.clear();
+                    self.remove(layer, &victim)
+                        .map_err(|e| io_err("remove (whiteout)", e))?;
                 }
             }
-            return Ok(());
+            return Ok(0);
         }
 
         let dir = self
@@ -220,13 +418,16 @@ impl Unpacker {
                 }
             }
         }
+        let xattr_bytes: u64 = xattrs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        self.charge(layer, name, xattr_bytes)?;
         // Anything but a directory over a directory (or anything over a non-directory) replaces it.
         let keep_dir =
             kind == EntryType::Directory && existing.as_ref().is_some_and(|m| m.is_dir());
         if existing.is_some() && !keep_dir {
-            remove_any(&dest).map_err(|e| io_err("replace", e))?;
-            layer.resolved.clear();
+            self.remove(layer, &dest)
+                .map_err(|e| io_err("replace", e))?;
         }
+        let mut read = 0u64;
         match kind {
             EntryType::Directory => {
                 if !keep_dir {
@@ -234,7 +435,8 @@ impl Unpacker {
                 }
                 self.dir_times.insert(dest.clone(), mtime);
             }
-            EntryType::Regular | EntryType::Continuous => {
+            // GNU sparse files come expanded (holes as zeros), counted at their full size.
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -247,6 +449,7 @@ impl Unpacker {
                     if n == 0 {
                         break;
                     }
+                    read += n as u64;
                     f.write_all(&buf[..n]).map_err(|e| io_err("write", e))?;
                 }
                 let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
@@ -285,7 +488,7 @@ impl Unpacker {
                 fs::hard_link(&src, &dest).map_err(|e| io_err("link", e))?;
                 layer.written.insert(dest);
                 // A hard link shares the target's inode: its metadata is the target's.
-                return Ok(());
+                return Ok(0);
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (sflag, dev) = match kind {
@@ -298,7 +501,7 @@ impl Unpacker {
                     // Unprivileged unpacks (tests as a user) can't make device nodes: skip them.
                     Err(nix::Error::EPERM) if !self.is_root && sflag != SFlag::S_IFIFO => {
                         tracing::warn!(entry = name, "device node skipped: not root");
-                        return Ok(());
+                        return Ok(0);
                     }
                     Err(e) => return Err(io_err("mknod", e.into())),
                 }
@@ -329,7 +532,7 @@ impl Unpacker {
                 }
             }
         }
-        Ok(())
+        Ok(read)
     }
 
     fn dev<R: Read>(&self, entry: &tar::Entry<R>) -> u64 {
@@ -416,6 +619,19 @@ impl Unpacker {
         layer.resolved.insert(key, p.clone());
         Ok(Some(p))
     }
+}
+
+/// An entry name for messages: lossy UTF-8, long ones cut (a name can be megabytes).
+fn shown(raw: &[u8]) -> String {
+    const MAX: usize = 256;
+    if raw.len() <= MAX {
+        return String::from_utf8_lossy(raw).into_owned();
+    }
+    format!(
+        "{}... ({} bytes)",
+        String::from_utf8_lossy(&raw[..MAX]),
+        raw.len()
+    )
 }
 
 /// Splits an entry path into plain components. `./` prefixes are fine; absolute paths and `..`
@@ -518,8 +734,9 @@ fn spawn_decompressor(
 }
 
 /// Unpacks `layers` (blobs in `store`) into `root`, verifying each blob's digest as it streams.
+/// Within the store's [`UnpackLimits`].
 pub fn unpack_image(store: &crate::Store, layers: &[Digest], root: &Path) -> Result<()> {
-    let mut u = Unpacker::new(root);
+    let mut u = Unpacker::with_limits(root, store.unpack_limits());
     for d in layers {
         let (reader, producer) = spawn_decompressor(store.open_blob(d)?);
         let res = u.apply_tar(d, reader);

@@ -648,3 +648,53 @@ fn fetch_token(ts: &TokenServer, user: &str, password: &str, scope: &str) -> Str
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     v["token"].as_str().unwrap().to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_whose_build_fails_names_nothing() {
+    let reg = start_registry(None);
+    let (md, _) = push_test_image(&reg.host, "vpod/limited", "v1", &RegistryAuth::Anonymous).await;
+    let t = TempDir::new("pull-build");
+    let cfg = RegistryConfig::default();
+    let image = format!("{}/vpod/limited:v1", reg.host);
+    // busybox alone is bigger than this: the build fails on an unpack limit.
+    let small =
+        Store::open(&t.path("root"))
+            .unwrap()
+            .with_unpack_limits(vpod_images::UnpackLimits {
+                max_bytes: 4096,
+                ..Default::default()
+            });
+    let e = vpod_images::pull_and_build(
+        &small,
+        &image,
+        &RegistryAuth::Anonymous,
+        &cfg,
+        &no_progress,
+        FsType::Erofs,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, Error::LimitExceeded { .. }), "{e}");
+    assert!(
+        small.refs().unwrap().is_empty(),
+        "a failed pull left a name"
+    );
+    assert!(small.cached_block_image(&md).unwrap().is_none());
+
+    // With room it is pulled (nothing fetched twice), built, and named.
+    let store = Store::open(&t.path("root")).unwrap();
+    let (p, img) = vpod_images::pull_and_build(
+        &store,
+        &image,
+        &RegistryAuth::Anonymous,
+        &cfg,
+        &no_progress,
+        FsType::Erofs,
+    )
+    .await
+    .unwrap();
+    assert_eq!((p.manifest.clone(), p.fetched_blobs), (md.clone(), 0));
+    assert!(img.built);
+    assert_eq!(store.resolve(&image).unwrap(), md);
+    assert_store_clean(&store);
+}
