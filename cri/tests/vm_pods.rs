@@ -647,9 +647,26 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
         "127.0.0.1 localhost web-0\n",
     )
     .unwrap();
-    let classifier = vpod_sandbox::MountClassifier::new(&kubelet);
+    // Another pod's secret, as a hostPath volume would name it.
+    let other = kubelet.join("pods/uid-2/volumes/kubernetes.io~secret/tok");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("token"), "other-pods-token").unwrap();
+    // This pod is uid-1 (containerd's io.kubernetes.cri.sandbox-uid names it for the shim).
+    let classifier = vpod_sandbox::MountClassifier::new(&kubelet).for_pod(Some("uid-1"), None);
     runtime().block_on(async {
         let pod = boot_with_image(&env, disk).await;
+        let theft = kubelet_spec(
+            &kubelet,
+            &format!(
+                r#", {{"destination": "/stolen", "type": "bind", "source": "{}", "options": ["rbind"]}}"#,
+                other.display()
+            ),
+        );
+        let e = pod
+            .create_container_oci("thief", &theft, "img0", &classifier, false)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("spec.volumes[].hostPath"), "{e}");
         // hostPath: refused before the guest hears of it.
         let hp = kubelet_spec(
             &kubelet,
