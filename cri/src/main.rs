@@ -2,6 +2,7 @@
 //! pods: `vpod run` (one-shot or `-d`), `ps`, `exec`, `logs`, `stop`, `rm`.
 //! (The CRI server, `vpod serve`, grows here later.)
 
+mod logfile;
 mod pods;
 mod quantity;
 mod record;
@@ -166,8 +167,7 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-fn build(store: &Store, digest: &vpod_images::Digest) -> Result<(), vpod_images::Error> {
-    let img = store.ensure_block_image(digest, FsType::detect())?;
+fn report(img: &vpod_images::BlockImage) {
     if img.built {
         eprintln!(
             "block image {} ({}, unpack {:.0} ms, mkfs {:.0} ms)",
@@ -179,7 +179,6 @@ fn build(store: &Store, digest: &vpod_images::Digest) -> Result<(), vpod_images:
     } else {
         eprintln!("block image {} (cached)", img.path.display());
     }
-    Ok(())
 }
 
 fn auth(
@@ -244,14 +243,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|err| format!("tokio runtime: {err}"))?;
-            let pulled = rt
-                .block_on(vpod_images::pull(
-                    &store, &reference, &auth, &cfg, &progress,
-                ))
-                .map_err(e)?;
-            println!("{} {}", pulled.name, pulled.manifest);
-            if !no_build {
-                build(&store, &pulled.manifest).map_err(e)?;
+            // The block image is built before the name is set: a failed build names nothing.
+            if no_build {
+                let pulled = rt
+                    .block_on(vpod_images::pull(
+                        &store, &reference, &auth, &cfg, &progress,
+                    ))
+                    .map_err(e)?;
+                println!("{} {}", pulled.name, pulled.manifest);
+            } else {
+                let (pulled, img) = rt
+                    .block_on(vpod_images::pull_and_build(
+                        &store,
+                        &reference,
+                        &auth,
+                        &cfg,
+                        &progress,
+                        FsType::detect(),
+                    ))
+                    .map_err(e)?;
+                println!("{} {}", pulled.name, pulled.manifest);
+                report(&img);
             }
         }
         ImageCmd::Import {
@@ -259,10 +271,17 @@ fn run(cli: Cli) -> Result<(), String> {
             name,
             no_build,
         } => {
-            for i in vpod_images::import(&store, &path, name.as_deref()).map_err(e)? {
-                println!("{} {}", i.name, i.manifest);
-                if !no_build {
-                    build(&store, &i.manifest).map_err(e)?;
+            if no_build {
+                for i in vpod_images::import(&store, &path, name.as_deref()).map_err(e)? {
+                    println!("{} {}", i.name, i.manifest);
+                }
+            } else {
+                let built =
+                    vpod_images::import_and_build(&store, &path, name.as_deref(), FsType::detect())
+                        .map_err(e)?;
+                for (i, img) in built {
+                    println!("{} {}", i.name, i.manifest);
+                    report(&img);
                 }
             }
         }

@@ -64,9 +64,13 @@ fn running(run_dir: &Path, id: &str) -> Result<(Record, Supervisor), String> {
 
 pub async fn logs(run_dir: &Path, id: &str, follow: bool) -> Result<u8, String> {
     let rec = Record::find(run_dir, id).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    // The older generation first, when the cap rotated one away.
+    if let Ok(mut old) = std::fs::File::open(crate::logfile::CappedLog::rotated(&rec.log_path())) {
+        std::io::copy(&mut old, &mut out).map_err(|e| e.to_string())?;
+    }
     let mut f = std::fs::File::open(rec.log_path())
         .map_err(|e| format!("open {}: {e}", rec.log_path().display()))?;
-    let mut out = std::io::stdout().lock();
     loop {
         std::io::copy(&mut f, &mut out).map_err(|e| e.to_string())?;
         let _ = out.flush();

@@ -15,6 +15,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -208,8 +209,11 @@ impl Record {
     pub fn create(run_dir: &Path, id: &str, args: &RunArgs) -> Result<Record, RecordError> {
         let pods = pods_dir(run_dir);
         std::fs::create_dir_all(&pods).map_err(io_err("create", &pods))?;
+        // Pod records (logs, console, sockets) are root's alone.
+        std::fs::set_permissions(&pods, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", &pods))?;
         let dir = pods.join(id);
-        match std::fs::create_dir(&dir) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(RecordError::Exists(id.to_owned()))

@@ -21,6 +21,7 @@ use vpod_images::Store;
 use vpod_sandbox::volumes::{self, HostVolume};
 use vpod_sandbox::{defaults, ImageDisk, Pod, PodConfig};
 
+use crate::logfile::{self, CappedLog};
 use crate::quantity::{parse_bytes, parse_cpus};
 use crate::record::{self, Record, Status};
 use crate::term;
@@ -582,10 +583,8 @@ async fn drive(
         .await
         .map_err(|s| format!("attach to container {id}: {}", s.message()))?
         .into_inner();
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(rec.log_path())
+    // The guest decides how much it prints: the host file is capped (two generations).
+    let mut log = CappedLog::open(&rec.log_path(), logfile::DEFAULT_MAX_BYTES)
         .map_err(|e| format!("open {}: {e}", rec.log_path().display()))?;
     let copier = tokio::spawn(async move {
         while let Ok(Some(chunk)) = out.message().await {
@@ -602,6 +601,7 @@ async fn drive(
                 }
             }
         }
+        log.dropped()
     });
     let _raw = (output == Output::Terminal && tty).then(term::RawMode::enter);
     pod.start_container(&id).await.map_err(|e| e.to_string())?;
@@ -625,7 +625,11 @@ async fn drive(
     let status = pod.wait_container(&id).await.map_err(|e| e.to_string());
     signals.abort();
     let _ = signals.await;
-    let _ = copier.await;
+    if let Ok(dropped) = copier.await {
+        if dropped > 0 {
+            tracing::info!("container.log: {dropped} bytes of older output rotated away");
+        }
+    }
     status
 }
 
