@@ -71,3 +71,46 @@ soak: build
 	$(CARGO) bench -p vpod-benches --bench soak
 
 bench: bench-testbed bench-boot bench-images bench-pod bench-cri-containerd
+
+# Fuzzing (fuzz/: cargo-fuzz targets, libFuzzer; fuzz/README.md). `make fuzz` runs each target
+# for FUZZ_SECONDS, `make fuzz-smoke` (CI) for FUZZ_SMOKE_SECONDS; either fails if any target
+# finds a crash or a hang (-timeout: one input taking longer than FUZZ_TIMEOUT s). New inputs go
+# to target/fuzz-corpus/<t> (the repo's seeds in fuzz/corpus/<t> are only read), findings to
+# fuzz/artifacts/<t>/, each target's log to target/fuzz-logs/<t>.log.
+FUZZ_TARGETS ?= mmio block net vsock rng oci unpack
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_TIMEOUT ?= 10
+# nightly when rustup has it, else stable rustc taking cargo-fuzz's -Z flags (RUSTC_BOOTSTRAP).
+FUZZ_CARGO := $(shell rustup run nightly rustc --version >/dev/null 2>&1 && echo "cargo +nightly" || echo "env RUSTC_BOOTSTRAP=1 cargo")
+# Release build with debug assertions (overflow checks), AddressSanitizer (cargo-fuzz's default).
+FUZZ_BUILD_FLAGS ?= -O -a
+# Outside the tree, so that a fresh clone on the same machine (CI's) reuses the instrumented
+# dependencies (a cold build of them takes 10+ minutes on 2 cores).
+FUZZ_TARGET_DIR ?= $(HOME)/.cache/vpod/fuzz-target
+FUZZ_ENV := CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR)
+
+fuzz-build:
+	bash scripts/install-fuzz.sh
+	cd fuzz && $(FUZZ_ENV) $(FUZZ_CARGO) fuzz build $(FUZZ_BUILD_FLAGS)
+
+define fuzz_run
+	@mkdir -p target/fuzz-logs; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  log=target/fuzz-logs/$$t.log; \
+	  if (cd fuzz && $(FUZZ_ENV) $(FUZZ_CARGO) fuzz run $(FUZZ_BUILD_FLAGS) $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+	      -max_total_time=$(1) -timeout=$(FUZZ_TIMEOUT) -rss_limit_mb=2048 -print_final_stats=1) >$$log 2>&1; then \
+	    echo "fuzz $$t: ok, $$(grep -o 'stat::number_of_executed_units: *[0-9]*' $$log | grep -o '[0-9]*$$') execs in $(1) s, $$(grep -o 'cov: [0-9]*' $$log | tail -1)"; \
+	  else \
+	    echo "fuzz $$t: FAILED (log $$log, inputs in fuzz/artifacts/$$t/)"; tail -40 $$log; failed="$$failed $$t"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failing targets:$$failed"; exit 1; fi
+endef
+
+fuzz: fuzz-build
+	$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-smoke: fuzz-build
+	$(call fuzz_run,$(FUZZ_SMOKE_SECONDS))
