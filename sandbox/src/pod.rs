@@ -712,7 +712,11 @@ fn remove_dir(dir: &Path) {
 /// A client that is never used: `Pod` holds one until the agent answers,
 /// so a failed boot can still be dropped (and cleaned up) as a `Pod`.
 fn placeholder_client() -> AgentClient<vpod_agent_api::AgentChannel> {
-    AgentClient::new(Channel::from_static("http://vpod-agent.invalid").connect_lazy().into())
+    AgentClient::new(
+        Channel::from_static("http://vpod-agent.invalid")
+            .connect_lazy()
+            .into(),
+    )
 }
 
 #[cfg(test)]
