@@ -284,8 +284,19 @@ fn run_cycle(root: &Path, run_dir: &Path, kill_ms: u64) -> (usize, String) {
         Ok(c) => c,
         Err(e) => return (0, format!("spawn vpod run: {e}")),
     };
-    std::thread::sleep(Duration::from_millis(kill_ms));
-    let killed = kill9(&pids_with(&["__supervise", &run_dir.to_string_lossy()]));
+    // Kill at `kill_ms`, or as soon as the supervisor exists if it comes later (the kill must
+    // hit the pod's owner, or the pod simply runs on).
+    let t0 = Instant::now();
+    let killed = loop {
+        if t0.elapsed() >= Duration::from_millis(kill_ms) {
+            let n = kill9(&pids_with(&["__supervise", &run_dir.to_string_lossy()]));
+            let gone = matches!(child.try_wait(), Ok(Some(_)));
+            if n > 0 || gone || t0.elapsed() > Duration::from_secs(120) {
+                break n;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let t0 = Instant::now();
     let mut err = String::new();
     loop {

@@ -172,9 +172,6 @@ pub fn collect_garbage(run_dir: &Path) -> Vec<String> {
                 continue;
             }
         }
-        if let Ok(args) = rec.args() {
-            let _ = std::fs::remove_dir_all(args.ephemeral_dir.join(&rec.id));
-        }
         rec.remove();
         removed.push(rec.id);
     }
@@ -344,7 +341,12 @@ impl Record {
         self.read_json("status.json").ok()
     }
 
+    /// Removes the record and the pod's ephemeral disk dir (which lives elsewhere, under
+    /// `--ephemeral-dir`): whoever removes a record, the disk goes with it.
     pub fn remove(&self) {
+        if let Ok(args) = self.args() {
+            let _ = std::fs::remove_dir_all(args.ephemeral_dir.join(&self.id));
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -423,6 +425,23 @@ mod tests {
         // Reaped, its pid free: neither the pidfd nor the record reach anyone.
         assert!(!sup.signal(nix::sys::signal::Signal::SIGKILL));
         assert!(rec.supervisor().is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Found by `make soak`: `vpod run -d` removed the record of a supervisor killed during
+    /// boot but not its ephemeral disk. Whoever removes a record removes the disk too.
+    #[test]
+    fn removing_a_record_removes_its_ephemeral_disk() {
+        let d = temp("remove");
+        let eph = d.join("eph");
+        let rec = Record::create(&d, "p1", &run_args(&eph)).unwrap();
+        std::fs::create_dir_all(eph.join("p1")).unwrap();
+        std::fs::write(eph.join("p1/ephemeral.img"), b"disk").unwrap();
+        std::fs::create_dir_all(eph.join("p2")).unwrap();
+        rec.remove();
+        assert!(!rec.dir().exists());
+        assert!(!eph.join("p1").exists(), "the pod's disk dir stayed");
+        assert!(eph.join("p2").exists(), "another pod's disk dir went");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
