@@ -1,47 +1,59 @@
 //! Powering the guest off or rebooting it (PID 1 only).
 //!
-//! Without ACPI the kernel can't switch a microVM off, so the VMM reads the
-//! guest's intent from what the kernel does: `reboot(RB_POWER_OFF)` prints
-//! "reboot: Power down" on the console and halts (the VMM ends the VM as a
-//! poweroff); `reboot(RB_AUTOBOOT)` resets through the keyboard controller
-//! (`reboot=k`), which the VMM ends as a reboot. No user-space port I/O is
-//! needed, so the guest kernel is built without X86_IOPL_IOPERM and no
-//! process in the guest, however privileged, can touch an I/O port.
+//! The guest kernel runs with `reboot=k` and the VMM turns the resulting
+//! reset into a VM exit; one byte written to an I/O port just before tells
+//! it whether the guest meant poweroff or reboot (see
+//! `vpod_agent_api::SHUTDOWN_ANNOUNCE_PORT`). Without ACPI there is no other
+//! way for a microVM guest to power off.
 
 use std::io::{self, Write};
 
 use nix::sys::reboot::{reboot, RebootMode};
 use vpod_agent_api::pb::ShutdownKind;
+use vpod_agent_api::SHUTDOWN_ANNOUNCE_PORT;
 
-/// The reboot(2) mode that ends the VM as `kind`.
-pub fn mode(kind: ShutdownKind) -> RebootMode {
-    match kind {
-        ShutdownKind::Poweroff => RebootMode::RB_POWER_OFF,
-        ShutdownKind::Reboot => RebootMode::RB_AUTOBOOT,
-    }
+/// Writes the announce byte for `kind`. Fails outside a vpod VM only in
+/// harmless ways (no permission; nobody listens on the port).
+pub fn announce(kind: ShutdownKind) -> io::Result<()> {
+    outb(SHUTDOWN_ANNOUNCE_PORT, kind.announce_byte())
 }
 
-/// Syncs and powers the guest off or resets it. Never returns: if the
-/// kernel refuses, PID 1 exits, which panics the kernel, and `panic=-1`
-/// resets the VM.
+#[cfg(target_arch = "x86_64")]
+fn outb(port: u16, value: u8) -> io::Result<()> {
+    // SAFETY: ioperm only changes this thread's I/O permission bitmap; the
+    // arguments are plain integers.
+    let rc = unsafe { libc::syscall(libc::SYS_ioperm, libc::c_ulong::from(port), 1, 1) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ioperm above granted access to exactly this port, so `out`
+    // cannot fault; it touches no memory and no Rust-visible state.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") value,
+            options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn outb(_port: u16, _value: u8) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "shutdown announce port is x86-only",
+    ))
+}
+
+/// Syncs, announces `kind` and resets the guest. Never returns: if the
+/// kernel refuses the reboot, PID 1 exits, which panics the kernel, and
+/// `panic=-1` resets the VM the same way.
 pub fn go_down(kind: ShutdownKind) -> ! {
     nix::unistd::sync();
-    let err = match reboot(mode(kind)) {
+    // Not being in a vpod VM (or lacking CAP_SYS_RAWIO) must not stop us.
+    let _ = announce(kind);
+    let err = match reboot(RebootMode::RB_AUTOBOOT) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     let _ = writeln!(io::stderr(), "vpod-init: reboot failed: {err}");
     std::process::exit(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn poweroff_halts_and_reboot_resets() {
-        // The VMM tells them apart by these two kernel paths alone (no announce port).
-        assert_eq!(mode(ShutdownKind::Poweroff), RebootMode::RB_POWER_OFF);
-        assert_eq!(mode(ShutdownKind::Reboot), RebootMode::RB_AUTOBOOT);
-    }
 }
