@@ -11,7 +11,10 @@
 mod client;
 pub mod ready;
 
-pub use client::{connect, connect_with_retry, vsock_handshake, Error, HANDSHAKE_TIMEOUT};
+pub use client::{
+    call_timeout, connect, connect_with_retry, connect_with_timeout, vsock_handshake, AgentChannel,
+    Error, CALL_TIMEOUT_ENV, DEFAULT_CALL_TIMEOUT, HANDSHAKE_TIMEOUT,
+};
 pub use ready::{ReadyListener, AGENT_READY_PORT};
 
 /// Generated protobuf messages, client and server for `vpod.agent.v1`.
