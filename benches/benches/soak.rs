@@ -229,9 +229,17 @@ async fn cri_cycle(c: &Containerd, client: &mut Cri, i: usize, kill_ms: u64) -> 
     let _ = std::fs::create_dir_all(Path::new(&pod.log_directory).join("app"));
     let container = cri::container_config("app", IMAGE, &["sh", "-c", "exec sleep 100000"]);
     let sock = c.sock().to_string_lossy().into_owned();
+    // At `kill_ms`, or as soon as the shim exists if it comes later (within a minute).
     let killer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(kill_ms)).await;
-        kill9(&pids_with(&["containerd-shim-vpod", &sock]))
+        let t0 = Instant::now();
+        loop {
+            let n = kill9(&pids_with(&["containerd-shim-vpod", &sock]));
+            if n > 0 || t0.elapsed() > Duration::from_secs(60) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
     let mut err = String::new();
     match client.run_pod(&pod, VPOD).await {
