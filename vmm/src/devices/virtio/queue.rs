@@ -77,6 +77,32 @@ pub fn pop_chain<'a>(
     Ok(Some(chain))
 }
 
+/// One turn of a device's loop over a queue: the next chain, or `None` when the queue is empty,
+/// when `budget` is spent (the queue's eventfd `evt` is re-signalled for a later turn), or when
+/// the ring is broken (the device is marked: see [`mark_broken`]).
+#[allow(clippy::too_many_arguments)]
+pub fn next_within<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemory,
+    budget: &mut Budget,
+    evt: &EventFd,
+    interrupt: &Interrupt,
+    device: &str,
+    name: &str,
+) -> Option<Chain<'a>> {
+    if !budget.take() {
+        resignal(evt, device);
+        return None;
+    }
+    match pop_chain(queue, mem) {
+        Ok(chain) => chain,
+        Err(e) => {
+            mark_broken(interrupt, device, name, &e);
+            None
+        }
+    }
+}
+
 /// Puts the device in DEVICE_NEEDS_RESET because of `err` on its queue `queue` (logged once: the
 /// device stops processing, so nothing more is logged until the driver resets it).
 pub fn mark_broken(interrupt: &Interrupt, device: &str, queue: &str, err: &RingError) {

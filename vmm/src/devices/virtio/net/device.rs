@@ -18,7 +18,9 @@ use super::{NetError, VNET_HDR_LEN};
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
 };
-use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
+use crate::devices::virtio::queue::{
+    mark_broken, next_within, pop_chain, resignal, Budget, RingError,
+};
 
 pub const RXQ_INDEX: usize = 0;
 pub const TXQ_INDEX: usize = 1;
@@ -252,19 +254,15 @@ impl Net {
         let queue = &mut active.queues[TXQ_INDEX];
         let mut budget = Budget::for_queue(queue);
         let mut used = false;
-        loop {
-            if !budget.take() {
-                resignal(&active.queue_events[TXQ_INDEX], "net");
-                break;
-            }
-            let mut chain = match pop_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    mark_broken(&active.interrupt, "net", "tx", &e);
-                    break;
-                }
-            };
+        while let Some(mut chain) = next_within(
+            queue,
+            mem,
+            &mut budget,
+            &active.queue_events[TXQ_INDEX],
+            &active.interrupt,
+            "net",
+            "tx",
+        ) {
             let head = chain.head_index();
             match read_tx_chain(&mut chain, mem, &mut self.tx_buf) {
                 Ok(len) => match self.tap.write_frame(&self.tx_buf[..len]) {

@@ -15,7 +15,7 @@ use super::VsockError;
 use crate::devices::virtio::device::{
     ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
 };
-use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
+use crate::devices::virtio::queue::{mark_broken, next_within, Budget, RingError};
 
 pub const RXQ_INDEX: usize = 0;
 pub const TXQ_INDEX: usize = 1;
@@ -110,19 +110,15 @@ impl Vsock {
         let queue = &mut active.queues[TXQ_INDEX];
         let mut budget = Budget::for_queue(queue);
         let mut used = false;
-        loop {
-            if !budget.take() {
-                resignal(&active.queue_events[TXQ_INDEX], "vsock");
-                break;
-            }
-            let mut chain = match pop_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    mark_broken(&active.interrupt, "vsock", "tx", &e);
-                    break;
-                }
-            };
+        while let Some(mut chain) = next_within(
+            queue,
+            mem,
+            &mut budget,
+            &active.queue_events[TXQ_INDEX],
+            &active.interrupt,
+            "vsock",
+            "tx",
+        ) {
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                 Ok(pkt) => {
@@ -167,18 +163,17 @@ impl Vsock {
         let mut budget = Budget::for_queue(queue);
         let mut used = false;
         while self.muxer.has_rx() {
-            if !budget.take() {
-                resignal(&active.queue_events[RXQ_INDEX], "vsock");
+            // None: no buffers (the guest's next rx kick brings us back), budget spent or ring broken.
+            let Some(mut chain) = next_within(
+                queue,
+                mem,
+                &mut budget,
+                &active.queue_events[RXQ_INDEX],
+                &active.interrupt,
+                "vsock",
+                "rx",
+            ) else {
                 break;
-            }
-            let mut chain = match pop_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                // No buffers: the guest's next rx kick brings us back.
-                Ok(None) => break,
-                Err(e) => {
-                    mark_broken(&active.interrupt, "vsock", "rx", &e);
-                    break;
-                }
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
