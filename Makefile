@@ -23,7 +23,7 @@ testbed: deps
 	$(TESTBED) build >/dev/null
 
 build: guest testbed
-	$(CARGO) build --release -p vpod-vmm -p vpod-cri -p vpod-shim
+	$(CARGO) build --release -p vpod-vmm -p vpod-cli -p vpod-shim
 	$(CARGO) build --release -p vpod-agent-api --example agentctl
 
 # The shim and vpod on PATH, the guest where the shim looks by default; prints the containerd

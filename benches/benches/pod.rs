@@ -49,7 +49,7 @@ fn files() -> Files {
     Files {
         vpod: need(
             ws.join("target/release/vpod"),
-            "run `cargo build --release -p vpod-cri`",
+            "run `cargo build --release -p vpod-cli`",
         ),
         kernel: need(ws.join("target/guest/vmlinux"), "run `make guest`"),
         initrd: need(ws.join("target/guest/initramfs.cpio"), "run `make guest`"),
