@@ -1,59 +1,79 @@
 //! Powering the guest off or rebooting it (PID 1 only).
 //!
-//! The guest kernel runs with `reboot=k` and the VMM turns the resulting
-//! reset into a VM exit; one byte written to an I/O port just before tells
-//! it whether the guest meant poweroff or reboot (see
-//! `vpod_agent_api::SHUTDOWN_ANNOUNCE_PORT`). Without ACPI there is no other
-//! way for a microVM guest to power off.
+//! Without ACPI a microVM's kernel can only reset the CPU, so the VMM tells a poweroff from a
+//! reboot by the reset line the kernel pulls, and the kernel pulls it from kernel code: vpod-init
+//! needs no I/O port access, and the guest kernel has `X86_IOPL_IOPERM` off.
+//! - reboot: the kernel command line's `reboot=k` (the i8042 reset);
+//! - poweroff: the `pci` method (a write to the reset control register, port 0xCF9), selected at
+//!   run time through `/sys/kernel/reboot/type` just before `reboot(2)`.
 
 use std::io::{self, Write};
+use std::path::Path;
 
 use nix::sys::reboot::{reboot, RebootMode};
 use vpod_agent_api::pb::ShutdownKind;
-use vpod_agent_api::SHUTDOWN_ANNOUNCE_PORT;
 
-/// Writes the announce byte for `kind`. Fails outside a vpod VM only in
-/// harmless ways (no permission; nobody listens on the port).
-pub fn announce(kind: ShutdownKind) -> io::Result<()> {
-    outb(SHUTDOWN_ANNOUNCE_PORT, kind.announce_byte())
-}
+/// The kernel's run-time choice of reset method (Linux 5.11+, sysfs).
+const REBOOT_TYPE: &str = "/sys/kernel/reboot/type";
 
-#[cfg(target_arch = "x86_64")]
-fn outb(port: u16, value: u8) -> io::Result<()> {
-    // SAFETY: ioperm only changes this thread's I/O permission bitmap; the
-    // arguments are plain integers.
-    let rc = unsafe { libc::syscall(libc::SYS_ioperm, libc::c_ulong::from(port), 1, 1) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+/// The reset method that tells the VMM what `kind` means.
+fn reboot_type(kind: ShutdownKind) -> &'static str {
+    match kind {
+        ShutdownKind::Poweroff => "pci",
+        ShutdownKind::Reboot => "kbd",
     }
-    // SAFETY: ioperm above granted access to exactly this port, so `out`
-    // cannot fault; it touches no memory and no Rust-visible state.
-    unsafe {
-        std::arch::asm!("out dx, al", in("dx") port, in("al") value,
-            options(nomem, nostack, preserves_flags));
-    }
-    Ok(())
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn outb(_port: u16, _value: u8) -> io::Result<()> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "shutdown announce port is x86-only",
-    ))
+/// Selects the kernel's reset method for `kind` by writing `file` (normally [`REBOOT_TYPE`]).
+fn select_line(file: &Path, kind: ShutdownKind) -> io::Result<()> {
+    std::fs::write(file, reboot_type(kind))
 }
 
-/// Syncs, announces `kind` and resets the guest. Never returns: if the
-/// kernel refuses the reboot, PID 1 exits, which panics the kernel, and
-/// `panic=-1` resets the VM the same way.
+/// Syncs, selects the reset line for `kind` and resets the guest. Never returns.
+///
+/// If the method can't be selected, a poweroff falls back to `RB_POWER_OFF`: the kernel halts
+/// and prints "reboot: System halted", which the VMM also reads as a poweroff. If the kernel
+/// refuses the reboot, PID 1 exits, which panics the kernel, and `panic=-1` resets the VM on
+/// the line already chosen.
 pub fn go_down(kind: ShutdownKind) -> ! {
     nix::unistd::sync();
-    // Not being in a vpod VM (or lacking CAP_SYS_RAWIO) must not stop us.
-    let _ = announce(kind);
-    let err = match reboot(RebootMode::RB_AUTOBOOT) {
+    let mode = match select_line(Path::new(REBOOT_TYPE), kind) {
+        Ok(()) => RebootMode::RB_AUTOBOOT,
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "vpod-init: {REBOOT_TYPE}: {e}");
+            match kind {
+                ShutdownKind::Poweroff => RebootMode::RB_POWER_OFF,
+                ShutdownKind::Reboot => RebootMode::RB_AUTOBOOT,
+            }
+        }
+    };
+    let err = match reboot(mode) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     let _ = writeln!(io::stderr(), "vpod-init: reboot failed: {err}");
     std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_selects_its_own_reset_line() {
+        let dir = tempfile_dir();
+        let file = dir.join("type");
+        select_line(&file, ShutdownKind::Poweroff).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "pci");
+        select_line(&file, ShutdownKind::Reboot).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kbd");
+        assert!(select_line(&dir.join("missing/type"), ShutdownKind::Poweroff).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("vpod-power-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 }

@@ -19,7 +19,7 @@ use crate::arch::x86_64::{layout, mptable, pvh};
 use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::serial::{CappedFile, ConsoleOut};
-use crate::devices::legacy::{ExitPort, IrqTrigger, SerialDevice, I8042};
+use crate::devices::legacy::{IrqTrigger, ResetControl, SerialDevice, I8042};
 use crate::devices::virtio::block::{Block, BlockError, DiskFile};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
@@ -178,8 +178,8 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
         5,
     )?;
     pio.insert(
-        Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
-        u64::from(layout::EXIT_PORT),
+        Arc::new(Mutex::new(ResetControl::new(exit.clone()))),
+        u64::from(layout::RESET_CONTROL_PORT),
         1,
     )?;
 

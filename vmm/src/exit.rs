@@ -1,9 +1,10 @@
 //! How a VM ends. Devices and vCPUs report events into one [`ExitSignal`]; [`RunningVm::wait`]
-//! turns the first terminal event plus what the guest announced into a [`VmExit`].
+//! turns the first terminal event, plus whether the console showed a kernel panic, into a
+//! [`VmExit`].
 //!
 //! [`RunningVm::wait`]: crate::RunningVm::wait
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -11,10 +12,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// The outcome of a VM run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest announced a poweroff (exit port byte 1) and reset itself, or its kernel halted
-    /// (`reboot(RB_POWER_OFF)` without ACPI: "reboot: System halted" on the console).
+    /// The guest powered off: its kernel reset the CPU through the reset control register
+    /// (0xCF9, the method vpod-init picks for a poweroff), or halted (`reboot(RB_POWER_OFF)`
+    /// without ACPI: "reboot: System halted" on the console).
     Poweroff,
-    /// The guest rebooted: announced (byte 2) or an unannounced reset without a kernel panic.
+    /// The guest rebooted: an i8042 reset (`reboot=k`) without a kernel panic.
     Reboot,
     /// A kernel panic was seen on the serial console, or the guest triple-faulted.
     Panic,
@@ -24,15 +26,13 @@ pub enum VmExit {
     Error(String),
 }
 
-/// Byte values of the exit announce port.
-pub const ANNOUNCE_POWEROFF: u8 = 1;
-pub const ANNOUNCE_REBOOT: u8 = 2;
-
 /// A terminal event of the VM's run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitEvent {
     /// Reset requested by the guest (i8042 0xFE, KVM_SYSTEM_EVENT_RESET).
     Reset,
+    /// RST_CPU written to the reset control register (0xCF9): a vpod guest's poweroff.
+    PowerOff,
     /// Triple fault (KVM_EXIT_SHUTDOWN) or KVM_SYSTEM_EVENT_SHUTDOWN/CRASH.
     Shutdown,
     /// Host stop request.
@@ -40,20 +40,22 @@ pub enum ExitEvent {
     /// The guest kernel halted or powered down (seen on the serial console): with no ACPI its
     /// CPUs now sit in HLT for ever, so the VMM ends the VM.
     Halted,
+    /// The VMM failed.
     Error(String),
 }
 
-/// Combines a terminal event with the guest's announcement and the panic watcher.
-pub fn decide(event: &ExitEvent, announced: u8, panic_seen: bool) -> VmExit {
-    match (event, announced) {
-        (ExitEvent::Error(e), _) => VmExit::Error(e.clone()),
-        (ExitEvent::Stop, _) => VmExit::Stopped,
-        (_, ANNOUNCE_POWEROFF) => VmExit::Poweroff,
-        (_, ANNOUNCE_REBOOT) => VmExit::Reboot,
-        (_, _) if panic_seen => VmExit::Panic,
-        (ExitEvent::Reset, _) => VmExit::Reboot,
-        (ExitEvent::Halted, _) => VmExit::Poweroff,
-        (ExitEvent::Shutdown, _) => VmExit::Panic,
+/// Combines a terminal event with the panic watcher. A CF9 reset is a poweroff even after a
+/// panic: vpod-init chose that line, and a panic on the way down (its `reboot(2)` failed, so PID 1
+/// exited) ends through the same line.
+pub fn decide(event: &ExitEvent, panic_seen: bool) -> VmExit {
+    match event {
+        ExitEvent::Error(e) => VmExit::Error(e.clone()),
+        ExitEvent::Stop => VmExit::Stopped,
+        ExitEvent::PowerOff => VmExit::Poweroff,
+        _ if panic_seen => VmExit::Panic,
+        ExitEvent::Reset => VmExit::Reboot,
+        ExitEvent::Halted => VmExit::Poweroff,
+        ExitEvent::Shutdown => VmExit::Panic,
     }
 }
 
@@ -61,7 +63,6 @@ pub fn decide(event: &ExitEvent, announced: u8, panic_seen: bool) -> VmExit {
 #[derive(Debug)]
 pub struct ExitSignal {
     evt: EventFd,
-    announced: AtomicU8,
     panic_seen: AtomicBool,
     event: Mutex<Option<ExitEvent>>,
 }
@@ -70,7 +71,6 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             evt: EventFd::new(EFD_NONBLOCK)?,
-            announced: AtomicU8::new(0),
             panic_seen: AtomicBool::new(false),
             event: Mutex::new(None),
         })
@@ -85,12 +85,6 @@ impl ExitSignal {
         drop(slot);
         // An eventfd write only fails on counter overflow; the waiter is awake by then anyway.
         let _ = self.evt.write(1);
-    }
-
-    pub fn announce(&self, value: u8) {
-        if value == ANNOUNCE_POWEROFF || value == ANNOUNCE_REBOOT {
-            self.announced.store(value, Ordering::SeqCst);
-        }
     }
 
     pub fn set_panic_seen(&self) {
@@ -114,11 +108,7 @@ impl ExitSignal {
     pub fn wait(&self) -> VmExit {
         loop {
             if let Some(event) = self.event() {
-                return decide(
-                    &event,
-                    self.announced.load(Ordering::SeqCst),
-                    self.panic_seen(),
-                );
+                return decide(&event, self.panic_seen());
             }
             let mut pfd = libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(&self.evt),
@@ -139,22 +129,15 @@ mod tests {
     #[test]
     fn decisions() {
         use ExitEvent::*;
-        assert_eq!(decide(&Reset, ANNOUNCE_POWEROFF, false), VmExit::Poweroff);
-        assert_eq!(decide(&Reset, ANNOUNCE_REBOOT, false), VmExit::Reboot);
-        assert_eq!(decide(&Reset, 0, false), VmExit::Reboot);
-        assert_eq!(decide(&Reset, 0, true), VmExit::Panic);
-        assert_eq!(decide(&Shutdown, 0, false), VmExit::Panic);
-        assert_eq!(decide(&Halted, 0, false), VmExit::Poweroff);
-        assert_eq!(decide(&Halted, ANNOUNCE_REBOOT, false), VmExit::Reboot);
-        assert_eq!(
-            decide(&Shutdown, ANNOUNCE_POWEROFF, false),
-            VmExit::Poweroff
-        );
-        assert_eq!(decide(&Stop, ANNOUNCE_POWEROFF, true), VmExit::Stopped);
-        assert_eq!(
-            decide(&Error("x".into()), 1, true),
-            VmExit::Error("x".into())
-        );
+        assert_eq!(decide(&PowerOff, false), VmExit::Poweroff);
+        assert_eq!(decide(&PowerOff, true), VmExit::Poweroff);
+        assert_eq!(decide(&Reset, false), VmExit::Reboot);
+        assert_eq!(decide(&Reset, true), VmExit::Panic);
+        assert_eq!(decide(&Shutdown, false), VmExit::Panic);
+        assert_eq!(decide(&Halted, false), VmExit::Poweroff);
+        assert_eq!(decide(&Halted, true), VmExit::Panic);
+        assert_eq!(decide(&Stop, true), VmExit::Stopped);
+        assert_eq!(decide(&Error("x".into()), true), VmExit::Error("x".into()));
     }
 
     #[test]
@@ -162,11 +145,9 @@ mod tests {
         let s = std::sync::Arc::new(ExitSignal::new().unwrap());
         let s2 = s.clone();
         let t = std::thread::spawn(move || s2.wait());
-        s.announce(7); // ignored
-        s.announce(ANNOUNCE_POWEROFF);
-        s.signal(ExitEvent::Reset);
+        s.signal(ExitEvent::PowerOff);
         s.signal(ExitEvent::Shutdown);
         assert_eq!(t.join().unwrap(), VmExit::Poweroff);
-        assert_eq!(s.event(), Some(ExitEvent::Reset));
+        assert_eq!(s.event(), Some(ExitEvent::PowerOff));
     }
 }

@@ -71,7 +71,7 @@ fn guest_outcomes_map_to_exit_statuses() {
     }
     let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
     let metrics = dir.as_path().join("m.json");
-    let k = pvh_elf(&announce(1));
+    let k = pvh_elf(POWEROFF);
     let o = vmm(&[
         "--kernel",
         k.as_path().to_str().unwrap(),
@@ -88,7 +88,7 @@ fn guest_outcomes_map_to_exit_statuses() {
     assert!(m["metrics"]["start_to_first_kvm_run_us"].as_u64().unwrap() > 0);
     assert!(m["metrics"]["userspace_exits"]["io_out"].as_u64().unwrap() >= 2);
 
-    let k = pvh_elf(&announce(2));
+    let k = pvh_elf(RESET);
     assert_eq!(
         status(&vmm(&[
             "--kernel",
@@ -117,7 +117,7 @@ fn guest_outcomes_map_to_exit_statuses() {
         .set_len(1 << 20)
         .unwrap();
     let uds = dir.as_path().join("v.sock");
-    let k = pvh_elf(&announce(1));
+    let k = pvh_elf(POWEROFF);
     let o = vmm(&[
         "--kernel",
         k.as_path().to_str().unwrap(),

@@ -27,18 +27,16 @@ fn run(code: &[u8], tweak: impl FnOnce(&mut VmConfig)) -> (VmExit, vpod_vmm::VmM
 }
 
 #[test]
-fn poweroff_and_reboot_announcements() {
+fn poweroff_and_reboot_lines() {
     if !kvm_available() {
         return;
     }
-    let (exit, m) = run(&announce(1), |_| {});
-    assert_eq!(exit, VmExit::Poweroff);
+    let (exit, m) = run(POWEROFF, |_| {});
+    assert_eq!(exit, VmExit::Poweroff, "a CF9 reset is a poweroff");
     assert!(m.start_to_first_kvm_run_us.is_some());
     assert!(m.userspace_exits["io_out"] >= 2, "{m:?}");
-    let (exit, _) = run(&announce(2), |_| {});
-    assert_eq!(exit, VmExit::Reboot);
     let (exit, _) = run(RESET, |_| {});
-    assert_eq!(exit, VmExit::Reboot, "an unannounced reset is a reboot");
+    assert_eq!(exit, VmExit::Reboot, "an i8042 reset is a reboot");
 }
 
 #[test]

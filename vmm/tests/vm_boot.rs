@@ -260,7 +260,7 @@ fn reboot_panic_and_poweroff_give_their_own_exit_status() {
     assert_eq!(code, 4, "panic -> 4; console:\n{log}");
     assert!(log.contains("Kernel panic"), "console:\n{log}");
 
-    // Poweroff through the agent (vpod-init announces it on the exit port before resetting).
+    // Poweroff through the agent (vpod-init picks the CF9 reset line, then reboots).
     let dir3 = TempDir::new("exits-poweroff");
     let uds = dir3.path("v.sock");
     let uds_arg = uds.to_str().unwrap().to_owned();

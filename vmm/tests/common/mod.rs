@@ -56,11 +56,11 @@ pub fn pvh_elf(code: &[u8]) -> vmm_sys_util::tempfile::TempFile {
 /// mov al, 0xfe; out 0x64, al; hlt; jmp hlt
 pub const RESET: &[u8] = &[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
 
-pub fn announce(byte: u8) -> Vec<u8> {
-    let mut c = vec![0xb0, byte, 0xe6, 0xf4]; // mov al, byte; out 0xf4, al
-    c.extend_from_slice(RESET);
-    c
-}
+/// The kernel's `reboot=pci` sequence, vpod's poweroff line: mov dx, 0xcf9; mov al, 2;
+/// out dx, al (SYS_RST: which reset); mov al, 6; out dx, al (RST_CPU: reset now); hlt; jmp hlt
+pub const POWEROFF: &[u8] = &[
+    0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x02, 0xee, 0xb0, 0x06, 0xee, 0xf4, 0xeb, 0xfd,
+];
 
 pub fn kvm_available() -> bool {
     if std::fs::metadata("/dev/kvm").is_err() {

@@ -51,8 +51,8 @@ pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 controller data/command ports 0x60..0x64.
 pub const I8042_PORT: u16 = 0x60;
-/// One-byte "exit announce" port (also the port QEMU's isa-debug-exit uses by default).
-pub const EXIT_PORT: u16 = 0xf4;
+/// The reset control register (one byte): a vpod guest's poweroff line.
+pub const RESET_CONTROL_PORT: u16 = 0xcf9;
 
 /// Guest RAM ranges (start, size) for `mem_size` bytes of RAM, leaving the 32-bit hole.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
