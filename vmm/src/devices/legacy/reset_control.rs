@@ -32,7 +32,11 @@ impl ResetControl {
 impl BusDevice for ResetControl {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // The kernel reads the register first and keeps its other bits; RST_CPU never sticks.
-        let v = if offset == 0 { self.value & !RST_CPU } else { 0 };
+        let v = if offset == 0 {
+            self.value & !RST_CPU
+        } else {
+            0
+        };
         data.fill(0);
         if let Some(b) = data.first_mut() {
             *b = v;
