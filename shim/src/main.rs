@@ -2,6 +2,7 @@
 //! One shim process per pod, which owns the pod's microVM in-process.
 
 mod config;
+mod error;
 mod reaping;
 mod rootfs;
 mod service;

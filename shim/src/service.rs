@@ -28,7 +28,7 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
-use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::types::task::Status;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
@@ -38,6 +38,7 @@ use vpod_agent_api::pb::{
 use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig};
 
 use crate::config::ShimConfig;
+use crate::error::{Error, Result};
 use crate::rootfs;
 
 /// Empty disk slots a CRI pod boots with (one per container created later).
@@ -46,10 +47,6 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-fn err(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
-}
 
 #[derive(Clone)]
 pub struct VpodShim {
@@ -200,13 +197,13 @@ impl Shim for VpodShim {
         }
     }
 
-    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, ShimError> {
+    async fn start_shim(&mut self, opts: StartOpts) -> std::result::Result<String, ShimError> {
         let bundle = std::env::current_dir().unwrap_or_default();
         let group = grouping(&bundle, &opts.id);
         spawn(opts, &group, Vec::new()).await
     }
 
-    async fn delete_shim(&mut self) -> Result<api::DeleteResponse, ShimError> {
+    async fn delete_shim(&mut self) -> std::result::Result<api::DeleteResponse, ShimError> {
         // containerd calls this when the shim is gone (killed, crashed) or a
         // start failed: clean up what the dead shim left, report a killed task.
         let bundle = self.bundle.clone();
@@ -316,13 +313,15 @@ impl ExecState {
 
     /// Sends `msg` to the running exec; an exec that has not started or
     /// has exited is NOT_FOUND (what containerd expects of a gone process).
-    async fn send(&self, msg: ExecInput) -> TtrpcResult<()> {
+    async fn send(&self, msg: ExecInput) -> Result<()> {
         let tx = self.input.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let gone = || err(ttrpc::Code::NOT_FOUND, "the exec'd process is not running");
         if self.exit.borrow().is_some() {
-            return Err(gone());
+            return Err(Error::ExecNotRunning);
         }
-        tx.ok_or_else(gone)?.send(msg).await.map_err(|_| gone())
+        tx.ok_or(Error::ExecNotRunning)?
+            .send(msg)
+            .await
+            .map_err(|_| Error::ExecNotRunning)
     }
 }
 
@@ -406,7 +405,7 @@ fn vm_size(
     cfg: &ShimConfig,
     spec: &oci_spec::runtime::Spec,
     sandbox: bool,
-) -> TtrpcResult<vpod_sandbox::VmSize> {
+) -> Result<vpod_sandbox::VmSize> {
     let default = vpod_sandbox::VmSize {
         vcpus: cfg.default_vcpus,
         mem_mib: cfg.default_memory_mib,
@@ -414,8 +413,7 @@ fn vm_size(
     if sandbox {
         return Ok(default);
     }
-    let l = vpod_sandbox::Limits::from_spec(spec)
-        .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+    let l = vpod_sandbox::Limits::from_spec(spec)?;
     Ok(match l.memory_bytes {
         Some(_) => vpod_sandbox::VmSize::for_pod(
             &[l],
@@ -435,34 +433,32 @@ fn pod_id(id: &str) -> String {
 }
 
 impl TaskService {
-    fn task(&self, id: &str) -> TtrpcResult<Arc<TaskState>> {
+    fn task(&self, id: &str) -> Result<Arc<TaskState>> {
         self.inner
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| err(ttrpc::Code::NOT_FOUND, format!("task {id} not found")))
+            .ok_or_else(|| Error::TaskNotFound(id.to_owned()))
     }
 
-    fn exec_state(&self, id: &str, exec_id: &str) -> TtrpcResult<Arc<ExecState>> {
+    fn exec_state(&self, id: &str, exec_id: &str) -> Result<Arc<ExecState>> {
         self.inner
             .execs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(id.to_owned(), exec_id.to_owned()))
             .cloned()
-            .ok_or_else(|| {
-                err(
-                    ttrpc::Code::NOT_FOUND,
-                    format!("exec {exec_id} of task {id} not found"),
-                )
+            .ok_or_else(|| Error::ExecNotFound {
+                id: id.to_owned(),
+                exec_id: exec_id.to_owned(),
             })
     }
 
     /// Runs exec `exec_id` in container `id` through the agent's Exec stream,
     /// with containerd's FIFOs as its stdio.
-    async fn start_exec(&self, id: &str, exec_id: &str) -> TtrpcResult<()> {
+    async fn start_exec(&self, id: &str, exec_id: &str) -> Result<()> {
         use vpod_agent_api::pb::{exec_input, exec_output, ExecStart, Process};
         let e = self.exec_state(id, exec_id)?;
         let pod = self.pod().await?;
@@ -481,14 +477,12 @@ impl TaskService {
             })),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<ExecInput>(16);
-        tx.send(start)
-            .await
-            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        tx.send(start).await.map_err(|_| Error::ExecInputClosed)?;
         let mut out = pod
             .agent()
             .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?
+            .map_err(|s| Error::Agent(s.message().to_owned()))?
             .into_inner();
         if !e.stdin.is_empty() {
             let mut chunks = read_fifo(e.stdin.clone(), e.stdin_closed.clone());
@@ -574,17 +568,12 @@ impl TaskService {
         }
     }
 
-    fn config(&self) -> TtrpcResult<&ShimConfig> {
-        self.inner.config.get().ok_or_else(|| {
-            err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                "no task was created in this shim yet",
-            )
-        })
+    fn config(&self) -> Result<&ShimConfig> {
+        self.inner.config.get().ok_or(Error::NoConfig)
     }
 
     /// The pod's dirs: those of the first task (`id`) to ask.
-    fn marker(&self, id: &str) -> TtrpcResult<&PodMarker> {
+    fn marker(&self, id: &str) -> Result<&PodMarker> {
         let cfg = self.config()?;
         Ok(self
             .inner
@@ -594,7 +583,7 @@ impl TaskService {
 
     /// What the pod of `spec` may read on the host: its own kubelet volumes and sandbox files
     /// (containerd's annotations); its namespaces are named by this shim's pid.
-    fn classifier(&self, spec: &oci_spec::runtime::Spec) -> TtrpcResult<MountClassifier> {
+    fn classifier(&self, spec: &oci_spec::runtime::Spec) -> Result<MountClassifier> {
         let cfg = self.config()?;
         Ok(MountClassifier::new(&cfg.kubelet_root)
             .with_containerd_dirs(cfg.containerd_dirs.clone())
@@ -602,13 +591,8 @@ impl TaskService {
             .with_pod_pid(std::process::id()))
     }
 
-    async fn pod(&self) -> TtrpcResult<Arc<Pod>> {
-        self.inner.pod.lock().await.clone().ok_or_else(|| {
-            err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                "the pod's VM is not running",
-            )
-        })
+    async fn pod(&self) -> Result<Arc<Pod>> {
+        self.inner.pod.lock().await.clone().ok_or(Error::NoPod)
     }
 
     async fn boot(
@@ -617,7 +601,7 @@ impl TaskService {
         images: Vec<ImageDisk>,
         sandbox: bool,
         spec: &oci_spec::runtime::Spec,
-    ) -> TtrpcResult<Arc<Pod>> {
+    ) -> Result<Arc<Pod>> {
         // A sandbox's containers come later, each into a free disk slot; a
         // lone container brings its image and keeps one slot spare.
         let slots = if sandbox { POD_SLOTS } else { 1 };
@@ -632,10 +616,7 @@ impl TaskService {
             .and_then(|n| n.path().clone());
         let t0 = std::time::Instant::now();
         let net = match netns {
-            Some(p) => Some(
-                vpod_sandbox::net::inspect(&p)
-                    .map_err(|e| err(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?,
-            ),
+            Some(p) => Some(vpod_sandbox::net::inspect(&p)?),
             None => None,
         };
         let net_ms = t0.elapsed();
@@ -660,7 +641,7 @@ impl TaskService {
             net,
         })
         .await
-        .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        .map_err(Error::Boot)?;
         // Where a pod start's time goes (containerd's log carries it).
         log::info!(
             "pod {pid} booted in {:?}: network inspect {net_ms:?}, {:?}",
@@ -735,11 +716,11 @@ impl Task for TaskService {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
-        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|e| {
-            err(
-                ttrpc::Code::INVALID_ARGUMENT,
-                format!("read {}/config.json: {e}", req.bundle),
-            )
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json")).map_err(|source| {
+            Error::Spec {
+                bundle: req.bundle.clone(),
+                source,
+            }
         })?;
         let sandbox = is_sandbox(&spec);
         if self.inner.config.get().is_none() {
@@ -748,17 +729,16 @@ impl Task for TaskService {
                 .as_ref()
                 .map(|o| (o.type_url.as_str(), o.value.as_slice()))
                 .unwrap_or_default();
-            let c = ShimConfig::resolve(type_url, value)
-                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            let c = ShimConfig::resolve(type_url, value).map_err(Error::from)?;
             let _ = self.inner.config.set(c);
         }
         // Before anything is made: a crash from here on is cleaned up by `delete`.
-        self.marker(&req.id)?.write(&bundle).map_err(|e| {
-            err(
-                ttrpc::Code::INTERNAL,
-                format!("write {}/{POD_MARKER}: {e}", bundle.display()),
-            )
-        })?;
+        self.marker(&req.id)?
+            .write(&bundle)
+            .map_err(|source| Error::Marker {
+                path: bundle.join(POD_MARKER),
+                source,
+            })?;
         let (exit, _) = watch::channel(None);
         let t = Arc::new(TaskState {
             id: req.id.clone(),
@@ -775,16 +755,15 @@ impl Task for TaskService {
 
         if sandbox {
             // Policy of the pod as a whole (host namespaces) before booting.
-            vpod_sandbox::check_spec(&spec, &self.classifier(&spec)?)
-                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+            vpod_sandbox::check_spec(&spec, &self.classifier(&spec)?).map_err(Error::from)?;
             self.boot(&req.id, Vec::new(), true, &spec).await?;
         } else {
             let cache = self.config()?.rootfs_cache.clone();
             let mounts = req.rootfs.clone();
             let disk = tokio::task::spawn_blocking(move || rootfs::disk(&mounts, &cache))
                 .await
-                .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?
-                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+                .map_err(Error::from)?
+                .map_err(Error::from)?;
             let image = ImageDisk {
                 serial: disk.serial.clone(),
                 path: disk.path.clone(),
@@ -792,8 +771,7 @@ impl Task for TaskService {
             let existing = self.inner.pod.lock().await.clone();
             let pod = match existing {
                 Some(pod) => {
-                    pod.attach_image(&image)
-                        .map_err(|e| err(ttrpc::Code::RESOURCE_EXHAUSTED, e.to_string()))?;
+                    pod.attach_image(&image).map_err(Error::AttachImage)?;
                     pod
                 }
                 // No sandbox task (`ctr run`): this container's own VM.
@@ -814,7 +792,7 @@ impl Task for TaskService {
                     !req.stdin.is_empty(),
                 )
                 .await
-                .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+                .map_err(Error::CreateContainer)?;
             if !watched.is_empty() {
                 tokio::spawn(vpod_sandbox::volumes::watch(
                     pod.clone(),
@@ -886,7 +864,7 @@ impl Task for TaskService {
             let pod = self.pod().await?;
             pod.start_container(&t.id)
                 .await
-                .map_err(|e| err(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+                .map_err(Error::StartContainer)?;
             // The guest opens the container's stdin when it starts it.
             if !t.stdin.is_empty() {
                 self.forward_stdin(&pod, &t);
@@ -967,7 +945,7 @@ impl Task for TaskService {
                 all: req.all,
             })
             .await
-            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;
+            .map_err(|s| Error::Agent(s.message().to_owned()))?;
         Ok(api::Empty::default())
     }
 
@@ -984,7 +962,7 @@ impl Task for TaskService {
         let e = rx
             .wait_for(|e| e.is_some())
             .await
-            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?
+            .map_err(Error::from)?
             .clone()
             .expect("waited for Some");
         Ok(api::WaitResponse {
@@ -1140,18 +1118,10 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::Empty> {
         let t = self.task(&req.id)?;
         if t.sandbox || t.status() != Status::RUNNING {
-            return Err(err(
-                ttrpc::Code::FAILED_PRECONDITION,
-                format!("task {} is not a running container", req.id),
-            ));
+            return Err(Error::NotRunningContainer(req.id.clone()).into());
         }
         let process: oci_spec::runtime::Process =
-            serde_json::from_slice(&req.spec.value).map_err(|e| {
-                err(
-                    ttrpc::Code::INVALID_ARGUMENT,
-                    format!("exec process spec: {e}"),
-                )
-            })?;
+            serde_json::from_slice(&req.spec.value).map_err(Error::ExecSpec)?;
         let (exit, _) = watch::channel(None);
         let e = Arc::new(ExecState {
             process,
@@ -1168,10 +1138,7 @@ impl Task for TaskService {
         {
             let mut execs = self.inner.execs.lock().unwrap_or_else(|p| p.into_inner());
             if execs.contains_key(&key) {
-                return Err(err(
-                    ttrpc::Code::ALREADY_EXISTS,
-                    format!("exec {} already exists", req.exec_id),
-                ));
+                return Err(Error::ExecExists(req.exec_id.clone()).into());
             }
             execs.insert(key, e);
         }
@@ -1205,7 +1172,7 @@ impl Task for TaskService {
             .agent()
             .container_stats(ContainerRef { id: t.id.clone() })
             .await
-            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?
+            .map_err(|s| Error::Agent(s.message().to_owned()))?
             .into_inner();
         // The guest's cgroup v2 figures in the v1 shape containerd decodes.
         let m = Metrics {
@@ -1235,8 +1202,7 @@ impl Task for TaskService {
             .into(),
             ..Default::default()
         };
-        let any = containerd_shim::util::convert_to_any(Box::new(m))
-            .map_err(|e| err(ttrpc::Code::INTERNAL, e.to_string()))?;
+        let any = containerd_shim::util::convert_to_any(Box::new(m)).map_err(Error::Stats)?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -1269,7 +1235,7 @@ impl Task for TaskService {
                 cols: req.width,
             })
             .await
-            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;
+            .map_err(|s| Error::Agent(s.message().to_owned()))?;
         Ok(api::Empty::default())
     }
 
@@ -1308,14 +1274,9 @@ impl Task for TaskService {
             .as_ref()
             .map(|r| serde_json::from_slice(&r.value))
             .transpose()
-            .map_err(|e| {
-                err(
-                    ttrpc::Code::INVALID_ARGUMENT,
-                    format!(
-                        "update of {}: resources are not OCI LinuxResources JSON: {e}",
-                        req.id
-                    ),
-                )
+            .map_err(|source| Error::Resources {
+                id: req.id.clone(),
+                source,
             })?
             .unwrap_or_default();
         self.pod()
@@ -1326,15 +1287,12 @@ impl Task for TaskService {
                 limits: Some(vpod_sandbox::oci::limits(Some(&resources))),
             })
             .await
-            .map_err(|s| err(ttrpc::Code::FAILED_PRECONDITION, s.message().to_owned()))?;
+            .map_err(|s| Error::Agent(s.message().to_owned()))?;
         Ok(api::Empty::default())
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        Err(err(
-            ttrpc::Code::UNIMPLEMENTED,
-            "pause is not supported by vpod",
-        ))
+        Err(Error::Unsupported("pause").into())
     }
 
     async fn resume(
@@ -1342,10 +1300,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(err(
-            ttrpc::Code::UNIMPLEMENTED,
-            "resume is not supported by vpod",
-        ))
+        Err(Error::Unsupported("resume").into())
     }
 
     async fn checkpoint(
@@ -1353,10 +1308,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         _req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(err(
-            ttrpc::Code::UNIMPLEMENTED,
-            "checkpoint is not supported by vpod",
-        ))
+        Err(Error::Unsupported("checkpoint").into())
     }
 
     async fn shutdown(

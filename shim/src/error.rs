@@ -1,0 +1,312 @@
+//! The shim's one error type, and the one place that picks the ttrpc code
+//! containerd sees for each failure.
+//!
+//! containerd acts on the code, not the message: NOT_FOUND for a gone task
+//! or process is "already gone" to it, FAILED_PRECONDITION "not now". So each
+//! variant names what failed, and [`Error::code`] alone decides its code.
+
+use std::path::PathBuf;
+
+use containerd_shim_protos::ttrpc;
+use vpod_sandbox::{net::NetError, sizing::SizingError, PodError, PolicyError};
+
+use crate::config::ConfigError;
+use crate::rootfs::RootfsError;
+
+/// What a Task RPC of the shim can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No task of that id in this shim.
+    #[error("task {0} not found")]
+    TaskNotFound(String),
+    /// No exec of that id in the task.
+    #[error("exec {exec_id} of task {id} not found")]
+    ExecNotFound {
+        /// The task (container) id.
+        id: String,
+        /// The exec id.
+        exec_id: String,
+    },
+    /// The exec has not started or has exited: what containerd expects of a
+    /// gone process.
+    #[error("the exec'd process is not running")]
+    ExecNotRunning,
+    /// An exec id given twice.
+    #[error("exec {0} already exists")]
+    ExecExists(String),
+    /// Exec into the sandbox, or into a container that does not run.
+    #[error("task {0} is not a running container")]
+    NotRunningContainer(String),
+    /// An RPC that needs the shim config before the first Create gave it.
+    #[error("no task was created in this shim yet")]
+    NoConfig,
+    /// An RPC that needs the pod's VM before it booted (or after it ended).
+    #[error("the pod's VM is not running")]
+    NoPod,
+    /// The bundle's `config.json`.
+    #[error("read {bundle}/config.json: {source}")]
+    Spec {
+        /// The task's bundle dir.
+        bundle: String,
+        /// Why the spec did not load.
+        source: oci_spec::OciSpecError,
+    },
+    /// The runtime options of the first Create.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The crash-cleanup marker in the bundle.
+    #[error("write {path}: {source}")]
+    Marker {
+        /// The marker file.
+        path: PathBuf,
+        /// Why it was not written.
+        source: std::io::Error,
+    },
+    /// The pod's policy (host namespaces, mounts) refuses the spec.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A container's resource limits that size its own VM.
+    #[error(transparent)]
+    Sizing(#[from] SizingError),
+    /// The netns CNI made for the pod.
+    #[error(transparent)]
+    Network(#[from] NetError),
+    /// The pod's VM did not boot.
+    #[error(transparent)]
+    Boot(PodError),
+    /// No free disk slot (or no disk) for a container's image.
+    #[error(transparent)]
+    AttachImage(PodError),
+    /// The agent refused the container (its spec, its mounts).
+    #[error(transparent)]
+    CreateContainer(PodError),
+    /// The agent did not start the container.
+    #[error(transparent)]
+    StartContainer(PodError),
+    /// The container's rootfs as an erofs disk.
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    /// The process spec of an exec.
+    #[error("exec process spec: {0}")]
+    ExecSpec(#[source] serde_json::Error),
+    /// The resources of an Update.
+    #[error("update of {id}: resources are not OCI LinuxResources JSON: {source}")]
+    Resources {
+        /// The task id.
+        id: String,
+        /// Why they did not parse.
+        source: serde_json::Error,
+    },
+    /// A call to the pod's agent failed (the agent's own message).
+    #[error("{0}")]
+    Agent(String),
+    /// The exec's input stream closed before the exec began.
+    #[error("channel closed")]
+    ExecInputClosed,
+    /// A blocking job of the shim (a rootfs build) died.
+    #[error(transparent)]
+    Join(#[from] tokio::task::JoinError),
+    /// A process's exit was lost: its record went away while waited for.
+    #[error(transparent)]
+    ExitLost(#[from] tokio::sync::watch::error::RecvError),
+    /// Stats that do not encode.
+    #[error(transparent)]
+    Stats(containerd_shim::Error),
+    /// An RPC vpod does not serve (pause, resume, checkpoint).
+    #[error("{0} is not supported by vpod")]
+    Unsupported(&'static str),
+}
+
+/// The shim's results.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// The ttrpc code containerd gets for this error.
+    pub fn code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
+        match self {
+            Error::TaskNotFound(_) | Error::ExecNotFound { .. } | Error::ExecNotRunning => {
+                Code::NOT_FOUND
+            }
+            Error::ExecExists(_) => Code::ALREADY_EXISTS,
+            Error::Spec { .. }
+            | Error::Config(_)
+            | Error::Policy(_)
+            | Error::Sizing(_)
+            | Error::CreateContainer(_)
+            | Error::Rootfs(_)
+            | Error::ExecSpec(_)
+            | Error::Resources { .. } => Code::INVALID_ARGUMENT,
+            Error::NotRunningContainer(_)
+            | Error::NoConfig
+            | Error::NoPod
+            | Error::Network(_)
+            | Error::StartContainer(_)
+            | Error::Agent(_) => Code::FAILED_PRECONDITION,
+            Error::AttachImage(_) => Code::RESOURCE_EXHAUSTED,
+            Error::Marker { .. }
+            | Error::Boot(_)
+            | Error::ExecInputClosed
+            | Error::Join(_)
+            | Error::ExitLost(_)
+            | Error::Stats(_) => Code::INTERNAL,
+            Error::Unsupported(_) => Code::UNIMPLEMENTED,
+        }
+    }
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> ttrpc::Error {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ttrpc::Code;
+
+    fn status(e: Error) -> (Code, String) {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_owned()),
+            other => panic!("not an RPC status: {other:?}"),
+        }
+    }
+
+    fn json_error() -> serde_json::Error {
+        serde_json::from_str::<u32>("x").unwrap_err()
+    }
+
+    fn pod_error() -> PodError {
+        PodError::BadId("X".into())
+    }
+
+    /// The code of each failure is the one the shim returned before the
+    /// codes were picked in one place.
+    #[test]
+    fn each_error_keeps_its_code() {
+        let io = || std::io::Error::other("disk full");
+        let cases: Vec<(Error, Code)> = vec![
+            (Error::TaskNotFound("t".into()), Code::NOT_FOUND),
+            (
+                Error::ExecNotFound {
+                    id: "t".into(),
+                    exec_id: "e".into(),
+                },
+                Code::NOT_FOUND,
+            ),
+            (Error::ExecNotRunning, Code::NOT_FOUND),
+            (Error::ExecExists("e".into()), Code::ALREADY_EXISTS),
+            (
+                Error::NotRunningContainer("t".into()),
+                Code::FAILED_PRECONDITION,
+            ),
+            (Error::NoConfig, Code::FAILED_PRECONDITION),
+            (Error::NoPod, Code::FAILED_PRECONDITION),
+            (
+                Error::Spec {
+                    bundle: "/b".into(),
+                    source: oci_spec::OciSpecError::Other("bad".into()),
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::Config(ConfigError::Invalid {
+                    origin: "o".into(),
+                    what: "w".into(),
+                }),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::Marker {
+                    path: "/b/m".into(),
+                    source: io(),
+                },
+                Code::INTERNAL,
+            ),
+            (Error::Policy(PolicyError::NotLinux), Code::INVALID_ARGUMENT),
+            (
+                Error::Sizing(SizingError::MemoryTooSmall(1)),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::Network(NetError::Parse("x".into())),
+                Code::FAILED_PRECONDITION,
+            ),
+            (Error::Boot(pod_error()), Code::INTERNAL),
+            (Error::AttachImage(pod_error()), Code::RESOURCE_EXHAUSTED),
+            (Error::CreateContainer(pod_error()), Code::INVALID_ARGUMENT),
+            (
+                Error::StartContainer(pod_error()),
+                Code::FAILED_PRECONDITION,
+            ),
+            (Error::Rootfs(RootfsError::NoLower), Code::INVALID_ARGUMENT),
+            (Error::ExecSpec(json_error()), Code::INVALID_ARGUMENT),
+            (
+                Error::Resources {
+                    id: "t".into(),
+                    source: json_error(),
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                Error::Agent("no such container".into()),
+                Code::FAILED_PRECONDITION,
+            ),
+            (Error::ExecInputClosed, Code::INTERNAL),
+            (
+                Error::Stats(containerd_shim::Error::Other("x".into())),
+                Code::INTERNAL,
+            ),
+            (Error::Unsupported("pause"), Code::UNIMPLEMENTED),
+        ];
+        for (e, code) in cases {
+            let what = format!("{e:?}");
+            assert_eq!(status(e).0, code, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_of_tasks_and_channels_are_internal() {
+        let join = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        assert_eq!(status(Error::from(join)).0, Code::INTERNAL);
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<u32>);
+        drop(tx);
+        let lost = rx.wait_for(|x| x.is_some()).await.unwrap_err();
+        assert_eq!(status(Error::from(lost)).0, Code::INTERNAL);
+    }
+
+    /// The message containerd logs is the one the shim gave before.
+    #[test]
+    fn messages_say_what_failed() {
+        assert_eq!(
+            status(Error::TaskNotFound("abc".into())).1,
+            "task abc not found"
+        );
+        assert_eq!(
+            status(Error::ExecNotFound {
+                id: "abc".into(),
+                exec_id: "e1".into()
+            })
+            .1,
+            "exec e1 of task abc not found"
+        );
+        assert_eq!(
+            status(Error::Unsupported("pause")).1,
+            "pause is not supported by vpod"
+        );
+        assert_eq!(
+            status(Error::Agent("container x not found".into())).1,
+            "container x not found"
+        );
+        assert!(status(Error::ExecSpec(json_error()))
+            .1
+            .starts_with("exec process spec: "));
+        assert!(status(Error::Resources {
+            id: "abc".into(),
+            source: json_error()
+        })
+        .1
+        .starts_with("update of abc: resources are not OCI LinuxResources JSON: "));
+    }
+}
