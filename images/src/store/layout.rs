@@ -8,7 +8,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::private::{private_dir, private_file};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::unpack::UnpackLimits;
+use crate::unpack::limits::UnpackLimits;
 
 /// A content store rooted at `<root>/images`.
 #[derive(Clone, Debug)]
