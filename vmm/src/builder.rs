@@ -30,10 +30,10 @@ use crate::devices::virtio::{GuestMemory, VirtioDevice};
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
 use crate::exit::ExitSignal;
 use crate::metrics::VmCounters;
+use crate::running::{DiskSlot, Running, RunningVm};
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
-use crate::{DiskSlot, Running, RunningVm};
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux \
                                    i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on";

@@ -1,6 +1,5 @@
 //! vpod-vmm: a KVM microVM monitor built on rust-vmm crates. It boots an uncompressed PVH vmlinux
-//! with an initramfs, a COM1 serial console, and virtio-mmio devices (block, rng; net and vsock
-//! are being added).
+//! with an initramfs, a COM1 serial console, and virtio-mmio devices (block, net, vsock, rng).
 //!
 //! ```no_run
 //! use vpod_vmm::{Vmm, VmConfig, VmExit};
@@ -14,6 +13,14 @@
 //! ```
 //!
 //! Data flows one way: [`VmConfig`] -> [`builder::build`] -> [`RunningVm`] -> [`VmExit`].
+//!
+//! - [`config`]: what a VM is made of; [`builder`]: config -> wired VM, in one pass.
+//! - [`arch`]: x86_64 boot (PVH, MP table, CPUID, MSRs, registers, memory layout).
+//! - [`vstate`]: the KVM VM, its vCPU threads and guest memory.
+//! - [`devices`]: the buses, legacy PC devices, virtio devices and their virtio-mmio transport.
+//! - [`event_loop`]: the thread that runs every device's queues.
+//! - [`running`]: a started VM, its teardown and the embedder's handle; [`exit`]: how it ended;
+//!   [`metrics`]: what it counted.
 
 pub mod arch;
 pub mod builder;
@@ -22,224 +29,11 @@ pub mod devices;
 pub mod event_loop;
 pub mod exit;
 pub mod metrics;
+pub mod running;
 pub mod vstate;
-
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// Stack size of the VMM's own threads (vCPUs, event loop, signals). Smaller than a 2 MiB huge
-/// page on purpose: with THP "always" a default 2 MiB stack gets a whole huge page on its first
-/// touch, 2 MiB of RSS per thread for a few KiB of real use.
-pub const THREAD_STACK_SIZE: usize = 256 << 10;
 
 pub use builder::BuildError;
 pub use config::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use exit::VmExit;
 pub use metrics::VmMetrics;
-
-use devices::virtio::block::{Block, BlockError, DiskFile};
-use devices::virtio::transport::MmioTransport;
-use devices::virtio::GuestMemory;
-use event_loop::EventLoop;
-use exit::{ExitEvent, ExitSignal};
-use metrics::VmCounters;
-use vstate::vcpu::VcpuHandle;
-use vstate::vm::Vm;
-
-/// Entry point.
-pub struct Vmm;
-
-impl Vmm {
-    /// Builds and starts a VM; metrics measure from now.
-    pub fn start(config: VmConfig) -> Result<RunningVm, BuildError> {
-        Self::start_at(config, Instant::now())
-    }
-
-    /// Like [`Vmm::start`], measuring "time to first KVM_RUN" from `started` (e.g. process start).
-    pub fn start_at(config: VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
-        builder::build(&config, started)
-    }
-}
-
-/// A virtio-blk slot, for swapping its backing file at runtime.
-pub(crate) struct DiskSlot {
-    pub block: Arc<Mutex<Block>>,
-    pub transport: Arc<Mutex<MmioTransport>>,
-}
-
-/// The threads and fds of a running VM; torn down once.
-pub(crate) struct Running {
-    pub vcpus: Vec<VcpuHandle>,
-    pub event_loop: EventLoop,
-    pub stop: Arc<AtomicBool>,
-    pub vm: Vm,
-}
-
-/// How long teardown waits for the VM's threads, whatever the guest did.
-pub const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl Running {
-    /// Stops vCPUs (signal + immediate_exit, re-kicked until they are out) and the event loop,
-    /// joins every thread that finished by the deadline ([`TEARDOWN_TIMEOUT`]) and detaches the
-    /// others (logged, returned as an error count): it never blocks longer than that.
-    pub fn teardown(mut self) -> Result<(), usize> {
-        self.stop.store(true, Ordering::SeqCst);
-        // The event loop is told first: a vCPU may be waiting for a device lock it holds.
-        self.event_loop.request_stop();
-        let deadline = Instant::now() + TEARDOWN_TIMEOUT;
-        while self.vcpus.iter().any(|v| !v.is_finished()) && Instant::now() < deadline {
-            for v in &self.vcpus {
-                v.kick();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let mut stuck = 0;
-        for v in self.vcpus.drain(..) {
-            if v.is_finished() {
-                v.join();
-            } else {
-                tracing::error!("a vCPU thread did not stop; leaking it");
-                stuck += 1;
-            }
-        }
-        // At least a moment for the event loop even if the vCPUs used up the deadline.
-        let loop_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
-        if self.event_loop.join_until(loop_deadline).is_err() {
-            stuck += 1;
-        }
-        // VM fd, vCPU fds (closed by their threads) and memory go with `self`.
-        drop(self.vm);
-        if stuck == 0 {
-            Ok(())
-        } else {
-            Err(stuck)
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum VmOpError {
-    #[error("no disk slot {0}")]
-    NoSuchDisk(usize),
-    #[error(transparent)]
-    Block(#[from] BlockError),
-    #[error("raising the config interrupt: {0}")]
-    Interrupt(#[source] std::io::Error),
-}
-
-/// A running VM. `stop` and `wait` may be called from different threads (share it in an `Arc`).
-pub struct RunningVm {
-    running: Mutex<Option<Running>>,
-    outcome: Mutex<Option<VmExit>>,
-    exit: Arc<ExitSignal>,
-    counters: Arc<VmCounters>,
-    disks: Vec<DiskSlot>,
-    _mem: GuestMemory,
-}
-
-impl RunningVm {
-    pub(crate) fn new(
-        running: Running,
-        exit: Arc<ExitSignal>,
-        counters: Arc<VmCounters>,
-        disks: Vec<DiskSlot>,
-        mem: GuestMemory,
-    ) -> Self {
-        Self {
-            running: Mutex::new(Some(running)),
-            outcome: Mutex::new(None),
-            exit,
-            counters,
-            disks,
-            _mem: mem,
-        }
-    }
-
-    /// Blocks until the guest ends (or [`stop`](Self::stop) is called), tears everything down, and
-    /// returns how it ended. Later calls return the same outcome.
-    pub fn wait(&self) -> VmExit {
-        let outcome = self.exit.wait();
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(r) = running {
-            if let Err(n) = r.teardown() {
-                tracing::error!(
-                    "VM teardown: {n} thread(s) did not stop in time and were detached"
-                );
-            }
-        }
-        self.outcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(outcome)
-            .clone()
-    }
-
-    /// Asks the VM to stop; [`wait`](Self::wait) then returns [`VmExit::Stopped`] (unless the guest
-    /// had already ended). Safe from any thread, including a signal-handling one.
-    pub fn stop(&self) {
-        self.exit.signal(ExitEvent::Stop);
-    }
-
-    /// A cloneable handle that can only stop the VM (for signal threads, timeouts).
-    pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.exit.clone())
-    }
-
-    pub fn metrics(&self) -> VmMetrics {
-        self.counters.snapshot()
-    }
-
-    /// Number of virtio-blk slots, in config order.
-    pub fn disk_count(&self) -> usize {
-        self.disks.len()
-    }
-
-    /// Replaces disk `index`'s backing file and raises a config-change interrupt so the guest
-    /// re-reads the capacity. The read-only flag stays what the guest negotiated at boot.
-    pub fn swap_disk(&self, index: usize, path: &Path, id: Option<&str>) -> Result<(), VmOpError> {
-        let slot = self.disks.get(index).ok_or(VmOpError::NoSuchDisk(index))?;
-        let mut block = slot.block.lock().unwrap_or_else(|p| p.into_inner());
-        let read_only = block.avail_features_read_only();
-        let disk = DiskFile::open(path, read_only, id)?;
-        block.swap_disk(disk);
-        drop(block);
-        slot.transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .notify_config_change()
-            .map_err(VmOpError::Interrupt)
-    }
-}
-
-impl Drop for RunningVm {
-    fn drop(&mut self) {
-        if let Some(r) = self
-            .running
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            self.exit.signal(ExitEvent::Stop);
-            if let Err(n) = r.teardown() {
-                tracing::error!(
-                    "VM teardown: {n} thread(s) did not stop in time and were detached"
-                );
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct StopHandle(Arc<ExitSignal>);
-
-impl StopHandle {
-    pub fn stop(&self) {
-        self.0.signal(ExitEvent::Stop);
-    }
-}
+pub use running::{RunningVm, StopHandle, VmOpError, Vmm, TEARDOWN_TIMEOUT, THREAD_STACK_SIZE};
