@@ -21,12 +21,15 @@ use crate::unpack::unpack_image;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FsType {
+    /// erofs, built by `mkfs.erofs` (the default: compact and read-only by design).
     #[default]
     Erofs,
+    /// ext4, built by `mkfs.ext4 -d` where erofs-utils is missing.
     Ext4,
 }
 
 impl FsType {
+    /// The image file's extension (`erofs`, `ext4`).
     pub fn ext(self) -> &'static str {
         match self {
             FsType::Erofs => "erofs",
@@ -47,33 +50,47 @@ impl FsType {
 /// The image configuration kept beside its block image (`disks/<hex>.json`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ImageInfo {
+    /// The (platform) manifest the image was built from.
     pub manifest: Digest,
+    /// Its configuration blob.
     pub config_digest: Digest,
+    /// Its layer blobs, bottom first.
     pub layers: Vec<Digest>,
     /// Sum of the layer blob sizes (compressed, as stored).
     pub layers_size: u64,
+    /// Filesystem of the block image.
     pub fs_type: FsType,
+    /// Size of the block image file in bytes.
     pub disk_size: u64,
+    /// CPU architecture from the image configuration.
     pub architecture: String,
+    /// Operating system from the image configuration.
     pub os: String,
+    /// How to run the image.
     pub config: RuntimeConfig,
 }
 
 /// Time spent building a block image (zero on a cache hit).
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct BuildStats {
+    /// Unpacking the layers (with their verification).
     pub unpack_ms: f64,
+    /// Making the filesystem.
     pub mkfs_ms: f64,
+    /// The whole build, fsync and rename included.
     pub total_ms: f64,
 }
 
 /// A ready block image.
 #[derive(Clone, Debug)]
 pub struct BlockImage {
+    /// The image file (`disks/<hex>.erofs`).
     pub path: PathBuf,
+    /// What it was built from.
     pub info: ImageInfo,
     /// False when it came from the cache.
     pub built: bool,
+    /// Time the build took.
     pub stats: BuildStats,
 }
 

@@ -80,38 +80,44 @@ impl<'de> serde::Deserialize<'de> for Digest {
 }
 
 /// Running sha256 + byte count.
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug)]
 pub struct Hasher {
     sha: Sha256,
     len: u64,
 }
 
 impl Hasher {
+    /// Hashes `data` (and counts its bytes).
     pub fn update(&mut self, data: &[u8]) {
         self.sha.update(data);
         self.len += data.len() as u64;
     }
 
+    /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len
     }
 
+    /// Whether nothing was hashed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// The digest of everything hashed.
     pub fn finish(self) -> Digest {
         Digest(format!("sha256:{}", hex::encode(self.sha.finalize())))
     }
 }
 
 /// A reader that hashes what passes through it.
+#[derive(Debug)]
 pub struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
 }
 
 impl<R: Read> HashingReader<R> {
+    /// Hashes what is read from `inner`.
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
@@ -136,8 +142,11 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// A writer that hashes what it writes.
+#[derive(Debug)]
 pub struct HashingWriter<W> {
+    /// Where the bytes go.
     pub inner: W,
+    /// What was written so far.
     pub hasher: Hasher,
 }
 

@@ -19,7 +19,9 @@ use crate::store::Store;
 /// One image an import stored.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Imported {
+    /// The reference it is stored under.
     pub name: String,
+    /// Its manifest (or index) digest.
     pub manifest: Digest,
 }
 

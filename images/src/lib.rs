@@ -4,6 +4,8 @@
 //! [`Store::ensure_block_image`] (unpack layers, `mkfs.erofs`, cached by manifest digest) ->
 //! a [`BlockImage`] the shim attaches read-only to a pod's microVM.
 
+#![warn(missing_docs)]
+
 pub mod blockimg;
 pub mod digest;
 pub mod error;

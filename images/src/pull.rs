@@ -31,10 +31,13 @@ use crate::store::Store;
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP.
     #[serde(default)]
     pub insecure: Vec<String>,
+    /// Per registry, the mirrors tried (in order) before it.
     #[serde(default)]
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Blobs fetched at once (4 when unset).
     #[serde(default)]
     pub max_concurrent_downloads: Option<usize>,
 }
@@ -84,15 +87,24 @@ impl RegistryConfig {
 /// Pull progress, reported as it happens.
 #[derive(Clone, Debug)]
 pub enum Progress {
+    /// The manifest is known; the missing blobs are fetched next.
     Resolved {
+        /// The platform manifest pulled.
         manifest: Digest,
+        /// The registry or mirror that answered.
         endpoint: String,
+        /// Blobs of the image (config and layers).
         blobs: usize,
+        /// Of those, the ones not in the store yet.
         missing: usize,
+        /// Bytes of the missing blobs.
         bytes: u64,
     },
+    /// One blob fetched and verified.
     BlobDone {
+        /// Its digest.
         digest: Digest,
+        /// Its size.
         size: u64,
     },
 }
@@ -100,11 +112,17 @@ pub enum Progress {
 /// What a pull did.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Pulled {
+    /// The reference it is stored under.
     pub name: String,
+    /// The manifest (or index) the reference points at.
     pub manifest: Digest,
+    /// The registry or mirror it came from.
     pub endpoint: String,
+    /// Blobs downloaded.
     pub fetched_blobs: usize,
+    /// Bytes downloaded.
     pub fetched_bytes: u64,
+    /// Blobs already in the store.
     pub reused_blobs: usize,
 }
 

@@ -12,6 +12,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, Parsed};
 
 /// An open blob write: feed it bytes, then `commit` checks the digest and renames it into place.
+#[derive(Debug)]
 pub struct BlobWriter {
     store: Store,
     temp: TempFile,
@@ -19,6 +20,7 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// Appends `data` to the blob.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
         self.out.write_all(data).ctx("write", &self.temp.path)
     }
@@ -73,6 +75,7 @@ impl BlobWriter {
 }
 
 impl Store {
+    /// Whether blob `d` is stored.
     pub fn has_blob(&self, d: &Digest) -> bool {
         self.blob_path(d).is_file()
     }
@@ -126,6 +129,7 @@ impl Store {
         w.commit(expected, expected_size, what)
     }
 
+    /// [`Store::ingest`] of a byte slice (its size is the expected size).
     pub fn ingest_bytes(
         &self,
         data: &[u8],

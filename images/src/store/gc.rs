@@ -14,22 +14,32 @@ use crate::error::{IoContext, Result};
 /// Usage figures (for `vpod image usage` and CRI ImageFsInfo).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Usage {
+    /// Blobs stored.
     pub blobs: u64,
+    /// Their bytes.
     pub blob_bytes: u64,
+    /// Block images built.
     pub disks: u64,
+    /// Their bytes.
     pub disk_bytes: u64,
+    /// References (image names).
     pub images: u64,
     /// Bytes actually allocated on the filesystem by the whole store.
     pub used_bytes: u64,
+    /// Inodes the whole store uses.
     pub inodes: u64,
 }
 
 /// What `prune` removed.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct PruneReport {
+    /// Blobs no reference or lease kept.
     pub blobs_removed: u64,
+    /// Block images no reference or lease kept.
     pub disks_removed: u64,
+    /// Leftover temp files and work trees.
     pub temp_removed: u64,
+    /// Bytes of everything removed.
     pub bytes_freed: u64,
 }
 

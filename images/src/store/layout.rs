@@ -39,10 +39,12 @@ impl Store {
         self
     }
 
+    /// What building a block image may unpack.
     pub fn unpack_limits(&self) -> UnpackLimits {
         self.limits
     }
 
+    /// `<root>/images`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -59,6 +61,7 @@ impl Store {
         self.dir.join("work")
     }
 
+    /// Where blob `d` is (or would be) stored.
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs/sha256").join(d.hex())
     }

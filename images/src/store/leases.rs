@@ -30,6 +30,7 @@ impl Store {
         Ok(())
     }
 
+    /// Drops `user`'s lease (none is fine).
     pub fn release(&self, d: &Digest, user: &str) -> Result<()> {
         let p = self.lease_dir(d).join(user);
         match fs::remove_file(&p) {
@@ -39,6 +40,7 @@ impl Store {
         }
     }
 
+    /// The holders of leases on the image.
     pub fn leases(&self, d: &Digest) -> Result<Vec<String>> {
         let dir = self.lease_dir(d);
         match fs::read_dir(&dir) {

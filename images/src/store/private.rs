@@ -54,6 +54,7 @@ pub(super) fn private_file(p: &Path, create_new: bool) -> io::Result<File> {
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A file in `ingest/` that is deleted unless committed.
+#[derive(Debug)]
 pub(crate) struct TempFile {
     pub path: PathBuf,
     keep: bool,
