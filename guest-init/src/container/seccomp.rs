@@ -7,7 +7,21 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{BackendError, BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+/// Why the filter could not be made or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The rules did not make a filter.
+    #[error("build the seccomp filter: {0}")]
+    Build(#[source] BackendError),
+    /// The filter did not compile to BPF.
+    #[error("compile the seccomp filter: {0}")]
+    Compile(#[source] BackendError),
+    /// The kernel refused it.
+    #[error("install the seccomp filter: {0}")]
+    Install(#[source] std::io::Error),
+}
 
 /// Refused syscalls (x86_64 numbers).
 pub const DENIED: &[i64] = &[
@@ -56,7 +70,7 @@ pub const DENIED: &[i64] = &[
 ];
 
 /// The compiled filter.
-pub fn runtime_default() -> Result<BpfProgram, String> {
+pub fn runtime_default() -> Result<BpfProgram, SeccompError> {
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
         DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     let filter = SeccompFilter::new(
@@ -65,14 +79,14 @@ pub fn runtime_default() -> Result<BpfProgram, String> {
         SeccompAction::Errno(libc::EPERM as u32),
         TargetArch::x86_64,
     )
-    .map_err(|e| format!("build the seccomp filter: {e}"))?;
-    BpfProgram::try_from(filter).map_err(|e| format!("compile the seccomp filter: {e}"))
+    .map_err(SeccompError::Build)?;
+    BpfProgram::try_from(filter).map_err(SeccompError::Compile)
 }
 
 /// Installs [`runtime_default`] on the calling thread. Unlike
 /// `seccompiler::apply_filter` it does not set no_new_privs: the caller still
 /// holds CAP_SYS_ADMIN, and no_new_privs is the spec's choice.
-pub fn install_runtime_default() -> Result<(), String> {
+pub fn install_runtime_default() -> Result<(), SeccompError> {
     let prog = runtime_default()?;
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
@@ -88,10 +102,7 @@ pub fn install_runtime_default() -> Result<(), String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "install the seccomp filter: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(SeccompError::Install(std::io::Error::last_os_error()));
     }
     Ok(())
 }
