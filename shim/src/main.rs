@@ -3,6 +3,8 @@
 
 mod config;
 mod error;
+mod io;
+mod process;
 mod reaping;
 mod rootfs;
 mod service;

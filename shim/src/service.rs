@@ -29,9 +29,6 @@ use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
-use containerd_shim_protos::types::task::Status;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 use vpod_agent_api::pb::{
     exec_input, ContainerRef, ExecInput, ExecResize, KillContainerRequest, OutputStream, StdinChunk,
 };
@@ -39,6 +36,8 @@ use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig};
 
 use crate::config::ShimConfig;
 use crate::error::{Error, Result};
+use crate::io::{self, Chunk, Stdio};
+use crate::process::Process;
 use crate::rootfs;
 
 /// Empty disk slots a CRI pod boots with (one per container created later).
@@ -238,43 +237,13 @@ impl Shim for VpodShim {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Exit {
-    code: u32,
-    at: Timestamp,
-}
-
+/// A task: the sandbox, or a container of the pod.
 struct TaskState {
     id: String,
     bundle: String,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
     /// The pause container: the VM itself, no process in the guest.
     sandbox: bool,
-    status: Mutex<Status>,
-    exit: watch::Sender<Option<Exit>>,
-    /// CloseIO: the end of stdin (our read-write FIFO never sees EOF).
-    stdin_closed: Arc<tokio::sync::Notify>,
-}
-
-impl TaskState {
-    fn status(&self) -> Status {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_status(&self, s: Status) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = s;
-    }
-
-    fn exited(&self, code: u32) {
-        self.set_status(Status::STOPPED);
-        self.exit.send_replace(Some(Exit {
-            code,
-            at: Timestamp::now(),
-        }));
-    }
+    process: Process,
 }
 
 struct Inner {
@@ -293,29 +262,18 @@ struct Inner {
 
 /// A process `ctr task exec` / CRI ExecSync added to a running container.
 struct ExecState {
-    process: oci_spec::runtime::Process,
-    stdin: String,
-    stdout: String,
-    stderr: String,
-    terminal: bool,
-    status: Mutex<Status>,
-    exit: watch::Sender<Option<Exit>>,
+    spec: oci_spec::runtime::Process,
+    process: Process,
     /// The running exec's input stream: signals and resizes go there.
     input: Mutex<Option<tokio::sync::mpsc::Sender<ExecInput>>>,
-    /// CloseIO: the end of stdin.
-    stdin_closed: Arc<tokio::sync::Notify>,
 }
 
 impl ExecState {
-    fn set_running(&self) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::RUNNING;
-    }
-
     /// Sends `msg` to the running exec; an exec that has not started or
     /// has exited is NOT_FOUND (what containerd expects of a gone process).
     async fn send(&self, msg: ExecInput) -> Result<()> {
         let tx = self.input.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if self.exit.borrow().is_some() {
+        if self.process.exit().is_some() {
             return Err(Error::ExecNotRunning);
         }
         tx.ok_or(Error::ExecNotRunning)?
@@ -328,65 +286,6 @@ impl ExecState {
 #[derive(Clone)]
 pub struct TaskService {
     inner: Arc<Inner>,
-}
-
-/// containerd's stdout/stderr FIFO, opened read-write so the open does not
-/// wait for a reader (`ctr run -d` has none), as a non-blocking pipe end so
-/// no write ties up a thread.
-fn open_fifo_writer(path: &str) -> Option<tokio::net::unix::pipe::Sender> {
-    if path.is_empty() {
-        return None;
-    }
-    tokio::net::unix::pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(path)
-        .map_err(|e| log::warn!("open {path}: {e}"))
-        .ok()
-}
-
-/// containerd's stdin FIFO as a channel of chunks, ended by `closed`
-/// (CloseIO) or a read error. Opened read-write: the open does not wait for
-/// a writer, and so EOF never comes by itself.
-fn read_fifo(
-    path: String,
-    closed: Arc<tokio::sync::Notify>,
-) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        let Ok(mut f) = tokio::net::unix::pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(&path)
-            .map_err(|e| log::warn!("open {path}: {e}"))
-        else {
-            return;
-        };
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            tokio::select! {
-                r = f.read(&mut buf) => match r {
-                    Ok(n) if n > 0 => {
-                        if tx.send(buf[..n].to_vec()).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ => return,
-                },
-                _ = closed.notified() => {
-                    // Whatever was written before CloseIO still goes in. The
-                    // fd is non-blocking: read it until EAGAIN (tokio's
-                    // try_read trusts cached readiness and may see nothing).
-                    while let Ok(n) = nix::unistd::read(&f, &mut buf) {
-                        if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
-                            break;
-                        }
-                    }
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// The CRI pause container: the pod's VM, no process of its own.
@@ -462,7 +361,8 @@ impl TaskService {
         use vpod_agent_api::pb::{exec_input, exec_output, ExecStart, Process};
         let e = self.exec_state(id, exec_id)?;
         let pod = self.pod().await?;
-        let p = &e.process;
+        let p = &e.spec;
+        let stdio = e.process.stdio();
         let start = ExecInput {
             input: Some(exec_input::Input::Start(ExecStart {
                 container_id: id.to_owned(),
@@ -470,22 +370,22 @@ impl TaskService {
                     args: p.args().clone().unwrap_or_default(),
                     env: p.env().clone().unwrap_or_default(),
                     cwd: p.cwd().to_string_lossy().into_owned(),
-                    tty: e.terminal,
-                    stdin: !e.stdin.is_empty(),
+                    tty: stdio.terminal,
+                    stdin: stdio.has_stdin(),
                     ..Default::default()
                 }),
             })),
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<ExecInput>(16);
         tx.send(start).await.map_err(|_| Error::ExecInputClosed)?;
-        let mut out = pod
+        let out = pod
             .agent()
             .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map_err(|s| Error::Agent(s.message().to_owned()))?
             .into_inner();
-        if !e.stdin.is_empty() {
-            let mut chunks = read_fifo(e.stdin.clone(), e.stdin_closed.clone());
+        if stdio.has_stdin() {
+            let mut chunks = io::read_fifo(stdio.stdin.clone(), e.process.stdin_closed());
             let tx = tx.clone();
             tokio::spawn(async move {
                 while let Some(b) = chunks.recv().await {
@@ -504,42 +404,28 @@ impl TaskService {
             });
         }
         *e.input.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
-        e.set_running();
+        e.process.set_running();
         let this = self.clone();
         let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
         tokio::spawn(async move {
             let _keep_input_open = tx;
-            let open = |p: String| async move { open_fifo_writer(&p) };
-            let mut stdout = open(e.stdout.clone()).await;
-            let mut stderr = open(e.stderr.clone()).await;
             let mut code = 255;
-            while let Ok(Some(msg)) = out.message().await {
-                match msg.output {
-                    Some(exec_output::Output::Stdout(b)) => {
-                        if let Some(f) = stdout.as_mut() {
-                            let _ = f.write_all(&b).await;
-                        }
-                    }
-                    Some(exec_output::Output::Stderr(b)) => {
-                        if let Some(f) = stderr.as_mut().or(stdout.as_mut()) {
-                            let _ = f.write_all(&b).await;
-                        }
-                    }
-                    Some(exec_output::Output::Exit(x)) => {
-                        code = x.exit_code as u32;
-                        break;
-                    }
-                    None => {}
+            let chunks = tokio_stream::StreamExt::map_while(out, |m| match m.ok()?.output {
+                Some(exec_output::Output::Stdout(b)) => Some(Some(Chunk::Stdout(b))),
+                Some(exec_output::Output::Stderr(b)) => Some(Some(Chunk::Stderr(b))),
+                Some(exec_output::Output::Exit(x)) => {
+                    code = x.exit_code as u32;
+                    None
                 }
-            }
-            drop((stdout, stderr));
+                None => Some(None),
+            });
+            io::copy_output(
+                e.process.stdio(),
+                tokio_stream::StreamExt::filter_map(chunks, |c| c),
+            )
+            .await;
             e.input.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let at = Timestamp::now();
-            *e.status.lock().unwrap_or_else(|p| p.into_inner()) = Status::STOPPED;
-            e.exit.send_replace(Some(Exit {
-                code,
-                at: at.clone(),
-            }));
+            let at = e.process.set_exited(code).at;
             this.publish(
                 topics::TASK_EXIT_EVENT_TOPIC,
                 Box::new(TaskExit {
@@ -657,7 +543,7 @@ impl TaskService {
     fn forward_stdin(&self, pod: &Arc<Pod>, t: &Arc<TaskState>) {
         use tokio_stream::StreamExt;
         let mut agent = pod.agent();
-        let chunks = read_fifo(t.stdin.clone(), t.stdin_closed.clone());
+        let chunks = io::read_fifo(t.process.stdio().stdin.clone(), t.process.stdin_closed());
         let id = t.id.clone();
         // The first chunk names the container; the stream's end (CloseIO)
         // closes its stdin.
@@ -684,26 +570,21 @@ impl TaskService {
     fn forward_output(&self, pod: &Arc<Pod>, t: &Arc<TaskState>) {
         let mut agent = pod.agent();
         let id = t.id.clone();
-        let (stdout, stderr) = (t.stdout.clone(), t.stderr.clone());
+        let stdio = t.process.stdio().clone();
         tokio::spawn(async move {
             let Ok(resp) = agent.attach(ContainerRef { id: id.clone() }).await else {
                 log::warn!("attach to {id} failed");
                 return;
             };
-            let mut stream = resp.into_inner();
-            let open = |p: String| async move { open_fifo_writer(&p) };
-            let mut out = open(stdout).await;
-            let mut err_ = open(stderr).await;
-            while let Ok(Some(chunk)) = stream.message().await {
-                let target = if chunk.stream == OutputStream::Stderr as i32 && err_.is_some() {
-                    err_.as_mut()
+            let chunks = tokio_stream::StreamExt::map_while(resp.into_inner(), |c| {
+                let c = c.ok()?;
+                Some(if c.stream == OutputStream::Stderr as i32 {
+                    Chunk::Stderr(c.data)
                 } else {
-                    out.as_mut()
-                };
-                if let Some(f) = target {
-                    let _ = f.write_all(&chunk.data).await;
-                }
-            }
+                    Chunk::Stdout(c.data)
+                })
+            });
+            io::copy_output(&stdio, chunks).await;
         });
     }
 }
@@ -739,18 +620,16 @@ impl Task for TaskService {
                 path: bundle.join(POD_MARKER),
                 source,
             })?;
-        let (exit, _) = watch::channel(None);
         let t = Arc::new(TaskState {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
             sandbox,
-            status: Mutex::new(Status::CREATED),
-            exit,
-            stdin_closed: Arc::new(tokio::sync::Notify::new()),
+            process: Process::new(Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            }),
         });
 
         if sandbox {
@@ -866,7 +745,7 @@ impl Task for TaskService {
                 .await
                 .map_err(Error::StartContainer)?;
             // The guest opens the container's stdin when it starts it.
-            if !t.stdin.is_empty() {
+            if t.process.stdio().has_stdin() {
                 self.forward_stdin(&pod, &t);
             }
             let this = self.clone();
@@ -887,8 +766,7 @@ impl Task for TaskService {
                     )
                     .await;
                 }
-                t2.exited(code);
-                let at = t2.exit.borrow().as_ref().map(|e| e.at.clone());
+                let at = t2.process.set_exited(code).at;
                 this.publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
                     Box::new(TaskExit {
@@ -896,14 +774,14 @@ impl Task for TaskService {
                         id: t2.id.clone(),
                         pid: std::process::id(),
                         exit_status: code,
-                        exited_at: at.into(),
+                        exited_at: Some(at).into(),
                         ..Default::default()
                     }),
                 )
                 .await;
             });
         }
-        t.set_status(Status::RUNNING);
+        t.process.set_running();
         self.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -930,11 +808,11 @@ impl Task for TaskService {
             return Ok(api::Empty::default());
         }
         let t = self.task(&req.id)?;
-        if t.status() != Status::RUNNING {
+        if !t.process.is_running() {
             return Ok(api::Empty::default());
         }
         if t.sandbox {
-            t.exited(128 + req.signal);
+            t.process.set_exited(128 + req.signal);
             return Ok(api::Empty::default());
         }
         let pod = self.pod().await?;
@@ -954,17 +832,12 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let mut rx = if req.exec_id.is_empty() {
-            self.task(&req.id)?.exit.subscribe()
+        let exit = if req.exec_id.is_empty() {
+            self.task(&req.id)?.process.watch_exit()
         } else {
-            self.exec_state(&req.id, &req.exec_id)?.exit.subscribe()
+            self.exec_state(&req.id, &req.exec_id)?.process.watch_exit()
         };
-        let e = rx
-            .wait_for(|e| e.is_some())
-            .await
-            .map_err(Error::from)?
-            .clone()
-            .expect("waited for Some");
+        let e = exit.wait().await?;
         Ok(api::WaitResponse {
             exit_status: e.code,
             exited_at: Some(e.at).into(),
@@ -984,10 +857,7 @@ impl Task for TaskService {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&(req.id.clone(), req.exec_id.clone()));
-            let x = e.exit.borrow().clone().unwrap_or(Exit {
-                code: 0,
-                at: Timestamp::now(),
-            });
+            let x = e.process.exit_or_now();
             return Ok(api::DeleteResponse {
                 pid: std::process::id(),
                 exit_status: x.code,
@@ -1019,10 +889,7 @@ impl Task for TaskService {
                 }
             }
         }
-        let e = t.exit.borrow().clone().unwrap_or(Exit {
-            code: 0,
-            at: Timestamp::now(),
-        });
+        let e = t.process.exit_or_now();
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -1050,36 +917,17 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StateResponse> {
         if !req.exec_id.is_empty() {
             let e = self.exec_state(&req.id, &req.exec_id)?;
-            let x = e.exit.borrow().clone();
-            let status = *e.status.lock().unwrap_or_else(|p| p.into_inner());
             return Ok(api::StateResponse {
                 id: req.id.clone(),
                 exec_id: req.exec_id.clone(),
-                pid: std::process::id(),
-                status: status.into(),
-                stdin: e.stdin.clone(),
-                stdout: e.stdout.clone(),
-                stderr: e.stderr.clone(),
-                terminal: e.terminal,
-                exit_status: x.as_ref().map_or(0, |x| x.code),
-                exited_at: x.map(|x| x.at).into(),
-                ..Default::default()
+                ..e.process.state()
             });
         }
         let t = self.task(&req.id)?;
-        let e = t.exit.borrow().clone();
         Ok(api::StateResponse {
             id: t.id.clone(),
             bundle: t.bundle.clone(),
-            pid: std::process::id(),
-            status: t.status().into(),
-            stdin: t.stdin.clone(),
-            stdout: t.stdout.clone(),
-            stderr: t.stderr.clone(),
-            terminal: t.terminal,
-            exit_status: e.as_ref().map_or(0, |e| e.code),
-            exited_at: e.map(|e| e.at).into(),
-            ..Default::default()
+            ..t.process.state()
         })
     }
 
@@ -1117,22 +965,20 @@ impl Task for TaskService {
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         let t = self.task(&req.id)?;
-        if t.sandbox || t.status() != Status::RUNNING {
+        if t.sandbox || !t.process.is_running() {
             return Err(Error::NotRunningContainer(req.id.clone()).into());
         }
         let process: oci_spec::runtime::Process =
             serde_json::from_slice(&req.spec.value).map_err(Error::ExecSpec)?;
-        let (exit, _) = watch::channel(None);
         let e = Arc::new(ExecState {
-            process,
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-            status: Mutex::new(Status::CREATED),
-            exit,
+            spec: process,
+            process: Process::new(Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            }),
             input: Mutex::new(None),
-            stdin_closed: Arc::new(tokio::sync::Notify::new()),
         });
         let key = (req.id.clone(), req.exec_id.clone());
         {
@@ -1247,12 +1093,13 @@ impl Task for TaskService {
         if !req.stdin {
             return Ok(api::Empty::default());
         }
-        let closed = if req.exec_id.is_empty() {
-            self.task(&req.id)?.stdin_closed.clone()
+        if req.exec_id.is_empty() {
+            self.task(&req.id)?.process.close_stdin();
         } else {
-            self.exec_state(&req.id, &req.exec_id)?.stdin_closed.clone()
-        };
-        closed.notify_one();
+            self.exec_state(&req.id, &req.exec_id)?
+                .process
+                .close_stdin();
+        }
         Ok(api::Empty::default())
     }
 
@@ -1332,7 +1179,6 @@ impl Task for TaskService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     fn shim_for(bundle: &std::path::Path) -> VpodShim {
         VpodShim {
@@ -1425,60 +1271,5 @@ mod tests {
         shim_for(&bundle).delete_shim().await.unwrap();
         assert!(victim.exists());
         std::fs::remove_dir_all(&base).unwrap();
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn stdin_ends_at_close_io_with_what_was_written_before() {
-        let dir = std::env::temp_dir().join(format!("vpod-shim-fifo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("stdin");
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let closed = Arc::new(tokio::sync::Notify::new());
-        let mut chunks = read_fifo(path.to_string_lossy().into_owned(), closed.clone());
-        // Read-write, like containerd's end: the open never waits.
-        let mut w = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        w.write_all(b"first ").unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), chunks.recv()).await;
-        assert_eq!(got.unwrap().unwrap(), b"first ");
-        // Written, then CloseIO at once: the bytes still arrive, then the end.
-        w.write_all(b"last").unwrap();
-        closed.notify_one();
-        let mut rest = Vec::new();
-        while let Some(c) = tokio::time::timeout(Duration::from_secs(10), chunks.recv())
-            .await
-            .expect("the stream ends after CloseIO")
-        {
-            rest.extend(c);
-        }
-        assert_eq!(rest, b"last");
-
-        // Written and closed before the reader ever ran (`ctr run` with a
-        // short stdin): all of it arrives. Repeated: select! picks at random.
-        for i in 0..20 {
-            let path = dir.join(format!("early-{i}"));
-            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
-            let mut w = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
-            w.write_all(b"early").unwrap();
-            let closed = Arc::new(tokio::sync::Notify::new());
-            closed.notify_one();
-            let mut chunks = read_fifo(path.to_string_lossy().into_owned(), closed);
-            let mut got = Vec::new();
-            while let Some(c) = tokio::time::timeout(Duration::from_secs(10), chunks.recv())
-                .await
-                .expect("the stream ends after CloseIO")
-            {
-                got.extend(c);
-            }
-            assert_eq!(got, b"early", "run {i}");
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
