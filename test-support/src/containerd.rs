@@ -15,14 +15,19 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The sandbox (pause) image the CRI config names; [`Containerd::start`]
 /// imports it.
 pub const PAUSE_IMAGE: &str = "registry.local/vpod-test/pause:1";
-/// CRI runtime handlers the config defines.
+/// CRI runtime handler of vpod's shim, as the config defines it.
 pub const VPOD: &str = "vpod";
+/// CRI runtime handler of runc, as the config defines it (to compare with).
 pub const RUNC: &str = "runc";
 
 /// Instances of this process so far: each gets its own bridge and /24.
 static INSTANCES: AtomicU8 = AtomicU8::new(0);
 
+/// A private containerd (its own socket, state and config under a temp dir), killed and removed
+/// when dropped.
+#[derive(Debug)]
 pub struct Containerd {
+    /// Its temp dir: socket, config, state, log.
     pub dir: PathBuf,
     child: Child,
     /// The CNI bridge, when CRI is on.
@@ -160,6 +165,7 @@ state = "{d}/state"
         c
     }
 
+    /// containerd's gRPC (and CRI) socket.
     pub fn sock(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
@@ -187,10 +193,12 @@ state = "{d}/state"
             .unwrap_or_default()
     }
 
+    /// containerd's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
+    /// Runs `ctr` against this containerd in `namespace`.
     pub fn ctr(&self, namespace: &str, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("--address")

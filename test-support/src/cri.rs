@@ -14,9 +14,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub use k8s_cri::v1;
 
 /// A CRI connection: kubelet's two services on one socket.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Cri {
+    /// The RuntimeService (pods, containers, exec).
     pub runtime: RuntimeServiceClient<Channel>,
+    /// The ImageService (pull, list, status).
     pub images: ImageServiceClient<Channel>,
 }
 
@@ -160,6 +162,7 @@ impl Cri {
     }
 }
 
+/// An `ImageSpec` naming `image`.
 pub fn image_spec(image: &str) -> cri::ImageSpec {
     cri::ImageSpec {
         image: image.into(),

@@ -4,6 +4,8 @@
 //! `sha256:<hex>` strings so this crate depends on no vpod crate (any of them
 //! can use it).
 
+#![warn(missing_docs)]
+
 use std::path::Path;
 
 pub mod containerd;
@@ -35,12 +37,17 @@ pub fn output_text(o: &std::process::Output) -> String {
 }
 
 /// One entry of a layer.
+#[derive(Clone, Debug)]
 pub enum Entry {
+    /// A regular file: path, content, mode.
     File(String, Vec<u8>, u32),
+    /// A symlink: path, target.
     Symlink(String, String),
+    /// A directory: path, mode.
     Dir(String, u32),
 }
 
+/// A tar (GNU headers) of `entries`, in order.
 pub fn tar(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
