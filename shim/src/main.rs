@@ -3,6 +3,7 @@
 
 mod config;
 mod error;
+mod events;
 mod io;
 mod process;
 mod reaping;

@@ -21,13 +21,8 @@ use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
 use containerd_shim_protos::api;
-use containerd_shim_protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
-};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::shim_async::Task;
-use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use vpod_agent_api::pb::{
     exec_input, ContainerRef, ExecInput, ExecResize, KillContainerRequest, OutputStream, StdinChunk,
@@ -36,6 +31,7 @@ use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig};
 
 use crate::config::ShimConfig;
 use crate::error::{Error, Result};
+use crate::events::{Event, Publisher};
 use crate::io::{self, Chunk, Stdio};
 use crate::process::Process;
 use crate::rootfs;
@@ -226,7 +222,7 @@ impl Shim for VpodShim {
             inner: Arc::new(Inner {
                 exit: self.exit.clone(),
                 namespace: self.namespace.clone(),
-                publisher,
+                events: Publisher::new(publisher, self.namespace.clone()),
                 config: std::sync::OnceLock::new(),
                 marker: std::sync::OnceLock::new(),
                 pod: tokio::sync::Mutex::new(None),
@@ -249,7 +245,7 @@ struct TaskState {
 struct Inner {
     exit: Arc<ExitSignal>,
     namespace: String,
-    publisher: RemotePublisher,
+    events: Publisher,
     /// From the first Create's runtime options (one runtime per shim).
     config: std::sync::OnceLock<ShimConfig>,
     /// The pod's dirs, fixed by the first task (the one that boots the VM).
@@ -425,33 +421,13 @@ impl TaskService {
             )
             .await;
             e.input.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let at = e.process.set_exited(code).at;
-            this.publish(
-                topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: id,
-                    id: exec_id,
-                    pid: std::process::id(),
-                    exit_status: code,
-                    exited_at: Some(at).into(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+            let exit = e.process.set_exited(code);
+            this.inner
+                .events
+                .publish(Event::exit(&id, &exec_id, &exit))
+                .await;
         });
         Ok(())
-    }
-
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let ctx = containerd_shim::Context::default();
-        if let Err(e) = self
-            .inner
-            .publisher
-            .publish(ctx, topic, &self.inner.namespace, event)
-            .await
-        {
-            log::warn!("publish {topic}: {e}");
-        }
     }
 
     fn config(&self) -> Result<&ShimConfig> {
@@ -691,25 +667,7 @@ impl Task for TaskService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(req.id.clone(), t);
-        self.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: Some(TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                })
-                .into(),
-                pid: std::process::id(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.inner.events.publish(Event::create(&req)).await;
         Ok(api::CreateTaskResponse {
             pid: std::process::id(),
             ..Default::default()
@@ -723,16 +681,10 @@ impl Task for TaskService {
     ) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
             self.start_exec(&req.id, &req.exec_id).await?;
-            self.publish(
-                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    pid: std::process::id(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+            self.inner
+                .events
+                .publish(Event::exec_started(&req.id, &req.exec_id))
+                .await;
             return Ok(api::StartResponse {
                 pid: std::process::id(),
                 ..Default::default()
@@ -757,40 +709,17 @@ impl Task for TaskService {
                 };
                 if oom {
                     // kubelet reads OOMKilled from this event.
-                    this.publish(
-                        topics::TASK_OOM_EVENT_TOPIC,
-                        Box::new(TaskOOM {
-                            container_id: t2.id.clone(),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
+                    this.inner.events.publish(Event::oom(&t2.id)).await;
                 }
-                let at = t2.process.set_exited(code).at;
-                this.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: t2.id.clone(),
-                        id: t2.id.clone(),
-                        pid: std::process::id(),
-                        exit_status: code,
-                        exited_at: Some(at).into(),
-                        ..Default::default()
-                    }),
-                )
-                .await;
+                let exit = t2.process.set_exited(code);
+                this.inner
+                    .events
+                    .publish(Event::exit(&t2.id, &t2.id, &exit))
+                    .await;
             });
         }
         t.process.set_running();
-        self.publish(
-            topics::TASK_START_EVENT_TOPIC,
-            Box::new(TaskStart {
-                container_id: t.id.clone(),
-                pid: std::process::id(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.inner.events.publish(Event::start(&t.id)).await;
         Ok(api::StartResponse {
             pid: std::process::id(),
             ..Default::default()
@@ -890,18 +819,7 @@ impl Task for TaskService {
             }
         }
         let e = t.process.exit_or_now();
-        self.publish(
-            topics::TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
-                container_id: t.id.clone(),
-                id: t.id.clone(),
-                pid: std::process::id(),
-                exit_status: e.code,
-                exited_at: Some(e.at.clone()).into(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.inner.events.publish(Event::delete(&t.id, &e)).await;
         Ok(api::DeleteResponse {
             pid: std::process::id(),
             exit_status: e.code,
@@ -988,15 +906,10 @@ impl Task for TaskService {
             }
             execs.insert(key, e);
         }
-        self.publish(
-            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
-            Box::new(TaskExecAdded {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                ..Default::default()
-            }),
-        )
-        .await;
+        self.inner
+            .events
+            .publish(Event::exec_added(&req.id, &req.exec_id))
+            .await;
         Ok(api::Empty::default())
     }
 
