@@ -8,7 +8,9 @@ use crate::Error;
 /// The cached boot files of L1.
 #[derive(Debug, Clone)]
 pub struct BootFiles {
+    /// Debian's generic kernel.
     pub kernel: PathBuf,
+    /// L1's initramfs (its init mounts the host's userland).
     pub initramfs: PathBuf,
 }
 

@@ -13,12 +13,19 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The host KVM is real: run directly.
-    Direct { module: &'static str },
+    Direct {
+        /// The host's KVM module (`kvm_intel`, `kvm_amd`).
+        module: &'static str,
+    },
     /// Run inside the test bed, for this reason.
-    Testbed { reason: String },
+    Testbed {
+        /// Why the host KVM won't do, in words.
+        reason: String,
+    },
 }
 
 impl Verdict {
+    /// Whether VM tests run on the host itself.
     pub fn is_direct(&self) -> bool {
         matches!(self, Verdict::Direct { .. })
     }
@@ -36,15 +43,22 @@ impl fmt::Display for Verdict {
 /// What the probe reads, gathered so the decision is a pure function (and testable).
 #[derive(Debug, Default, Clone)]
 pub struct HostFacts {
+    /// `/dev/kvm` exists.
     pub dev_kvm: bool,
+    /// The `kvm_intel` module is loaded.
     pub kvm_intel: bool,
+    /// The `kvm_amd` module is loaded.
     pub kvm_amd: bool,
+    /// The `kvm_pvm` module (software nested KVM) is loaded.
     pub kvm_pvm: bool,
+    /// The CPU shows `vmx` (Intel VT-x).
     pub cpu_vmx: bool,
+    /// The CPU shows `svm` (AMD-V).
     pub cpu_svm: bool,
 }
 
 impl HostFacts {
+    /// Reads `/dev`, `/sys/module` and `/proc/cpuinfo`.
     pub fn read() -> Self {
         let module = |m: &str| Path::new("/sys/module").join(m).exists();
         let flags = fs::read_to_string("/proc/cpuinfo")

@@ -16,7 +16,9 @@ use crate::{job, l1, Error};
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// L1's vCPUs.
     pub smp: u32,
+    /// L1's memory in MiB.
     pub mem_mib: u32,
     /// Whole run, boot included.
     pub timeout: Duration,
@@ -28,8 +30,11 @@ pub struct RunOptions {
     pub keep: bool,
     /// Where run dirs go.
     pub runs_dir: PathBuf,
+    /// The command's working dir (a host path L1 sees).
     pub cwd: PathBuf,
+    /// The command and its arguments.
     pub argv: Vec<OsString>,
+    /// The command's environment.
     pub env: Vec<(OsString, OsString)>,
 }
 
@@ -69,14 +74,18 @@ pub struct Timings {
     pub exit_s: Option<f64>,
     /// Host wall time from spawning QEMU (last attempt) to its exit.
     pub wall_s: f64,
+    /// Boots tried (a hung boot is retried once).
     pub attempts: u32,
 }
 
 /// A finished run: the command's exit status (as `sh` reports it: 128+N for a signal).
 #[derive(Debug)]
 pub struct Outcome {
+    /// The command's exit status.
     pub status: i32,
+    /// When L1 reached each stage.
     pub timings: Timings,
+    /// The run's dir (console log, job script), removed unless kept.
     pub run_dir: PathBuf,
 }
 
