@@ -51,31 +51,75 @@ const RETRY_DELAY_MAX: Duration = Duration::from_millis(50);
 /// Errors of the host-side agent client.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The VMM's vsock unix socket could not be connected to.
     #[error("connect to the VMM vsock socket {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Writing `CONNECT <port>` or reading the reply failed.
     #[error("vsock handshake for guest port {port}: {source}")]
-    HandshakeIo { port: u32, source: io::Error },
+    HandshakeIo {
+        /// The guest port.
+        port: u32,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The VMM closed the stream before a whole reply line.
     #[error("vsock handshake for guest port {port}: VMM closed the connection (guest refused or not listening){}",
         if partial.is_empty() { String::new() } else { format!(" after {partial:?}") })]
-    HandshakeClosed { port: u32, partial: String },
+    HandshakeClosed {
+        /// The guest port.
+        port: u32,
+        /// What arrived before the close.
+        partial: String,
+    },
+    /// The VMM answered something other than `OK <hostport>`.
     #[error(
         "vsock handshake for guest port {port}: VMM replied {line:?} instead of \"OK <hostport>\""
     )]
-    HandshakeRejected { port: u32, line: String },
+    HandshakeRejected {
+        /// The guest port.
+        port: u32,
+        /// The reply line.
+        line: String,
+    },
+    /// No reply within the time allowed ([`HANDSHAKE_TIMEOUT`], or what is left of a retry's).
     #[error("vsock handshake for guest port {port}: no reply within {timeout:?}")]
-    HandshakeTimeout { port: u32, timeout: Duration },
+    HandshakeTimeout {
+        /// The guest port.
+        port: u32,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// The gRPC (HTTP/2) connection over the vsock stream failed.
     #[error("gRPC connection to guest port {port}: {source}")]
     Transport {
+        /// The guest port.
         port: u32,
+        /// tonic's error.
         source: tonic::transport::Error,
     },
+    /// The agent answered its first `Ping` with an error.
     #[error("agent on guest port {port} did not answer Ping: {status}")]
-    Ping { port: u32, status: tonic::Status },
+    Ping {
+        /// The guest port.
+        port: u32,
+        /// The status it answered.
+        status: tonic::Status,
+    },
+    /// [`connect_with_retry`] ran out of time.
     #[error("agent on guest port {port} not ready after {waited:?} ({attempts} attempts); last error: {last}")]
     NotReady {
+        /// The guest port.
         port: u32,
+        /// How long it tried.
         waited: Duration,
+        /// Connection attempts made.
         attempts: u32,
+        /// The last attempt's error.
         last: Box<Error>,
     },
 }
@@ -105,10 +149,12 @@ pub struct AgentChannel {
 }
 
 impl AgentChannel {
+    /// `inner` with `timeout` as the deadline of bounded calls.
     pub fn new(inner: Channel, timeout: Duration) -> Self {
         AgentChannel { inner, timeout }
     }
 
+    /// The deadline of bounded calls.
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

@@ -8,6 +8,8 @@
 //! The protobuf types, the generated client ([`AgentClient`]) and the server
 //! trait ([`Agent`], wrapped by [`AgentServer`]) come from `proto/agent.proto`.
 
+#![warn(missing_docs)]
+
 mod client;
 pub mod ready;
 

@@ -18,17 +18,24 @@ pub const AGENT_READY_PORT: u32 = 1025;
 /// Longest READY/ACK line we read.
 const MAX_LINE: usize = 64;
 
+/// Failures of the readiness exchange.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadyError {
+    /// The host's `<vsock uds>_1025` socket could not be bound.
     #[error("ready socket {path}: {source}")]
     Bind {
+        /// The socket.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The guest did not call within the time given.
     #[error("no readiness call from the guest within {0:?}")]
     Timeout(Duration),
+    /// Reading or writing a line failed (or the peer closed).
     #[error("readiness exchange: {0}")]
     Io(#[from] std::io::Error),
+    /// A line that is not `<word> <number>` (the line, the word expected).
     #[error("bad readiness line {0:?} (expected `{1} <number>`)")]
     BadLine(String, &'static str),
 }
@@ -112,6 +119,7 @@ impl ReadyListener {
         Ok(ReadyListener { listener, path })
     }
 
+    /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
