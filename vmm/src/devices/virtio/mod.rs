@@ -4,6 +4,8 @@ pub mod device;
 pub mod net;
 pub mod queue;
 pub mod rng;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod transport;
 pub mod vsock;
 

@@ -148,29 +148,11 @@ pub fn resignal(evt: &EventFd, device: &str) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
+    use crate::devices::virtio::test_utils::{Desc, Guest, WRITE};
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    /// Runs `f` on its own thread and returns its result, or fails the test if it takes longer
-    /// than `limit` (a device that spins: the thread is left behind, the test still ends).
-    pub(crate) fn within<T: Send + 'static>(
-        limit: std::time::Duration,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(f());
-        });
-        match rx.recv_timeout(limit) {
-            Ok(v) => v,
-            Err(e) => panic!("device did not return within {limit:?} ({e}): it hangs"),
-        }
-    }
 
     fn mem() -> GuestMemory {
         GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
@@ -178,24 +160,18 @@ pub(crate) mod tests {
 
     #[test]
     fn empty_chain_and_broken_index() {
-        let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let mut q = vq.create_queue::<Queue>().unwrap();
+        let (mut vq, mut queues) = Guest::on(mem(), 1, 16);
+        let m = vq.mem.clone();
+        let mut q = queues.remove(0);
         assert_eq!(pop_chain(&mut q, &m).unwrap().map(|c| c.head_index()), None);
-        let d = RawDescriptor::from(SplitDescriptor::new(
-            0x8_0000,
-            8,
-            VRING_DESC_F_WRITE as u16,
-            0,
-        ));
-        vq.add_desc_chains(&[d], 0).unwrap();
+        vq.add_descs(0, &[Desc::new(0x8_0000, 8, WRITE, 0)]);
         assert_eq!(
             pop_chain(&mut q, &m).unwrap().map(|c| c.head_index()),
             Some(0)
         );
         assert!(pop_chain(&mut q, &m).unwrap().is_none());
         // 17 ahead on a 16-entry queue.
-        vq.avail().idx().store(1 + 17);
+        vq.set_avail_idx(0, 1 + 17);
         assert_eq!(
             pop_chain(&mut q, &m).unwrap_err(),
             RingError::AvailIdx {
@@ -206,8 +182,9 @@ pub(crate) mod tests {
             }
         );
         // Exactly a queue's worth ahead is fine; a head outside the table is not.
-        vq.avail().idx().store(1 + 16);
-        vq.avail().ring().ref_at(1).unwrap().store(u16::to_le(16));
+        vq.set_avail_idx(0, 1 + 16);
+        // avail.ring[1]
+        vq.write(vq.rings[0].avail + 4 + 2, &16u16.to_le_bytes());
         assert_eq!(
             pop_chain(&mut q, &m).unwrap_err(),
             RingError::Head { head: 16, size: 16 }
@@ -231,9 +208,8 @@ pub(crate) mod tests {
 
     #[test]
     fn budget_counts_down() {
-        let m = mem();
-        let vq = MockSplitQueue::new(&m, 4);
-        let q = vq.create_queue::<Queue>().unwrap();
+        let (_vq, mut queues) = Guest::on(mem(), 1, 4);
+        let q = queues.remove(0);
         let mut b = Budget::for_queue(&q);
         assert!((0..4).all(|_| b.take()));
         assert!(b.spent());

@@ -3,6 +3,9 @@ pub mod device;
 pub mod event_handler;
 pub mod request;
 
+#[cfg(test)]
+mod tests;
+
 pub use device::{Block, BlockError, DiskFile};
 
 /// The one request queue's size.

@@ -11,7 +11,7 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VI
 use super::device::{RXQ_INDEX, TXQ_INDEX};
 use super::{Net, NetError, TapError, VNET_HDR_LEN};
 use crate::devices::virtio::device::VirtioDevice;
-use crate::devices::virtio::vsock::test_utils::Harness;
+use crate::devices::virtio::test_utils::Harness;
 
 const MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xaa, 0xbb, 0xcc];
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x11, 0x22, 0x33];

@@ -191,77 +191,60 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::queue::tests::within;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
+    use crate::devices::virtio::test_utils::{activate_context, within, Desc, Guest};
+    use crate::devices::virtio::test_utils::{NEXT as N, WRITE as W};
     use vm_memory::GuestAddress;
 
-    const W: u16 = VRING_DESC_F_WRITE as u16;
-    const N: u16 = VRING_DESC_F_NEXT as u16;
+    fn test_memory() -> GuestMemory {
+        GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
+    }
 
-    fn run(descs: &[RawDescriptor]) -> (GuestMemory, u32) {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(descs, 0).unwrap();
+    fn run(descs: &[Desc]) -> (GuestMemory, u32) {
+        let mem = test_memory();
+        let (mut vq, queues) = Guest::on(mem.clone(), 1, 16);
+        vq.add_descs(0, descs);
         let mut rng = Rng::new().unwrap();
-        rng.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-        })
-        .unwrap();
+        let (ctx, _evts, interrupt) = activate_context(&mem, queues).unwrap();
+        rng.activate(ctx).unwrap();
         rng.process_queue();
-        assert_eq!(vq.used().idx().load(), 1);
-        let len = vq.used().ring().ref_at(0).unwrap().load().len();
-        assert_ne!(rng.active.as_ref().unwrap().interrupt.status(), 0);
+        assert_eq!(vq.used_idx(0), 1);
+        let len = vq.take_used(0)[0].1;
+        assert_ne!(interrupt.status(), 0);
         (mem, len)
     }
 
-    fn d(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
+        Desc::new(addr, len, flags, next)
     }
 
     #[test]
     fn broken_avail_ring_needs_reset_instead_of_hanging() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let vq = MockSplitQueue::new(&mem, 16);
-        vq.add_desc_chains(&[d(0x10_0000, 64, W, 0)], 0).unwrap();
-        vq.avail().idx().store(17);
-        let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let mem = test_memory();
+        let (mut vq, queues) = Guest::on(mem.clone(), 1, 16);
+        vq.add_descs(0, &[d(0x10_0000, 64, W, 0)]);
+        vq.set_avail_idx(0, 17);
         let mut rng = Rng::new().unwrap();
-        rng.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            queue_events: vec![EventFd::new(EFD_NONBLOCK).unwrap()],
-            interrupt: irq.clone(),
-        })
-        .unwrap();
+        let (ctx, _evts, irq) = activate_context(&mem, queues).unwrap();
+        rng.activate(ctx).unwrap();
         within(std::time::Duration::from_secs(5), move || {
             rng.process_queue()
         });
         assert!(irq.needs_reset());
-        assert_eq!(vq.used().idx().load(), 0);
+        assert_eq!(vq.used_idx(0), 0);
     }
 
     #[test]
     fn one_queue_worth_per_call_then_resignal() {
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let vq = MockSplitQueue::new(&mem, 4);
+        let mem = test_memory();
+        let (mut vq, queues) = Guest::on(mem.clone(), 1, 4);
         let chains: Vec<_> = (0..4).map(|i| d(0x10_0000 + i * 64, 8, W, 0)).collect();
-        vq.add_desc_chains(&chains, 0).unwrap();
-        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        vq.add_descs(0, &chains);
         let mut rng = Rng::new().unwrap();
-        rng.activate(ActivateContext {
-            mem: mem.clone(),
-            queues: vec![vq.create_queue::<Queue>().unwrap()],
-            queue_events: vec![evt.try_clone().unwrap()],
-            interrupt: Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap())),
-        })
-        .unwrap();
+        let (ctx, mut evts, _irq) = activate_context(&mem, queues).unwrap();
+        let evt = evts.remove(0);
+        rng.activate(ctx).unwrap();
         rng.process_queue();
-        assert_eq!(vq.used().idx().load(), 4);
+        assert_eq!(vq.used_idx(0), 4);
         assert_eq!(evt.read().unwrap(), 1, "budget spent: run again next turn");
     }
 

@@ -17,8 +17,6 @@ pub mod packet;
 mod unix;
 
 #[cfg(test)]
-pub(crate) mod test_utils;
-#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::connection::CONN_BUF_ALLOC;
 use super::device::{EVQ_INDEX, RXQ_INDEX, TXQ_INDEX};
 use super::packet::*;
-use super::test_utils::Harness;
 use super::{Vsock, VsockError};
 use crate::devices::virtio::device::VirtioDevice;
+use crate::devices::virtio::test_utils::{within, Harness};
 
 const CID: u64 = 3;
 
@@ -678,7 +678,7 @@ fn rx_chain_without_data_room_does_not_hang() {
     let bad = h
         .guest
         .add_chain(RXQ_INDEX, &[(hdr, hs, true), (data, 0, true)]);
-    let mut h = super::super::queue::tests::within(Duration::from_secs(5), move || {
+    let mut h = within(Duration::from_secs(5), move || {
         h.kick(RXQ_INDEX);
         h
     });
