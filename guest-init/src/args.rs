@@ -9,19 +9,27 @@ use std::path::PathBuf;
 
 use vpod_agent_api::AGENT_VSOCK_PORT;
 
+/// The usage line every argument error ends with.
 pub const USAGE: &str =
     "usage: vpod-init [--listen-unix PATH | --vsock-port PORT] [--kmsg PATH] [--proc PATH]";
 
+/// Where the agent listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
+    /// virtio-vsock on this port (the guest's normal case).
     Vsock(u32),
+    /// A unix socket at this path (tests, runs on the host).
     Unix(PathBuf),
 }
 
+/// The parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
+    /// Where to serve the agent API.
     pub listen: Listen,
+    /// The kernel log to read (`/dev/kmsg`).
     pub kmsg: PathBuf,
+    /// The proc file system health reads (`/proc`).
     pub proc_root: PathBuf,
     /// Words ignored because we run as PID 1.
     pub ignored: Vec<String>,
@@ -38,18 +46,22 @@ impl Default for Args {
     }
 }
 
+/// A command line [`Args::parse`] refuses.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
+    /// An option without its value.
     #[error("{0} needs a value\n{USAGE}")]
     MissingValue(String),
+    /// A vsock port that is not a number.
     #[error("invalid vsock port {0:?}\n{USAGE}")]
     BadPort(String),
+    /// A word that is not an option (outside PID 1).
     #[error("unknown argument {0:?}\n{USAGE}")]
     Unknown(String),
 }
 
 impl Args {
-    /// Parses the arguments after argv[0]. `lenient` (PID 1) ignores unknown
+    /// Parses the arguments after `argv[0]`. `lenient` (PID 1) ignores unknown
     /// words instead of failing.
     pub fn parse(
         args: impl IntoIterator<Item = OsString>,

@@ -12,6 +12,7 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// Both clocks, now.
     pub fn now() -> Self {
         Stamp {
             boottime_ns: boottime_ns(),
@@ -25,10 +26,13 @@ impl Stamp {
     }
 }
 
+/// CLOCK_BOOTTIME in nanoseconds (counts suspended time; the timeline of every stamp the agent
+/// reports).
 pub fn boottime_ns() -> u64 {
     clock_ns(ClockId::CLOCK_BOOTTIME)
 }
 
+/// CLOCK_REALTIME in nanoseconds (Unix time as the guest sees it).
 pub fn realtime_ns() -> u64 {
     clock_ns(ClockId::CLOCK_REALTIME)
 }

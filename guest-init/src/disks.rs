@@ -18,19 +18,28 @@ pub const IMAGES_ROOT: &str = "/run/vpod/images";
 /// moment after the host's config-change interrupt: keep looking this long.
 const DISK_APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a disk is not there, or not mounted.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// No disk carries this serial.
     #[error("no virtio-blk disk with serial {0:?} (is it attached to the VM?)")]
     NotFound(String),
+    /// mount(2) of a disk failed.
     #[error("mount {what} {dev} on {target}: {source}")]
     Mount {
+        /// Which disk (image, ephemeral).
         what: &'static str,
+        /// The block device.
         dev: String,
+        /// The mount point.
         target: String,
+        /// The failure.
         source: nix::errno::Errno,
     },
+    /// A container needs the ephemeral disk before MountEphemeral ran.
     #[error("the pod's ephemeral disk is not mounted (MountEphemeral first)")]
     NoEphemeral,
+    /// Reading /sys or making a mount point.
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,6 +99,7 @@ impl Disks {
         Ok(target)
     }
 
+    /// The ephemeral disk's mount point, once MountEphemeral has run.
     pub fn ephemeral(&self) -> Result<PathBuf, DiskError> {
         self.ephemeral
             .lock()

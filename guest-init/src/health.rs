@@ -6,15 +6,25 @@ use vpod_agent_api::pb::HealthReport;
 
 use crate::clock::boottime_ns;
 
+/// Why a health figure could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
+    /// A /proc file could not be read.
     #[error("read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// A /proc file did not look as expected.
     #[error("parse {path}: unexpected content {content:?}")]
-    Parse { path: PathBuf, content: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What it held.
+        content: String,
+    },
 }
 
 /// Reads uptime, load and memory from `proc_root` (normally `/proc`).

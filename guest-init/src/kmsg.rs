@@ -64,6 +64,7 @@ pub struct KmsgReader {
 }
 
 impl KmsgReader {
+    /// Opens `path` (normally /dev/kmsg) non-blocking.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -75,6 +76,7 @@ impl KmsgReader {
         })
     }
 
+    /// The open file, to poll for readability.
     pub fn file(&self) -> &File {
         &self.file
     }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! vpod-init: PID 1 of a vpod guest.
 //!
 //! It sets the guest up (mounts, cgroups, hostname, loopback, entropy) and

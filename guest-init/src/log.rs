@@ -15,9 +15,13 @@ use crate::clock::boottime_ns;
 
 /// syslog severities used by the agent.
 pub const LEVEL_ERR: u32 = 3;
+/// syslog warning.
 pub const LEVEL_WARNING: u32 = 4;
+/// syslog notice.
 pub const LEVEL_NOTICE: u32 = 5;
+/// syslog info.
 pub const LEVEL_INFO: u32 = 6;
+/// syslog debug.
 pub const LEVEL_DEBUG: u32 = 7;
 
 /// Lines kept for `Logs` without follow.
@@ -26,6 +30,8 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 /// Lines a slow follower may fall behind before it sees a gap.
 const FOLLOW_BUFFER: usize = 256;
 
+/// The agent's own log: a ring of recent lines for `Logs`, a broadcast for followers, and the
+/// console for the lines at or more severe than its console level.
 #[derive(Debug)]
 pub struct AgentLog {
     ring: Mutex<Ring>,
@@ -56,10 +62,12 @@ impl AgentLog {
         }
     }
 
+    /// Lines at or more severe than `level` are also printed to the console.
     pub fn set_console_level(&self, level: u32) {
         *lock(&self.console_level) = level;
     }
 
+    /// Records `message` at syslog `level`.
     pub fn log(&self, level: u32, message: impl Into<String>) {
         let message = message.into();
         if level <= *lock(&self.console_level) {
@@ -85,22 +93,27 @@ impl AgentLog {
         let _ = self.tx.send(entry);
     }
 
+    /// Records at [`LEVEL_ERR`].
     pub fn error(&self, message: impl Into<String>) {
         self.log(LEVEL_ERR, message)
     }
 
+    /// Records at [`LEVEL_WARNING`].
     pub fn warn(&self, message: impl Into<String>) {
         self.log(LEVEL_WARNING, message)
     }
 
+    /// Records at [`LEVEL_NOTICE`].
     pub fn notice(&self, message: impl Into<String>) {
         self.log(LEVEL_NOTICE, message)
     }
 
+    /// Records at [`LEVEL_INFO`].
     pub fn info(&self, message: impl Into<String>) {
         self.log(LEVEL_INFO, message)
     }
 
+    /// Records at [`LEVEL_DEBUG`].
     pub fn debug(&self, message: impl Into<String>) {
         self.log(LEVEL_DEBUG, message)
     }

@@ -10,14 +10,25 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use vpod_agent_api::pb::ConfigureNetworkRequest;
 
+/// Why ConfigureNetwork failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// A field of the request is not usable.
     #[error("{what} {value:?} is not valid")]
-    Invalid { what: &'static str, value: String },
+    Invalid {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// An ioctl on the interface failed.
     #[error("{op} on {ifname}: {source}")]
     Io {
+        /// What the agent was doing.
         op: &'static str,
+        /// The interface.
         ifname: String,
+        /// The failure.
         source: io::Error,
     },
 }
@@ -86,6 +97,7 @@ pub fn netmask(prefix: u32) -> Ipv4Addr {
     })
 }
 
+/// Brings the pod's interface up with the request's address, netmask, MTU and default route.
 pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), NetError> {
     let sock = socket(
         AddressFamily::Inet,

@@ -24,17 +24,22 @@ use crate::log::AgentLog;
 use crate::reaper::Reaper;
 use crate::volumes::Volumes;
 
+/// A server-streaming RPC's response stream.
 pub type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Everything the pod RPCs act on.
 #[derive(Debug)]
 pub struct Pod {
+    /// The pod's containers.
     pub containers: Arc<Containers>,
+    /// The pod's volumes.
     pub volumes: Arc<Volumes>,
+    /// The pod's image and ephemeral disks.
     pub disks: Arc<Disks>,
 }
 
 impl Pod {
+    /// No containers, volumes or disks yet.
     pub fn new(reaper: Arc<Reaper>, log: Arc<AgentLog>) -> Self {
         let disks = Arc::new(Disks::default());
         let volumes = Arc::new(Volumes::default());
@@ -45,6 +50,7 @@ impl Pod {
         }
     }
 
+    /// CreateContainer.
     pub async fn create_container(
         &self,
         req: Request<CreateContainerRequest>,
@@ -53,6 +59,7 @@ impl Pod {
         Ok(Response::new(CreateContainerResponse {}))
     }
 
+    /// StartContainer.
     pub async fn start_container(
         &self,
         req: Request<ContainerRef>,
@@ -64,6 +71,7 @@ impl Pod {
         }))
     }
 
+    /// Attach: the container's output until its pipes close.
     pub fn attach(
         &self,
         req: Request<ContainerRef>,
@@ -72,6 +80,8 @@ impl Pod {
         Ok(Response::new(Box::pin(attach_stream(rx))))
     }
 
+    /// WriteStdin: the first chunk names the container (and whether the
+    /// stream's end closes its stdin).
     pub async fn write_stdin(
         &self,
         req: Request<Streaming<StdinChunk>>,
@@ -101,6 +111,7 @@ impl Pod {
         }))
     }
 
+    /// KillContainer.
     pub fn kill(
         &self,
         req: Request<KillContainerRequest>,
@@ -110,6 +121,7 @@ impl Pod {
         Ok(Response::new(KillContainerResponse {}))
     }
 
+    /// StopContainer.
     pub async fn stop(
         &self,
         req: Request<StopContainerRequest>,
@@ -121,12 +133,14 @@ impl Pod {
         ))
     }
 
+    /// WaitContainer.
     pub async fn wait(&self, req: Request<ContainerRef>) -> Result<Response<ExitStatus>, Status> {
         Ok(Response::new(
             self.containers.wait(&req.into_inner().id).await?,
         ))
     }
 
+    /// RemoveContainer.
     pub async fn remove(
         &self,
         req: Request<ContainerRef>,
@@ -135,12 +149,14 @@ impl Pod {
         Ok(Response::new(RemoveContainerResponse {}))
     }
 
+    /// ListContainers.
     pub fn list(&self) -> Response<ListContainersResponse> {
         Response::new(ListContainersResponse {
             containers: self.containers.list(),
         })
     }
 
+    /// ContainerStats.
     pub fn stats(
         &self,
         req: Request<ContainerRef>,
@@ -148,6 +164,7 @@ impl Pod {
         Ok(Response::new(self.containers.stats(&req.into_inner().id)?))
     }
 
+    /// ResizeTty.
     pub fn resize(
         &self,
         req: Request<ResizeTtyRequest>,
@@ -158,6 +175,7 @@ impl Pod {
         Ok(Response::new(ResizeTtyResponse {}))
     }
 
+    /// UpdateContainer.
     pub fn update(
         &self,
         req: Request<UpdateContainerRequest>,
@@ -168,6 +186,8 @@ impl Pod {
         Ok(Response::new(UpdateContainerResponse {}))
     }
 
+    /// Exec: the first input message starts the process; then stdin, resizes and signals in, output
+    /// and the exit status out.
     pub async fn exec(
         &self,
         req: Request<Streaming<ExecInput>>,
@@ -259,6 +279,7 @@ impl Pod {
         )))
     }
 
+    /// PutVolume.
     pub async fn put_volume(
         &self,
         req: Request<PutVolumeRequest>,
@@ -283,6 +304,7 @@ impl Pod {
         Ok(Response::new(PutVolumeResponse { generation: gen }))
     }
 
+    /// MountEphemeral.
     pub async fn mount_ephemeral(
         &self,
         req: Request<MountEphemeralRequest>,

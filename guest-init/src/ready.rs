@@ -15,6 +15,8 @@ use crate::log::AgentLog;
 const VMADDR_CID_HOST: u32 = 2;
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tells the host the agent listens (the ready port), with `listening`'s stamps; failures are
+/// logged, not fatal.
 pub async fn notify_host(listening: Stamp, log: Arc<AgentLog>) {
     let exchange = async {
         let mut s = VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, AGENT_READY_PORT)).await?;

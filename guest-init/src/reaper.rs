@@ -29,6 +29,7 @@ struct State {
 }
 
 impl Reaper {
+    /// A reaper with no children yet.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }

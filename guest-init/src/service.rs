@@ -69,6 +69,7 @@ pub struct AgentService {
 pub struct ShutdownRequested(watch::Receiver<Option<ShutdownKind>>);
 
 impl ShutdownRequested {
+    /// The kind of the accepted Shutdown (never resolves if the service goes away without one).
     pub async fn wait(&mut self) -> ShutdownKind {
         loop {
             if let Some(kind) = *self.0.borrow_and_update() {
@@ -81,12 +82,14 @@ impl ShutdownRequested {
         }
     }
 
+    /// The accepted Shutdown's kind, if there was one.
     pub fn get(&self) -> Option<ShutdownKind> {
         *self.0.borrow()
     }
 }
 
 impl AgentService {
+    /// The service, and the handle that learns of a Shutdown RPC.
     pub fn new(cfg: AgentConfig) -> (Self, ShutdownRequested) {
         let (shutdown_tx, rx) = watch::channel(None);
         (
@@ -100,10 +103,13 @@ impl AgentService {
     }
 }
 
+/// Why [`serve`] returned.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The gRPC server failed.
     #[error("agent gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The listener ended before a Shutdown.
     #[error("agent listener stopped accepting connections without a Shutdown request")]
     IncomingEnded,
 }

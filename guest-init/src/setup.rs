@@ -26,14 +26,25 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Controllers delegated to child cgroups (the containers' groups).
 const CGROUP_CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
+/// A step of the guest's system setup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// Making a mount point.
     #[error("create mount point {path}: {source}")]
-    Mkdir { path: String, source: Errno },
+    Mkdir {
+        /// The mount point.
+        path: String,
+        /// The failure.
+        source: Errno,
+    },
+    /// Mounting a system file system.
     #[error("mount {fstype} on {target}: {source}")]
     Mount {
+        /// The file system type.
         fstype: &'static str,
+        /// The mount point.
         target: &'static str,
+        /// The failure.
         source: Errno,
     },
 }
@@ -64,6 +75,7 @@ pub struct KernelCmdline {
 }
 
 impl KernelCmdline {
+    /// Picks vpod's words out of `/proc/cmdline`; others are ignored.
     pub fn parse(text: &str) -> Self {
         let mut out = KernelCmdline::default();
         for word in text.split_whitespace() {

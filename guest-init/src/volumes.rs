@@ -22,22 +22,37 @@ pub const MEMORY_ROOT: &str = "/run/vpod/volumes";
 /// Size of a memory volume's tmpfs when the host gives none.
 pub const DEFAULT_MEMORY_VOLUME_BYTES: u64 = 16 << 20;
 
+/// Why a volume operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
+    /// Not a name the agent uses as a path component.
     #[error("volume name {0:?}: use 1-128 of [A-Za-z0-9_.-], not starting with '.'")]
     BadName(String),
+    /// A file path that would leave the volume.
     #[error("volume {volume}: file path {path:?} must be relative, without '..'")]
-    BadPath { volume: String, path: String },
+    BadPath {
+        /// The volume.
+        volume: String,
+        /// The file path.
+        path: String,
+    },
+    /// PutVolume for an existing volume on another medium.
     #[error("volume {0} changed medium; remove the pod's use of it first")]
     MediumChanged(String),
+    /// A container mount names a volume never put.
     #[error("no volume {0:?} (PutVolume it first)")]
     Unknown(String),
+    /// A file system operation failed.
     #[error("volume {volume}: {op}: {source}")]
     Io {
+        /// The volume.
         volume: String,
+        /// What the agent was doing.
         op: String,
+        /// The failure.
         source: io::Error,
     },
+    /// The ephemeral disk a disk-backed volume lives on.
     #[error(transparent)]
     Disk(#[from] crate::disks::DiskError),
 }
@@ -50,11 +65,13 @@ struct Volume {
     empty_dir: bool,
 }
 
+/// The pod's volumes, by name.
 #[derive(Debug, Default)]
 pub struct Volumes {
     map: Mutex<HashMap<String, Volume>>,
 }
 
+/// Whether `name` may name a volume (it becomes a path component).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128

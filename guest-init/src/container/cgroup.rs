@@ -10,6 +10,7 @@ use vpod_agent_api::pb::Limits;
 /// the root; this level passes them on).
 pub const CONTAINERS_CGROUP: &str = "/sys/fs/cgroup/containers";
 
+/// One container's group, `<parent>/<id>`.
 #[derive(Debug)]
 pub struct Cgroup {
     path: PathBuf,
@@ -70,10 +71,12 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The group's directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// `cgroup.procs`: writing a pid moves it into the group.
     pub fn procs_file(&self) -> PathBuf {
         self.path.join("cgroup.procs")
     }
@@ -97,14 +100,17 @@ impl Cgroup {
             .collect()
     }
 
+    /// CPU time used by the group (`cpu.stat` usage_usec).
     pub fn cpu_usage_ns(&self) -> u64 {
         read_keyed(&self.path.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000
     }
 
+    /// Memory charged to the group now (`memory.current`).
     pub fn memory_bytes(&self) -> u64 {
         read_u64(&self.path.join("memory.current")).unwrap_or(0)
     }
 
+    /// The most memory the group ever had charged (`memory.peak`).
     pub fn memory_peak_bytes(&self) -> u64 {
         read_u64(&self.path.join("memory.peak")).unwrap_or(0)
     }

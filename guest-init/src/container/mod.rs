@@ -5,7 +5,7 @@
 //!
 //! The agent side is one file per operation on [`Containers`] (create,
 //! start, kill, stop, exec, wait, remove, attach, stats), each asking
-//! [`State`] whether it may run; [`init`] is the container's side (a separate
+//! `State` whether it may run; [`init`] is the container's side (a separate
 //! exec of vpod-init that enters the namespaces and execs the process), and
 //! `pipe` the protocol between the two.
 

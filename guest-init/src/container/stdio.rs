@@ -16,7 +16,9 @@ pub type AsyncEnd = Arc<AsyncFd<OwnedFd>>;
 /// The child's three fds and the agent's ends.
 #[derive(Debug)]
 pub struct Stdio {
+    /// The child's stdin, stdout, stderr.
     pub child: [OwnedFd; 3],
+    /// The agent's ends.
     pub ends: Ends,
 }
 

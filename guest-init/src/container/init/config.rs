@@ -1,5 +1,5 @@
 //! What the agent decides for a container init: namespaces, root, process.
-//! It travels as JSON (see [`super::super::pipe`]).
+//! It travels as JSON (see `container/pipe.rs`).
 
 use std::path::PathBuf;
 

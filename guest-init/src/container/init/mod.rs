@@ -3,7 +3,7 @@
 //! stdio. It enters (or joins) the container's namespaces, forks the
 //! container process, and stays as its parent: it forwards signals to it and
 //! reports its pid and exit status to the agent (the pipes and their lines
-//! are in [`super::pipe`]).
+//! are in `container/pipe.rs`).
 //!
 //! Why a separate exec and not `pre_exec`: a new PID namespace only applies
 //! to children of the process that unshares it, and mount namespace setns
