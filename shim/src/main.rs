@@ -5,14 +5,16 @@ mod config;
 mod error;
 mod events;
 mod io;
+mod marker;
 mod process;
 mod reaping;
 mod rootfs;
 mod service;
+mod shim;
 
 #[tokio::main]
 async fn main() {
-    containerd_shim::asynchronous::run::<service::VpodShim>(
+    containerd_shim::asynchronous::run::<shim::VpodShim>(
         "io.containerd.vpod.v2",
         Some(reaping::shim_config()),
     )

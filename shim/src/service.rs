@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
-use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
-use containerd_shim::{Config, Error as ShimError, Flags, StartOpts, TtrpcResult};
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::TtrpcResult;
 use containerd_shim_protos::api;
-use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use vpod_agent_api::pb::{
@@ -33,6 +32,7 @@ use crate::config::ShimConfig;
 use crate::error::{Error, Result};
 use crate::events::{Event, Publisher};
 use crate::io::{self, Chunk, Stdio};
+use crate::marker::{PodMarker, POD_MARKER};
 use crate::process::Process;
 use crate::rootfs;
 
@@ -41,197 +41,6 @@ const POD_SLOTS: usize = 4;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-#[derive(Clone)]
-pub struct VpodShim {
-    exit: Arc<ExitSignal>,
-    namespace: String,
-    /// The task's bundle (`-bundle`, else the working directory containerd
-    /// starts us in): where `delete` finds the pod's [`PodMarker`].
-    bundle: PathBuf,
-}
-
-/// In each task's bundle: which pod dirs the task's shim made, and which
-/// shim, so `delete` after a crash can remove them. containerd gives that
-/// `delete` no runtime options, so the shim config can't tell it.
-const POD_MARKER: &str = "vpod-shim.json";
-
-/// What [`POD_MARKER`] holds.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct PodMarker {
-    shim_pid: u32,
-    /// The shim's start time (`/proc/PID/stat` field 22): a recycled pid is
-    /// not the shim.
-    shim_start_time: u64,
-    /// The pod's state dir (slots, sockets, console).
-    state_dir: PathBuf,
-    /// The pod's ephemeral disk dir.
-    ephemeral_dir: PathBuf,
-    /// Where the shim builds rootfs disks (its half-built ones are named by its pid).
-    rootfs_cache: PathBuf,
-}
-
-/// Start time of process `pid` in clock ticks after boot (`/proc/PID/stat`
-/// field 22), if it exists.
-fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid ...: comm may hold spaces and parens; field 3 on
-    // follows the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-impl PodMarker {
-    fn for_pod(cfg: &ShimConfig, namespace: &str, id: &str) -> PodMarker {
-        let name = format!("{namespace}-{}", pod_id(id));
-        let me = std::process::id();
-        PodMarker {
-            shim_pid: me,
-            shim_start_time: proc_start_time(me).unwrap_or(0),
-            state_dir: cfg.state_dir.join(&name),
-            ephemeral_dir: cfg.ephemeral_dir.join(&name),
-            rootfs_cache: cfg.rootfs_cache.clone(),
-        }
-    }
-
-    /// Written (0600) into `bundle`, atomically.
-    fn write(&self, bundle: &std::path::Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = bundle.join(format!(".{POD_MARKER}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, bundle.join(POD_MARKER))
-    }
-
-    fn read(bundle: &std::path::Path) -> Option<PodMarker> {
-        serde_json::from_slice(&std::fs::read(bundle.join(POD_MARKER)).ok()?).ok()
-    }
-
-    fn shim_alive(&self) -> bool {
-        self.shim_start_time != 0 && proc_start_time(self.shim_pid) == Some(self.shim_start_time)
-    }
-}
-
-/// What [`clean_after_dead_shim`] did.
-#[derive(Debug, PartialEq)]
-enum Cleanup {
-    /// No marker: no pod dirs were made for this task (or already cleaned).
-    NoMarker,
-    /// The pod's shim still runs (containerd deletes a task of a live pod,
-    /// e.g. after a failed start): nothing of the pod is touched.
-    ShimAlive(u32),
-    /// The shim is gone: its pod dirs and half-built disks are removed.
-    Cleaned(Vec<PathBuf>),
-}
-
-/// A dir the marker may name for removal: absolute, below some parent, no `..`.
-fn removable(dir: &std::path::Path) -> bool {
-    use std::path::Component;
-    dir.is_absolute()
-        && dir.components().count() > 2
-        && dir
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
-}
-
-/// `delete` after the shim died: removes the pod's state and ephemeral dirs
-/// and the shim's half-built rootfs disks, unless the shim still runs.
-///
-/// Nothing else is left on the host: the VMM and its threads lived in the
-/// shim's process and died with it, and the tap it opened in the pod's netns
-/// (CNI's, removed by CNI) was not persistent: it went away when its last fd
-/// closed. The marker itself stays: containerd removes the bundle.
-fn clean_after_dead_shim(bundle: &std::path::Path) -> Cleanup {
-    let Some(m) = PodMarker::read(bundle) else {
-        return Cleanup::NoMarker;
-    };
-    if m.shim_alive() {
-        return Cleanup::ShimAlive(m.shim_pid);
-    }
-    let mut removed = Vec::new();
-    for dir in [&m.state_dir, &m.ephemeral_dir] {
-        if removable(dir) && std::fs::remove_dir_all(dir).is_ok() {
-            removed.push(dir.clone());
-        }
-    }
-    rootfs::remove_leftovers(&m.rootfs_cache, m.shim_pid);
-    Cleanup::Cleaned(removed)
-}
-
-/// The bundle's OCI spec annotations that say which pod a task is in.
-fn grouping(bundle: &std::path::Path, id: &str) -> String {
-    oci_spec::runtime::Spec::load(bundle.join("config.json"))
-        .ok()
-        .and_then(|s| s.annotations().clone())
-        .and_then(|a| a.get(ANN_SANDBOX_ID).cloned())
-        .unwrap_or_else(|| id.to_owned())
-}
-
-#[async_trait]
-impl Shim for VpodShim {
-    type T = TaskService;
-
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        let bundle = if args.bundle.is_empty() {
-            std::env::current_dir().unwrap_or_default()
-        } else {
-            PathBuf::from(&args.bundle)
-        };
-        VpodShim {
-            exit: Arc::new(ExitSignal::default()),
-            namespace: args.namespace.clone(),
-            bundle,
-        }
-    }
-
-    async fn start_shim(&mut self, opts: StartOpts) -> std::result::Result<String, ShimError> {
-        let bundle = std::env::current_dir().unwrap_or_default();
-        let group = grouping(&bundle, &opts.id);
-        spawn(opts, &group, Vec::new()).await
-    }
-
-    async fn delete_shim(&mut self) -> std::result::Result<api::DeleteResponse, ShimError> {
-        // containerd calls this when the shim is gone (killed, crashed) or a
-        // start failed: clean up what the dead shim left, report a killed task.
-        let bundle = self.bundle.clone();
-        let done = tokio::task::spawn_blocking(move || clean_after_dead_shim(&bundle))
-            .await
-            .map_err(|e| ShimError::Other(e.to_string()))?;
-        log::info!("delete of {}: {done:?}", self.bundle.display());
-        Ok(api::DeleteResponse {
-            exit_status: 128 + libc::SIGKILL as u32,
-            exited_at: Some(Timestamp::now()).into(),
-            ..Default::default()
-        })
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        TaskService {
-            inner: Arc::new(Inner {
-                exit: self.exit.clone(),
-                namespace: self.namespace.clone(),
-                events: Publisher::new(publisher, self.namespace.clone()),
-                config: std::sync::OnceLock::new(),
-                marker: std::sync::OnceLock::new(),
-                pod: tokio::sync::Mutex::new(None),
-                tasks: Mutex::new(HashMap::new()),
-                execs: Mutex::new(HashMap::new()),
-            }),
-        }
-    }
-}
 
 /// A task: the sandbox, or a container of the pod.
 struct TaskState {
@@ -319,7 +128,7 @@ fn vm_size(
 }
 
 /// A pod id the sandbox crate accepts, from containerd's (64 hex) ids.
-fn pod_id(id: &str) -> String {
+pub fn pod_id(id: &str) -> String {
     id.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .map(|c| c.to_ascii_lowercase())
@@ -328,6 +137,23 @@ fn pod_id(id: &str) -> String {
 }
 
 impl TaskService {
+    /// The Task API of a shim that ends at `exit`, publishing events in
+    /// `namespace` through `publisher`.
+    pub fn new(exit: Arc<ExitSignal>, namespace: String, publisher: RemotePublisher) -> Self {
+        TaskService {
+            inner: Arc::new(Inner {
+                exit,
+                namespace: namespace.clone(),
+                events: Publisher::new(publisher, namespace),
+                config: std::sync::OnceLock::new(),
+                marker: std::sync::OnceLock::new(),
+                pod: tokio::sync::Mutex::new(None),
+                tasks: Mutex::new(HashMap::new()),
+                execs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
     fn task(&self, id: &str) -> Result<Arc<TaskState>> {
         self.inner
             .tasks
@@ -1086,103 +912,5 @@ impl Task for TaskService {
             self.inner.exit.signal();
         }
         Ok(api::Empty::default())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shim_for(bundle: &std::path::Path) -> VpodShim {
-        VpodShim {
-            exit: Arc::new(ExitSignal::default()),
-            namespace: "k8s.io".into(),
-            bundle: bundle.to_path_buf(),
-        }
-    }
-
-    /// A pid that no longer runs (an exited, reaped child's).
-    fn dead_pid() -> u32 {
-        let mut c = std::process::Command::new("true").spawn().unwrap();
-        let pid = c.id();
-        c.wait().unwrap();
-        pid
-    }
-
-    /// Issue 12 item 11: `delete` after the shim died removes the pod's
-    /// state dir, ephemeral dir and half-built rootfs disks; it touches
-    /// nothing of a pod whose shim still runs.
-    #[tokio::test]
-    async fn delete_after_a_dead_shim_removes_its_pod_dirs() {
-        let base = std::env::temp_dir().join(format!("vpod-shim-delete-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let cfg = ShimConfig {
-            state_dir: base.join("state"),
-            ephemeral_dir: base.join("ephemeral"),
-            rootfs_cache: base.join("rootfs"),
-            ..ShimConfig::default()
-        };
-        let bundle = base.join("bundle");
-        std::fs::create_dir_all(&bundle).unwrap();
-        let mut m = PodMarker::for_pod(&cfg, "k8s.io", "0123456789abcdefABCDEF0123456789abcdef");
-        assert_eq!(m.shim_pid, std::process::id());
-        assert!(m.shim_alive(), "{m:?}");
-        assert_eq!(
-            m.state_dir,
-            base.join("state/k8s.io-0123456789abcdefabcdef0123456789")
-        );
-        let make = |m: &PodMarker| {
-            for d in [&m.state_dir, &m.ephemeral_dir] {
-                std::fs::create_dir_all(d).unwrap();
-                std::fs::write(d.join("slot-0.img"), "x").unwrap();
-            }
-            std::fs::create_dir_all(&m.rootfs_cache).unwrap();
-            std::fs::write(m.rootfs_cache.join(format!(".k.{}.tmp", m.shim_pid)), "x").unwrap();
-        };
-
-        // No marker: nothing to do, still a killed task's answer.
-        let r = shim_for(&bundle).delete_shim().await.unwrap();
-        assert_eq!(r.exit_status, 137);
-        assert_eq!(clean_after_dead_shim(&bundle), Cleanup::NoMarker);
-
-        // The shim runs (this process): the pod is left alone.
-        make(&m);
-        m.write(&bundle).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(bundle.join(POD_MARKER))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        shim_for(&bundle).delete_shim().await.unwrap();
-        assert!(m.state_dir.join("slot-0.img").exists());
-        assert!(m.ephemeral_dir.exists());
-
-        // The same pid, another start time: a recycled pid, not the shim.
-        m.shim_start_time += 1;
-        m.write(&bundle).unwrap();
-        shim_for(&bundle).delete_shim().await.unwrap();
-        assert!(!m.state_dir.exists() && !m.ephemeral_dir.exists());
-
-        // A dead shim: everything of its pod goes.
-        m.shim_pid = dead_pid();
-        make(&m);
-        m.write(&bundle).unwrap();
-        shim_for(&bundle).delete_shim().await.unwrap();
-        assert!(!m.state_dir.exists(), "state dir left");
-        assert!(!m.ephemeral_dir.exists(), "ephemeral dir left");
-        assert_eq!(std::fs::read_dir(&m.rootfs_cache).unwrap().count(), 0);
-        // Again (containerd deletes each task of the pod): nothing left to do.
-        assert_eq!(clean_after_dead_shim(&bundle), Cleanup::Cleaned(Vec::new()));
-
-        // A marker naming a relative or `..` path removes nothing.
-        let victim = base.join("victim");
-        std::fs::create_dir_all(&victim).unwrap();
-        m.state_dir = base.join("state/../victim");
-        m.ephemeral_dir = "victim".into();
-        m.write(&bundle).unwrap();
-        shim_for(&bundle).delete_shim().await.unwrap();
-        assert!(victim.exists());
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }
