@@ -11,7 +11,7 @@ use super::layout::Store;
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
 
-/// Usage figures (for `vpod image usage` and CRI ImageFsInfo).
+/// Usage figures of the store (`vpod image usage`; the figures a CRI ImageFsInfo gives).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Usage {
     /// Blobs stored.
