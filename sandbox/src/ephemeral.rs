@@ -13,21 +13,33 @@ pub const DEFAULT_EPHEMERAL_BYTES: u64 = 4 << 30;
 /// Below this mkfs.ext4 cannot make a useful filesystem.
 pub const MIN_EPHEMERAL_BYTES: u64 = 8 << 20;
 
+/// Why the ephemeral disk could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum EphemeralError {
+    /// The size asked for is below [`MIN_EPHEMERAL_BYTES`].
     #[error(
         "size {0} bytes is below the {MIN_EPHEMERAL_BYTES}-byte minimum (ephemeral-storage limit)"
     )]
     TooSmall(u64),
+    /// The disk file could not be made (or exists already).
     #[error("create {path}: {source}")]
     Create {
+        /// The disk file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// mkfs.ext4 could not be run.
     #[error("run mkfs.ext4 (install e2fsprogs): {0}")]
     Mkfs(std::io::Error),
+    /// mkfs.ext4 failed.
     #[error("mkfs.ext4 {path} failed: {stderr}")]
-    MkfsFailed { path: String, stderr: String },
+    MkfsFailed {
+        /// The disk file.
+        path: String,
+        /// What mkfs said.
+        stderr: String,
+    },
 }
 
 /// Creates the sparse file `path` of `bytes` and makes an ext4 on it.

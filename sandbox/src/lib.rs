@@ -4,9 +4,14 @@
 //!   for; host namespaces and hostPath volumes are refused with the field to change.
 //! - [`mounts`]: how each mount reaches the guest, read from kubelet's path layout.
 //! - [`sizing`]: the pod VM's vCPUs and memory from its containers' limits.
-//! - [`pod`]: a booted pod: its microVM (in-process), state directory and agent client.
+//! - [`pod`]: a booted pod: its microVM (in-process), state directory and the front of its
+//!   agent ([`Pod`], [`PodAgent`]), through which every container operation goes.
 //! - [`oci`]: a container's OCI spec turned into the agent's create request and volumes.
 //! - [`ephemeral`]: the pod's private ext4 disk; [`volumes`]: host dirs pushed into the guest.
+//! - [`net`]: the pod's CNI netns joined to its VM; [`defaults`]: what a container gets when
+//!   nobody says otherwise.
+
+#![warn(missing_docs)]
 
 pub mod defaults;
 pub mod ephemeral;
@@ -19,6 +24,9 @@ pub mod sizing;
 pub mod volumes;
 
 pub use mounts::{MountClassifier, MountError, MountKind};
-pub use pod::{ImageDisk, Pod, PodConfig, PodError};
+pub use pod::{
+    CreateOptions, Exec, ExecControl, ImageDisk, Output, OutputEvent, Pod, PodAgent, PodConfig,
+    PodError, Stdin,
+};
 pub use policy::{check_spec, CheckedSpec, PolicyError};
 pub use sizing::{Limits, VmSize};

@@ -8,6 +8,9 @@
 //! pod's secret included) is a hostPath volume and is refused. A source is resolved on the host
 //! (symlinks included) and must still lie where its path says. Mounts the guest makes itself
 //! (proc, sysfs, tmpfs, devpts, mqueue, cgroup) pass through as they are.
+//!
+//! A front door that makes the spec itself (`vpod run --secret NAME=DIR`) names its own host
+//! dirs as volumes ([`MountClassifier::with_secret_dir`]): those exact paths, never a spec's word.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -28,20 +31,35 @@ const CRI_SANDBOXES: &str = "io.containerd.grpc.v1.cri/sandboxes";
 pub enum MountKind {
     /// `kubernetes.io~secret` and `kubernetes.io~projected` (service-account tokens): pushed over
     /// the agent API into a guest tmpfs, never written to any disk.
-    Secret { source: PathBuf },
+    Secret {
+        /// The host dir, resolved.
+        source: PathBuf,
+    },
     /// `kubernetes.io~configmap` and `kubernetes.io~downward-api`: copied into the pod's
     /// ephemeral disk.
-    ConfigMap { source: PathBuf },
+    ConfigMap {
+        /// The host dir, resolved.
+        source: PathBuf,
+    },
     /// `kubernetes.io~empty-dir`: a directory on the pod's ephemeral disk, or a guest tmpfs when
     /// kubelet backs it with memory (medium: Memory).
-    EmptyDir { name: String },
+    EmptyDir {
+        /// The volume's name in the pod.
+        name: String,
+    },
     /// Files kubelet or the CRI runtime writes for the container (`/etc/hosts`, `/etc/hostname`,
     /// `/etc/resolv.conf`, the termination log): small, copied in.
-    RuntimeFile { source: PathBuf },
+    RuntimeFile {
+        /// The host file, resolved.
+        source: PathBuf,
+    },
     /// The pod's `/dev/shm`: a guest tmpfs.
     Shm,
     /// A filesystem the guest mounts itself (proc, sysfs, tmpfs, devpts, mqueue, cgroup...).
-    Guest { fs_type: String },
+    Guest {
+        /// The filesystem type (`proc`, `tmpfs`, ...).
+        fs_type: String,
+    },
 }
 
 /// A mount vpod refuses, with the Kubernetes field a user has to change.
@@ -51,8 +69,11 @@ pub enum MountError {
         "mount {destination}: hostPath volume {host_path:?} is refused (spec.volumes[].hostPath){reason}: \
          a vpod pod shares no host filesystem; use an emptyDir, configMap, secret or an image"
     )]
+    /// A bind mount of a host path that is no volume of this pod.
     HostPath {
+        /// The mount's path in the container.
         destination: PathBuf,
+        /// The host path.
         host_path: PathBuf,
         /// Why a path that looks like a kubelet or runtime file is not this pod's ("" if it
         /// looks like nothing vpod knows); starts with "; ".
@@ -62,12 +83,21 @@ pub enum MountError {
         "mount {destination}: volume plugin {plugin} (spec.volumes[]) is not supported by vpod: \
          only secret, projected, configMap, downwardAPI and emptyDir volumes reach the guest"
     )]
+    /// A kubelet volume of a plugin vpod does not carry into the guest.
     UnsupportedVolume {
+        /// The mount's path in the container.
         destination: PathBuf,
+        /// The volume plugin (`kubernetes.io~csi`, ...).
         plugin: String,
     },
+    /// A mount that makes no sense (relative destination, bind without a source, ...).
     #[error("mount {destination}: {what}")]
-    Invalid { destination: PathBuf, what: String },
+    Invalid {
+        /// The mount's path in the container.
+        destination: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
 }
 
 /// Classifies mounts by kubelet's path layout under `kubelet_root` and the CRI runtime's
@@ -83,6 +113,8 @@ pub struct MountClassifier {
     pod_uid: Option<String>,
     sandbox_id: Option<String>,
     pod_pid: Option<u32>,
+    /// Host dirs the caller named as volumes: `Secret` or `ConfigMap` of exactly that source.
+    named: Vec<MountKind>,
 }
 
 impl Default for MountClassifier {
@@ -110,6 +142,7 @@ impl MountClassifier {
             pod_uid: None,
             sandbox_id: None,
             pod_pid: None,
+            named: Vec::new(),
         }
     }
 
@@ -143,6 +176,22 @@ impl MountClassifier {
         self
     }
 
+    /// Host dir `dir` is a secret volume: a bind mount of exactly `dir` (as given) goes into a
+    /// guest tmpfs. For a caller that makes the spec from its own flags (`vpod run --secret`);
+    /// containerd's specs name kubelet's dirs instead.
+    pub fn with_secret_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.named.push(MountKind::Secret { source: dir.into() });
+        self
+    }
+
+    /// Host dir `dir` is a configMap volume (see [`MountClassifier::with_secret_dir`]): copied
+    /// into the pod's disk.
+    pub fn with_config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.named.push(MountKind::ConfigMap { source: dir.into() });
+        self
+    }
+
+    /// The pod's host pid, if known ([`MountClassifier::with_pod_pid`]).
     pub fn pod_pid(&self) -> Option<u32> {
         self.pod_pid
     }
@@ -170,6 +219,12 @@ impl MountClassifier {
             .source()
             .clone()
             .ok_or_else(|| invalid("a bind mount without a source"))?;
+        if let Some(kind) = self.named.iter().find(|k| match k {
+            MountKind::Secret { source: s } | MountKind::ConfigMap { source: s } => *s == source,
+            _ => false,
+        }) {
+            return Ok(kind.clone());
+        }
         if !source.is_absolute() || source.components().any(|c| c == Component::ParentDir) {
             return Err(invalid(
                 "the bind source must be an absolute path without `..`",
@@ -438,6 +493,35 @@ pub(crate) mod tests {
     impl Drop for Host {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// `vpod run --secret/--configmap`: the dirs the caller names are volumes, exactly those.
+    #[test]
+    fn dirs_the_caller_names_are_volumes_and_nothing_else_is() {
+        let c = MountClassifier::default()
+            .with_secret_dir("/srv/tok")
+            .with_config_dir("/srv/cfg");
+        assert_eq!(
+            c.classify(&bind("/srv/tok", "/run/secrets/tok")).unwrap(),
+            MountKind::Secret {
+                source: "/srv/tok".into()
+            }
+        );
+        assert_eq!(
+            c.classify(&bind("/srv/cfg", "/etc/config/cfg")).unwrap(),
+            MountKind::ConfigMap {
+                source: "/srv/cfg".into()
+            }
+        );
+        for other in ["/srv/tok/sub", "/srv", "/srv/other"] {
+            assert!(
+                matches!(
+                    c.classify(&bind(other, "/x")),
+                    Err(MountError::HostPath { .. })
+                ),
+                "{other}"
+            );
         }
     }
 

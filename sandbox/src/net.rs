@@ -17,14 +17,29 @@ use vpod_agent_api::pb::{ConfigureNetworkRequest, Ipv4Address, NetworkInterface}
 /// The tap the VMM makes in the pod's netns.
 pub const TAP_NAME: &str = "vpod0";
 
+/// Why the pod's network could not be read or plumbed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// `ip`, `tc` or `nsenter` could not be run.
     #[error("run {cmd}: {source}")]
-    Spawn { cmd: String, source: std::io::Error },
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The command failed.
     #[error("{cmd} failed: {stderr}")]
-    Failed { cmd: String, stderr: String },
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// The netns holds no interface CNI configured.
     #[error("netns {0}: no interface with an IPv4 address besides lo (did CNI run?)")]
     NoInterface(PathBuf),
+    /// `ip -j` printed what could not be parsed.
     #[error("parse `ip -j` output: {0}")]
     Parse(String),
 }
@@ -32,12 +47,19 @@ pub enum NetError {
 /// What CNI gave the pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodNet {
+    /// The netns CNI made (a named one, see [`crate::policy::check_netns_path`]).
     pub netns: PathBuf,
+    /// The veth CNI put in it.
     pub veth: String,
+    /// The veth's MAC: the guest's eth0 carries it.
     pub mac: [u8; 6],
+    /// The veth's IPv4 address (dotted quad).
     pub address: String,
+    /// Its prefix length.
     pub prefix_len: u32,
+    /// The default route's gateway, if any.
     pub gateway: Option<String>,
+    /// The veth's MTU.
     pub mtu: u32,
 }
 

@@ -23,16 +23,23 @@ use crate::mounts::{MountClassifier, MountKind};
 use crate::policy::{check_spec, PolicyError};
 use crate::volumes::HostVolume;
 
+/// Why a spec could not become a create request.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
+    /// The policy refused the spec.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The spec has no process, or no args for it.
     #[error("the OCI spec has no process to run")]
     NoProcess,
+    /// A runtime file to copy in could not be read.
     #[error("read {path} for mount {destination}: {source}")]
     Read {
+        /// The host file.
         path: PathBuf,
+        /// The mount's path in the container.
         destination: String,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -40,6 +47,7 @@ pub enum OciError {
 /// What creating one container takes.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerPlan {
+    /// The agent's create request.
     pub request: CreateContainerRequest,
     /// Host dirs pushed as volumes (and re-pushed when they change).
     pub watched: Vec<HostVolume>,

@@ -19,20 +19,29 @@ pub enum PolicyError {
         "{field} is refused: a vpod pod runs in its own microVM and shares no {what} with the host \
          (set {field}: false{hint})"
     )]
+    /// The spec shares a host namespace (leaves it out of `linux.namespaces`).
     HostNamespace {
+        /// The Kubernetes field that asked for it (`spec.hostNetwork`).
         field: &'static str,
+        /// What would be shared.
         what: &'static str,
+        /// What to do instead ("" or "; ...").
         hint: &'static str,
     },
+    /// A namespace path that joins a namespace that is not the pod's own.
     #[error("{field} {path:?} is refused: {why}")]
     NamespacePath {
         /// `linux.namespaces[<type>].path`.
         field: String,
+        /// The path.
         path: std::path::PathBuf,
+        /// Why it is refused.
         why: String,
     },
+    /// The spec is not a Linux container's.
     #[error("the OCI spec has no `linux` section: vpod runs Linux containers only")]
     NotLinux,
+    /// A mount is refused.
     #[error(transparent)]
     Mount(#[from] MountError),
 }
@@ -40,6 +49,7 @@ pub enum PolicyError {
 /// A spec that passed the checks, with each mount classified (in the spec's order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedSpec {
+    /// Each mount's destination and kind.
     pub mounts: Vec<(std::path::PathBuf, MountKind)>,
     /// Host devices the spec listed (privileged containers get all of them from containerd);
     /// none reaches the guest: privileged means privileged inside the pod's VM only.

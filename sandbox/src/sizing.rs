@@ -21,20 +21,29 @@ const MIB: u64 = 1 << 20;
 /// One container's limits (None: not set).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {
+    /// The memory limit in bytes.
     pub memory_bytes: Option<u64>,
     /// CPUs as a fraction: quota / period.
     pub cpus: Option<f64>,
 }
 
+/// Limits a pod VM can't be sized for.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SizingError {
+    /// A memory limit below [`MIN_CONTAINER_MIB`].
     #[error(
         "memory limit {0} bytes is below the {MIN_CONTAINER_MIB} MiB a container needs \
          (resources.limits.memory)"
     )]
     MemoryTooSmall(i64),
+    /// A CPU quota with a zero period.
     #[error("cpu quota {quota} / period {period} is not a valid CPU limit (resources.limits.cpu)")]
-    BadCpu { quota: i64, period: u64 },
+    BadCpu {
+        /// `linux.resources.cpu.quota`.
+        quota: i64,
+        /// `linux.resources.cpu.period`.
+        period: u64,
+    },
 }
 
 impl Limits {
@@ -68,7 +77,9 @@ impl Limits {
 /// vCPUs and memory of one pod VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmSize {
+    /// vCPUs.
     pub vcpus: u8,
+    /// Memory, the guest's overhead included.
     pub mem_mib: u32,
 }
 

@@ -9,6 +9,7 @@
 //! changed.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -21,8 +22,6 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 use vpod_agent_api::pb::{PutVolumeRequest, VolumeFile, VolumeMedium};
 
-use crate::pod::{Pod, PodError};
-
 /// Largest volume pushed (kubelet caps a secret at 1 MiB; configMaps too).
 pub const MAX_VOLUME_BYTES: u64 = 8 << 20;
 /// Deepest directory nesting walked below a volume's root.
@@ -32,27 +31,53 @@ pub const MAX_VOLUME_ENTRIES: usize = 16 << 10;
 /// How often [`watch`] looks for changes.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(500);
 
+/// Why a host volume could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HostVolumeError {
+    /// A file or dir of it could not be read.
     #[error("volume {name}: read {path}: {source}")]
     Read {
+        /// The volume.
         name: String,
+        /// What could not be read.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// It holds more than [`MAX_VOLUME_BYTES`].
     #[error("volume {name}: {path} holds more than {MAX_VOLUME_BYTES} bytes")]
-    TooBig { name: String, path: PathBuf },
+    TooBig {
+        /// The volume.
+        name: String,
+        /// Its dir.
+        path: PathBuf,
+    },
+    /// It nests deeper than [`MAX_VOLUME_DEPTH`].
     #[error("volume {name}: {path} nests directories deeper than {MAX_VOLUME_DEPTH}")]
-    TooDeep { name: String, path: PathBuf },
+    TooDeep {
+        /// The volume.
+        name: String,
+        /// The dir too deep.
+        path: PathBuf,
+    },
+    /// It holds more than [`MAX_VOLUME_ENTRIES`] entries.
     #[error("volume {name}: {path} holds more than {MAX_VOLUME_ENTRIES} entries")]
-    TooMany { name: String, path: PathBuf },
+    TooMany {
+        /// The volume.
+        name: String,
+        /// Its dir.
+        path: PathBuf,
+    },
 }
 
 /// A host directory pushed as a volume.
 #[derive(Debug, Clone)]
 pub struct HostVolume {
+    /// The volume's name in the pod ([A-Za-z0-9_.-]{1,128}).
     pub name: String,
+    /// The host dir.
     pub dir: PathBuf,
+    /// Guest RAM (secrets) or the pod's disk (configMaps).
     pub medium: VolumeMedium,
 }
 
@@ -265,6 +290,7 @@ impl HostVolume {
         Ok(w.files.into_values().collect())
     }
 
+    /// The agent's request that puts `files` (from [`HostVolume::read`]) in the volume.
     pub fn request(&self, files: Vec<VolumeFile>) -> PutVolumeRequest {
         PutVolumeRequest {
             name: self.name.clone(),
@@ -287,35 +313,59 @@ pub fn fingerprint(files: &[VolumeFile]) -> u64 {
     h.finish()
 }
 
+/// Where host volumes are pushed: a pod ([`crate::Pod`]), or a test's double.
+pub trait VolumeTarget: Send + Sync {
+    /// Why a push failed.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Creates or replaces the volume; returns its generation.
+    fn put_volume(
+        &self,
+        req: PutVolumeRequest,
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// Whether the target is gone for good (the pod's VM ended): [`watch`] stops then.
+    fn is_gone(&self) -> bool;
+}
+
 /// Pushes `vol` now; returns its fingerprint.
-pub async fn push(pod: &Pod, vol: &HostVolume) -> Result<u64, PushError> {
+pub async fn push<T: VolumeTarget>(
+    target: &T,
+    vol: &HostVolume,
+) -> Result<u64, PushError<T::Error>> {
     let files = vol.read()?;
     let fp = fingerprint(&files);
-    pod.put_volume(vol.request(files)).await?;
+    target
+        .put_volume(vol.request(files))
+        .await
+        .map_err(PushError::Put)?;
     Ok(fp)
 }
 
+/// Why a push failed: the host dir could not be read, or the target refused the volume.
 #[derive(Debug, thiserror::Error)]
-pub enum PushError {
+pub enum PushError<E> {
+    /// Reading the host dir failed.
     #[error(transparent)]
     Host(#[from] HostVolumeError),
+    /// The target (the pod's agent) refused the volume.
     #[error(transparent)]
-    Pod(#[from] PodError),
+    Put(E),
 }
 
-/// Re-pushes each volume whenever its host content changes, until the pod
+/// Re-pushes each volume whenever its host content changes, until the target
 /// is gone. Read errors (kubelet mid-update, dir removed) are retried on
 /// the next poll; `on_push` hears of every push.
-pub async fn watch(
-    pod: Arc<Pod>,
+pub async fn watch<T: VolumeTarget>(
+    target: Arc<T>,
     vols: Vec<(HostVolume, u64)>,
     poll: Duration,
-    on_push: impl Fn(&HostVolume, Result<u64, &PushError>) + Send + 'static,
+    on_push: impl Fn(&HostVolume, Result<u64, &PushError<T::Error>>) + Send + 'static,
 ) {
     let mut vols = vols;
     loop {
         tokio::time::sleep(poll).await;
-        if pod.vm_exit().is_some() {
+        if target.is_gone() {
             return;
         }
         for (vol, last) in vols.iter_mut() {
@@ -324,12 +374,12 @@ pub async fn watch(
             if fp == *last {
                 continue;
             }
-            match pod.put_volume(vol.request(files)).await {
+            match target.put_volume(vol.request(files)).await {
                 Ok(gen) => {
                     *last = fp;
                     on_push(vol, Ok(gen));
                 }
-                Err(e) => on_push(vol, Err(&PushError::Pod(e))),
+                Err(e) => on_push(vol, Err(&PushError::Put(e))),
             }
         }
     }
