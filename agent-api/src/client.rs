@@ -140,8 +140,9 @@ pub fn call_timeout() -> Duration {
 /// A unary call must be answered within the deadline; a streaming call
 /// (Attach, Exec, Logs, Health) must be set up within it (the agent's
 /// response headers), after which its stream lasts as long as it needs.
-/// [`UNBOUNDED_CALLS`] have none. A missed deadline is the status
-/// `DEADLINE_EXCEEDED` "agent did not answer <Rpc> within <d>".
+/// WaitContainer, StopContainer and WriteStdin have none. A missed deadline
+/// is the status `DEADLINE_EXCEEDED` "agent did not answer `<Rpc>` within
+/// `<d>`".
 #[derive(Clone, Debug)]
 pub struct AgentChannel {
     inner: Channel,

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod pb;
 pub mod ready;
 
 pub use client::{
@@ -18,12 +19,6 @@ pub use client::{
     Error, CALL_TIMEOUT_ENV, DEFAULT_CALL_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 pub use ready::{ReadyListener, AGENT_READY_PORT};
-
-/// Generated protobuf messages, client and server for `vpod.agent.v1`.
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("vpod.agent.v1");
-}
 
 pub use pb::agent_client::AgentClient;
 pub use pb::agent_server::{Agent, AgentServer};
