@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::{job, l1, Error};
+use crate::error::Error;
+use crate::{job, l1};
 
 /// How to run.
 #[derive(Debug, Clone)]
