@@ -9,7 +9,7 @@
 //! - [`probe`]: does this host need the test bed at all?
 //! - [`l1`]: L1's boot files (built and cached by `l1/build.sh`).
 //! - [`job`]: the script that runs the command in L1.
-//! - [`run`]: boot, watch, time out, retry a hung boot once, clean up.
+//! - [`run`](mod@run): boot, watch, time out, retry a hung boot once, clean up.
 
 #![warn(missing_docs)]
 
