@@ -1,18 +1,26 @@
 //! Shared helpers of vpod's benchmarks: statistics, tables, JSON output.
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 
 /// min / p50 / p90 / max of a sample (nearest-rank percentiles).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Stats {
+    /// Sample size.
     pub n: usize,
+    /// Smallest value.
     pub min: f64,
+    /// Median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// Largest value.
     pub max: f64,
 }
 
 impl Stats {
+    /// The statistics of `xs`; `None` for an empty sample.
     pub fn of(xs: &[f64]) -> Option<Stats> {
         if xs.is_empty() {
             return None;
