@@ -1,16 +1,27 @@
 //! `containerd-shim-vpod-v2`: containerd's runtime `io.containerd.vpod.v2`.
 //! One shim process per pod, which owns the pod's microVM in-process.
+//!
+//! By role: `shim.rs` is the shim's lifecycle (start, delete after a crash,
+//! with `marker.rs`), `task.rs` the Task RPCs over the pod's tasks
+//! (`container.rs`) and execs (`exec.rs`), each a `process.rs` Process;
+//! `pod.rs` the pod's VM and every call into it; `io.rs` containerd's FIFOs;
+//! `events.rs` and `stats.rs` what containerd is told; `error.rs` the ttrpc
+//! code of each failure.
 
 mod config;
+mod container;
 mod error;
 mod events;
+mod exec;
 mod io;
 mod marker;
+mod pod;
 mod process;
 mod reaping;
 mod rootfs;
-mod service;
 mod shim;
+mod stats;
+mod task;
 
 #[tokio::main]
 async fn main() {

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use crate::config::ShimConfig;
+use crate::pod::pod_id;
 use crate::rootfs;
-use crate::service::pod_id;
 
 /// In each task's bundle: which pod dirs the task's shim made, and which
 /// shim, so `delete` after a crash can remove them. containerd gives that

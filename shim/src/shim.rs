@@ -12,7 +12,7 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 
 use crate::marker::clean_after_dead_shim;
-use crate::service::TaskService;
+use crate::task::TaskService;
 
 const ANN_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 

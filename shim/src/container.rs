@@ -1,0 +1,176 @@
+//! A task of the shim: the pod's sandbox, or one container in the pod's VM.
+//!
+//! - The sandbox (CRI's pause container) is the VM itself and has no process
+//!   in it: it "runs" from start to kill.
+//! - Each other task is a container in the guest, created from its bundle's
+//!   OCI spec through `vpod_sandbox::oci` (policy first), with its rootfs
+//!   turned into a cached erofs disk (`rootfs.rs`) in a free slot.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_shim_protos::api;
+use vpod_sandbox::{ImageDisk, MountClassifier, Pod};
+
+use crate::config::ShimConfig;
+use crate::error::Result;
+use crate::events::{Event, Publisher};
+use crate::io::{self, Stdio};
+use crate::pod;
+use crate::process::Process;
+use crate::rootfs;
+
+const ANN_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+/// The CRI pause container: the pod's VM, no process of its own.
+pub fn is_sandbox(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(ANN_CONTAINER_TYPE))
+        .map(String::as_str)
+        == Some("sandbox")
+}
+
+/// What the pod of `spec` may read on the host: its own kubelet volumes and
+/// sandbox files (containerd's annotations); its namespaces are named by
+/// this shim's pid.
+pub fn classifier(cfg: &ShimConfig, spec: &oci_spec::runtime::Spec) -> MountClassifier {
+    MountClassifier::new(&cfg.kubelet_root)
+        .with_containerd_dirs(cfg.containerd_dirs.clone())
+        .for_spec(spec)
+        .with_pod_pid(std::process::id())
+}
+
+/// The container's rootfs (the snapshotter's `mounts`) as an image disk,
+/// built into `cache` off the async threads.
+pub async fn rootfs_image(mounts: Vec<api::Mount>, cache: PathBuf) -> Result<ImageDisk> {
+    let disk = tokio::task::spawn_blocking(move || rootfs::disk(&mounts, &cache)).await??;
+    Ok(ImageDisk {
+        serial: disk.serial,
+        path: disk.path,
+    })
+}
+
+/// A task: the sandbox, or a container of the pod.
+#[derive(Debug)]
+pub struct Container {
+    /// The task id (containerd's container id).
+    pub id: String,
+    /// Its bundle dir.
+    pub bundle: String,
+    /// The pause container: the VM itself, no process in the guest.
+    sandbox: bool,
+    /// Its process as containerd sees it.
+    pub process: Process,
+}
+
+impl Container {
+    /// The task `req` creates (`sandbox`: it is the pod's pause container).
+    pub fn new(req: &api::CreateTaskRequest, sandbox: bool) -> Container {
+        Container {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            sandbox,
+            process: Process::new(Stdio {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            }),
+        }
+    }
+
+    /// Whether it is the sandbox.
+    pub fn is_sandbox(&self) -> bool {
+        self.sandbox
+    }
+
+    /// Creates the container in `pod` from `spec` on its image disk
+    /// `serial`, and copies its output to containerd's FIFOs from then on.
+    pub async fn create_in(
+        &self,
+        pod: &Arc<Pod>,
+        spec: oci_spec::runtime::Spec,
+        serial: &str,
+        cfg: &ShimConfig,
+    ) -> Result<()> {
+        let mut spec = spec;
+        if let Some(mut p) = spec.process().clone() {
+            p.set_terminal(Some(self.process.stdio().terminal));
+            spec.set_process(Some(p));
+        }
+        let stdin = self.process.stdio().has_stdin();
+        pod::create_container(pod, &self.id, &spec, serial, &classifier(cfg, &spec), stdin).await?;
+        let attach = pod::attach(pod, &self.id);
+        let (id, stdio) = (self.id.clone(), self.process.stdio().clone());
+        tokio::spawn(async move {
+            match attach.await {
+                Ok(chunks) => io::copy_output(&stdio, chunks).await,
+                Err(e) => log::warn!("attach to {id} failed: {e}"),
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Starts container `c` in `pod`: its stdin is copied in (the guest opens
+/// it at the start), and its exit (and an OOM kill) is recorded and
+/// published when it comes.
+pub async fn start(pod: Arc<Pod>, c: Arc<Container>, events: Arc<Publisher>) -> Result<()> {
+    pod::start_container(&pod, &c.id).await?;
+    c.process.set_running();
+    let stdio = c.process.stdio();
+    if stdio.has_stdin() {
+        let chunks = io::read_fifo(stdio.stdin.clone(), c.process.stdin_closed());
+        pod::write_stdin(&pod, &c.id, chunks);
+    }
+    tokio::spawn(async move {
+        let (code, oom) = pod::wait_container(&pod, &c.id).await;
+        if oom {
+            // kubelet reads OOMKilled from this event.
+            events.publish(Event::oom(&c.id)).await;
+        }
+        let exit = c.process.set_exited(code);
+        events.publish(Event::exit(&c.id, &c.id, &exit)).await;
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(annotations: &[(&str, &str)]) -> oci_spec::runtime::Spec {
+        let mut s = oci_spec::runtime::Spec::default();
+        s.set_annotations(Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ));
+        s
+    }
+
+    #[test]
+    fn the_pause_container_is_the_sandbox() {
+        assert!(is_sandbox(&spec(&[(ANN_CONTAINER_TYPE, "sandbox")])));
+        assert!(!is_sandbox(&spec(&[(ANN_CONTAINER_TYPE, "container")])));
+        assert!(!is_sandbox(&spec(&[])));
+    }
+
+    #[test]
+    fn a_task_keeps_its_request() {
+        let req = api::CreateTaskRequest {
+            id: "c1".into(),
+            bundle: "/b".into(),
+            stdin: "/fifo/in".into(),
+            terminal: true,
+            ..Default::default()
+        };
+        let c = Container::new(&req, false);
+        assert_eq!((c.id.as_str(), c.bundle.as_str()), ("c1", "/b"));
+        assert!(!c.is_sandbox());
+        assert!(c.process.stdio().has_stdin() && c.process.stdio().terminal);
+        assert!(Container::new(&req, true).is_sandbox());
+    }
+}
