@@ -2,30 +2,37 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::Bytes;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{Request, STATUS_OK};
 use super::{QUEUE_SIZE, SECTOR_SHIFT};
 use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
-    VIRTIO_MMIO_INT_VRING,
+    ActivateContext, ActivateError, Lifecycle, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
 };
 use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
 
+/// The request queue's index.
+pub(super) const REQUEST_QUEUE: usize = 0;
+/// Bytes of `struct virtio_blk_config` we fill: capacity (0..8), size_max (8..12), seg_max
+/// (12..16), geometry (16..20), blk_size (20..24).
+const CONFIG_LEN: usize = 24;
+
+/// Why a block device could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
+    /// Opening or inspecting the backing file.
     #[error("opening disk {0}: {1}")]
     Open(PathBuf, #[source] std::io::Error),
+    /// Creating the device's activate eventfd.
     #[error("creating eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// Telling the guest the config changed.
     #[error("raising the config-change interrupt: {0}")]
     Interrupt(#[source] std::io::Error),
 }
@@ -33,16 +40,20 @@ pub enum BlockError {
 /// The backing file and what the guest sees of it.
 #[derive(Debug)]
 pub struct DiskFile {
+    /// The open file (read-write unless `read_only`).
     pub file: File,
+    /// Where it was opened from (for logs and the embedder).
     pub path: PathBuf,
     /// Capacity in 512-byte sectors (a partial last sector is not exposed).
     pub capacity: u64,
+    /// Whether the guest may only read.
     pub read_only: bool,
     /// GET_ID answer: up to 20 bytes, NUL padded.
     pub id: [u8; 20],
 }
 
 impl DiskFile {
+    /// Opens `path` (read-only if `read_only`); `id` (first 20 bytes) answers GET_ID.
     pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Self, BlockError> {
         let file = OpenOptions::new()
             .read(true)
@@ -67,27 +78,19 @@ impl DiskFile {
     }
 }
 
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queue: Queue,
-    pub queue_evt: EventFd,
-    pub interrupt: Arc<Interrupt>,
-}
-
+/// A virtio-blk device on one backing file.
+#[derive(Debug)]
 pub struct Block {
     pub(super) disk: DiskFile,
     avail_features: u64,
-    acked_features: u64,
     queue_sizes: [u16; 1],
-    pub(super) active: Option<Active>,
-    /// Signalled on activation and reset: the event loop then (un)registers the queue eventfd.
-    pub(super) activate_evt: EventFd,
-    /// Queue eventfds of a previous activation, to be removed from epoll by the event loop.
-    pub(super) retired_evts: Vec<EventFd>,
-    pub(super) registered: bool,
+    /// Config space as the guest reads it (follows the disk: see `swap_disk`).
+    config: [u8; CONFIG_LEN],
+    pub(super) lifecycle: Lifecycle,
 }
 
 impl Block {
+    /// A device on `disk` (VIRTIO_BLK_F_RO offered if it is read-only).
     pub fn new(disk: DiskFile) -> Result<Self, BlockError> {
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_BLK_F_FLUSH)
@@ -96,18 +99,17 @@ impl Block {
         if disk.read_only {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
         }
+        let config = config_bytes(&disk);
         Ok(Self {
             disk,
             avail_features,
-            acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
-            active: None,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(BlockError::EventFd)?,
-            retired_evts: Vec::new(),
-            registered: false,
+            config,
+            lifecycle: Lifecycle::new().map_err(BlockError::EventFd)?,
         })
     }
 
+    /// Capacity in 512-byte sectors, as the guest sees it.
     pub fn capacity(&self) -> u64 {
         self.disk.capacity
     }
@@ -117,6 +119,7 @@ impl Block {
         self.avail_features & (1 << VIRTIO_BLK_F_RO) != 0
     }
 
+    /// The backing file's path.
     pub fn path(&self) -> &Path {
         &self.disk.path
     }
@@ -130,12 +133,13 @@ impl Block {
                 "block: swapped disk changes read-only flag; the guest keeps the negotiated one"
             );
         }
+        self.config = config_bytes(&disk);
         std::mem::replace(&mut self.disk, disk)
     }
 
     /// Raises the config-change interrupt on its own (for callers without the transport).
     pub fn notify_config_change(&self) -> Result<(), BlockError> {
-        match &self.active {
+        match self.lifecycle.active() {
             Some(a) => a
                 .interrupt
                 .trigger(VIRTIO_MMIO_INT_CONFIG)
@@ -148,7 +152,7 @@ impl Block {
     /// `devices::virtio::queue`); raises the used-ring interrupt if the driver wants one. A broken
     /// ring puts the device in DEVICE_NEEDS_RESET and it processes nothing until reset.
     pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active_mut() else {
             return;
         };
         if active.interrupt.needs_reset() {
@@ -156,7 +160,7 @@ impl Block {
         }
         let mem = &active.mem;
         let disk = &mut self.disk;
-        let queue = &mut active.queue;
+        let queue = &mut active.queues[REQUEST_QUEUE];
         let mut budget = Budget::for_queue(queue);
         let mut used_any = false;
         'outer: loop {
@@ -172,7 +176,7 @@ impl Block {
             loop {
                 if budget.spent() {
                     // More may be waiting: leave notifications off and come back next turn.
-                    resignal(&active.queue_evt, "block");
+                    resignal(&active.queue_events[REQUEST_QUEUE], "block");
                     break 'outer;
                 }
                 let chain = match pop_chain(queue, mem) {
@@ -233,20 +237,19 @@ impl Block {
                 }
             }
         }
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
-                tracing::warn!("block: interrupt: {e}");
-            }
+        if used_any {
+            active.notify_used(REQUEST_QUEUE, "block");
         }
     }
+}
 
-    fn config_bytes(&self) -> [u8; 24] {
-        let mut c = [0u8; 24];
-        c[0..8].copy_from_slice(&self.disk.capacity.to_le_bytes());
-        // seg_max: a request is header + status + data descriptors, all in one queue-sized chain.
-        c[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
-        c
-    }
+/// The config space for `disk`: its capacity and our seg_max.
+fn config_bytes(disk: &DiskFile) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    c[0..8].copy_from_slice(&disk.capacity.to_le_bytes());
+    // seg_max: a request is header + status + data descriptors, all in one queue-sized chain.
+    c[12..16].copy_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
+    c
 }
 
 impl VirtioDevice for Block {
@@ -262,56 +265,29 @@ impl VirtioDevice for Block {
         self.avail_features
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| c.get(o).copied())
-                .unwrap_or(0);
-        }
+    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+        &mut self.lifecycle
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != 1 || ctx.queue_events.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        let mut queue = ctx.queues.remove(0);
+    fn config_space(&self) -> &[u8] {
+        &self.config
+    }
+
+    fn prepare_activation(&mut self, ctx: &mut ActivateContext) -> Result<(), ActivateError> {
+        let queue = &mut ctx.queues[REQUEST_QUEUE];
         if !queue.ready() {
             return Err(ActivateError::Backend("request queue not ready".into()));
         }
-        queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            queue_evt: ctx.queue_events.remove(0),
-            interrupt: ctx.interrupt,
-        });
-        self.activate_evt.write(1).map_err(ActivateError::Signal)
+        queue.set_event_idx(self.lifecycle.has_feature(VIRTIO_RING_F_EVENT_IDX));
+        Ok(())
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(a) = self.active.take() {
-            self.retired_evts.push(a.queue_evt);
-            self.acked_features = 0;
-            // Let the event loop drop the stale registration.
-            let _ = self.activate_evt.write(1);
-        }
+        self.lifecycle.reset();
         true
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
     }
 }

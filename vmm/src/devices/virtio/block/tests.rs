@@ -432,7 +432,7 @@ fn swap_disk_changes_capacity_and_signals() {
     assert_eq!(old.capacity, 4);
     assert_eq!(dev.capacity(), 2048);
     dev.notify_config_change().unwrap();
-    let st = dev.active.as_ref().unwrap().interrupt.status();
+    let st = dev.lifecycle.active().unwrap().interrupt.status();
     assert_ne!(st & VIRTIO_MMIO_INT_CONFIG, 0);
     let _ = dev.path();
     let mut f = other.as_file();

@@ -1,7 +1,6 @@
 //! The virtio-net device: features, config space (MAC), activation and the queue <-> tap loops.
 
 use std::io;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -9,22 +8,23 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use virtio_queue::QueueT;
 
 use super::packet::{read_tx_chain, write_rx_chain, FrameError};
 use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::{NetError, VNET_HDR_LEN};
-use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
-};
+use crate::devices::virtio::device::{ActivateContext, ActivateError, Lifecycle, VirtioDevice};
 use crate::devices::virtio::queue::{
     mark_broken, next_within, pop_chain, resignal, Budget, RingError,
 };
 
+/// The receive queue's index (frames to the guest).
 pub const RXQ_INDEX: usize = 0;
+/// The transmit queue's index (frames from the guest).
 pub const TXQ_INDEX: usize = 1;
+/// How many queues the device has.
 pub const NUM_QUEUES: usize = 2;
+/// Each queue's maximum size.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
 
@@ -34,31 +34,28 @@ pub const MAX_FRAME_LEN: usize = VNET_HDR_LEN + 65_550;
 /// Frame counters (what the device did with guest and tap traffic).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
+    /// Frames delivered to the guest.
     pub rx_frames: u64,
+    /// Their bytes (with the virtio-net header).
     pub rx_bytes: u64,
     /// Frames from the tap that no rx chain could take (too big) and bad rx chains.
     pub rx_dropped: u64,
+    /// Frames the guest sent that the tap took.
     pub tx_frames: u64,
+    /// Their bytes (with the virtio-net header).
     pub tx_bytes: u64,
     /// Bad tx chains and frames the tap refused.
     pub tx_dropped: u64,
 }
 
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queues: Vec<Queue>,
-    pub queue_events: Vec<EventFd>,
-    pub interrupt: Arc<Interrupt>,
-}
-
+/// A virtio-net device on a tap.
 pub struct Net {
     pub(super) tap: Tap,
     mac: Option<[u8; 6]>,
+    /// Config space: `struct virtio_net_config` starts with mac[6]; nothing else is offered.
+    config: [u8; 6],
     avail_features: u64,
-    acked_features: u64,
-    pub(super) activate_evt: EventFd,
-    pub(super) pending_activation: Option<Active>,
-    pub(super) active: Option<Active>,
+    pub(super) lifecycle: Lifecycle,
     /// A frame read from the tap, waiting for an rx chain (its length in `rx_buf`).
     rx_pending: Option<usize>,
     rx_buf: Vec<u8>,
@@ -96,11 +93,9 @@ impl Net {
         Ok(Self {
             tap,
             mac,
+            config: mac.unwrap_or_default(),
             avail_features,
-            acked_features: 0,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(NetError::EventFd)?,
-            pending_activation: None,
-            active: None,
+            lifecycle: Lifecycle::new().map_err(NetError::EventFd)?,
             rx_pending: None,
             rx_buf: vec![0u8; MAX_FRAME_LEN],
             tx_buf: vec![0u8; MAX_FRAME_LEN],
@@ -109,16 +104,18 @@ impl Net {
         })
     }
 
+    /// The tap interface's name.
     pub fn tap_name(&self) -> &str {
         self.tap.name()
     }
 
+    /// What the device did with frames so far.
     pub fn stats(&self) -> NetStats {
         self.stats
     }
 
     fn acked(&self, bit: u32) -> bool {
-        self.acked_features & (1 << bit) != 0
+        self.lifecycle.has_feature(bit)
     }
 
     /// The tap offloads matching what the guest accepted to receive.
@@ -137,19 +134,13 @@ impl Net {
         flags
     }
 
-    fn signal_used(active: &Active) {
-        if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
-            tracing::error!("net: raising interrupt: {e}");
-        }
-    }
-
     /// Whether the tap should be watched for frames (not while one waits for rx buffers, nor
     /// once the device needs a reset: nothing would read the tap and EPOLLIN would spin).
     pub(super) fn wants_tap_rx(&self) -> bool {
         self.rx_pending.is_none()
             && !self
-                .active
-                .as_ref()
+                .lifecycle
+                .active()
                 .is_some_and(|a| a.interrupt.needs_reset())
     }
 
@@ -157,7 +148,7 @@ impl Net {
     /// buffers left (then the pending frame waits for the rx queue's kick). At most one queue's
     /// worth per call; then the rx queue eventfd brings us back on the next loop turn.
     pub(super) fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active_mut() else {
             return;
         };
         if active.interrupt.needs_reset() {
@@ -235,16 +226,15 @@ impl Net {
             }
             used = true;
         }
-        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            Self::signal_used(active);
+        if used {
+            active.notify_used(RXQ_INDEX, "net");
         }
     }
 
     /// Sends the frames the guest queued on tx to the tap (at most one queue's worth per call;
     /// then the tx queue eventfd brings us back on the next loop turn).
     pub(super) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active_mut() else {
             return;
         };
         if active.interrupt.needs_reset() {
@@ -292,9 +282,8 @@ impl Net {
             }
             used = true;
         }
-        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            Self::signal_used(active);
+        if used {
+            active.notify_used(TXQ_INDEX, "net");
         }
     }
 }
@@ -312,45 +301,21 @@ impl VirtioDevice for Net {
         self.avail_features
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_net_config starts with mac[6]; nothing else is offered.
-        let config = self.mac.unwrap_or_default();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+        &mut self.lifecycle
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.is_activated() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != NUM_QUEUES || ctx.queue_events.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: ctx.queues.len().min(ctx.queue_events.len()),
-            });
-        }
+    fn config_space(&self) -> &[u8] {
+        &self.config
+    }
+
+    fn prepare_activation(&mut self, _ctx: &mut ActivateContext) -> Result<(), ActivateError> {
         self.tap
             .set_offload(self.tap_offload_flags())
-            .map_err(|e| ActivateError::Backend(e.to_string()))?;
-        self.pending_activation = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            queue_events: ctx.queue_events,
-            interrupt: ctx.interrupt,
-        });
-        self.activate_evt.write(1).map_err(ActivateError::Signal)
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some() || self.pending_activation.is_some()
+            .map_err(|e| ActivateError::Backend(e.to_string()))
     }
 }

@@ -3,41 +3,44 @@
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 
 use super::device::{Net, RXQ_INDEX, TXQ_INDEX};
+use crate::devices::virtio::device::spurious_event;
 
+/// The activate eventfd.
 const TOKEN_ACTIVATE: u32 = 0;
+/// The receive queue's eventfd (the guest posted buffers).
 const TOKEN_RXQ: u32 = 1;
+/// The transmit queue's eventfd (the guest queued frames).
 const TOKEN_TXQ: u32 = 2;
+/// The tap (frames for the guest).
 const TOKEN_TAP: u32 = 3;
 
 impl Net {
-    fn handle_activate(&mut self, ops: &mut EventOps) {
-        let _ = self.activate_evt.read();
-        let Some(active) = self.pending_activation.take() else {
+    /// Registers the queue eventfds and the tap once the device is activated (once).
+    fn register_runtime_events(&mut self, ops: &mut EventOps) {
+        if !self
+            .lifecycle
+            .register_queue_events(ops, &[TOKEN_RXQ, TOKEN_TXQ], "net")
+        {
             return;
-        };
-        for (evt, token) in active.queue_events.iter().zip([TOKEN_RXQ, TOKEN_TXQ]) {
-            if let Err(e) = ops.add(Events::with_data(evt, token, EventSet::IN)) {
-                tracing::error!("net: registering queue eventfd: {e:?}");
-            }
         }
         match ops.add(Events::with_data(&self.tap, TOKEN_TAP, EventSet::IN)) {
             Ok(()) => self.tap_rx_armed = true,
             Err(e) => tracing::error!("net: registering tap: {e:?}"),
         }
-        self.active = Some(active);
     }
 
-    fn read_queue_evt(&self, index: usize) {
-        if let Some(active) = &self.active {
-            let _ = active.queue_events[index].read();
-        }
+    fn process_activate_event(&mut self, ops: &mut EventOps) {
+        self.lifecycle.on_activate_event(ops);
+        self.register_runtime_events(ops);
+        // Frames may already be queued on the tap.
+        self.process_rx();
     }
 
     /// Watch the tap only while a frame read from it has somewhere to go, so that a guest
     /// without rx buffers doesn't turn level-triggered EPOLLIN into a busy loop.
     fn sync_tap_interest(&mut self, ops: &mut EventOps) {
         let want = self.wants_tap_rx();
-        if want == self.tap_rx_armed || self.active.is_none() {
+        if want == self.tap_rx_armed || !self.lifecycle.is_activated() {
             return;
         }
         let set = if want {
@@ -54,32 +57,25 @@ impl Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            TOKEN_ACTIVATE,
-            EventSet::IN,
-        )) {
-            tracing::error!("net: registering activate eventfd: {e:?}");
-        }
+        self.lifecycle
+            .register_activate_event(ops, TOKEN_ACTIVATE, "net");
+        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
+        self.register_runtime_events(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            TOKEN_ACTIVATE => {
-                self.handle_activate(ops);
-                // Frames may already be queued on the tap.
-                self.process_rx();
-            }
+            TOKEN_ACTIVATE => self.process_activate_event(ops),
             TOKEN_RXQ => {
-                self.read_queue_evt(RXQ_INDEX);
+                self.lifecycle.read_queue_event(RXQ_INDEX);
                 self.process_rx();
             }
             TOKEN_TXQ => {
-                self.read_queue_evt(TXQ_INDEX);
+                self.lifecycle.read_queue_event(TXQ_INDEX);
                 self.process_tx();
             }
             TOKEN_TAP => self.process_rx(),
-            data => tracing::warn!(data, "net: unexpected event token"),
+            token => spurious_event("net", token),
         }
         self.sync_tap_interest(ops);
     }

@@ -1,31 +1,22 @@
 //! The entropy device: one queue of device-writable buffers.
 
-use std::sync::Arc;
-
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
-use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
-};
-use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
+use crate::devices::virtio::device::{GuestMemory, Lifecycle, VirtioDevice};
+use crate::devices::virtio::queue::{mark_broken, next_within, Budget, RingError};
 
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queue: Queue,
-    pub queue_evt: EventFd,
-    pub interrupt: Arc<Interrupt>,
-}
+/// The request queue's index.
+pub(super) const REQUEST_QUEUE: usize = 0;
 
+/// A virtio-rng device.
+#[derive(Debug)]
 pub struct Rng {
     queue_sizes: [u16; 1],
-    pub(super) active: Option<Active>,
-    pub(super) activate_evt: EventFd,
-    pub(super) retired_evts: Vec<EventFd>,
+    pub(super) lifecycle: Lifecycle,
 }
 
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
@@ -47,12 +38,11 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 impl Rng {
+    /// An inactive device (fails only if its eventfd can't be made).
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             queue_sizes: [QUEUE_SIZE],
-            active: None,
-            activate_evt: EventFd::new(EFD_NONBLOCK)?,
-            retired_evts: Vec::new(),
+            lifecycle: Lifecycle::new()?,
         })
     }
 
@@ -92,30 +82,25 @@ impl Rng {
 
     /// Fills available buffers (at most one queue's worth per call; see `devices::virtio::queue`).
     pub fn process_queue(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active_mut() else {
             return;
         };
         if active.interrupt.needs_reset() {
             return;
         }
         let mem = &active.mem;
-        let queue = &mut active.queue;
+        let queue = &mut active.queues[REQUEST_QUEUE];
         let mut budget = Budget::for_queue(queue);
         let mut used_any = false;
-        loop {
-            if budget.spent() {
-                resignal(&active.queue_evt, "rng");
-                break;
-            }
-            let chain = match pop_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    mark_broken(&active.interrupt, "rng", "request", &e);
-                    break;
-                }
-            };
-            budget.take();
+        while let Some(chain) = next_within(
+            queue,
+            mem,
+            &mut budget,
+            &active.queue_events[REQUEST_QUEUE],
+            &active.interrupt,
+            "rng",
+            "request",
+        ) {
             let head = chain.head_index();
             let len = Self::fill(chain, mem);
             if let Err(e) = queue.add_used(mem, head, len) {
@@ -129,10 +114,8 @@ impl Rng {
             }
             used_any = true;
         }
-        if used_any && queue.needs_notification(mem).unwrap_or(true) {
-            if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
-                tracing::warn!("rng: interrupt: {e}");
-            }
+        if used_any {
+            active.notify_used(REQUEST_QUEUE, "rng");
         }
     }
 }
@@ -150,41 +133,17 @@ impl VirtioDevice for Rng {
         1 << VIRTIO_F_VERSION_1
     }
 
-    fn set_acked_features(&mut self, _features: u64) {}
-
-    fn read_config(&self, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != 1 || ctx.queue_events.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue: ctx.queues.remove(0),
-            queue_evt: ctx.queue_events.remove(0),
-            interrupt: ctx.interrupt,
-        });
-        self.activate_evt.write(1).map_err(ActivateError::Signal)
+    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+        &mut self.lifecycle
     }
 
     fn reset(&mut self) -> bool {
-        if let Some(a) = self.active.take() {
-            self.retired_evts.push(a.queue_evt);
-            let _ = self.activate_evt.write(1);
-        }
+        self.lifecycle.reset();
         true
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
     }
 }
 

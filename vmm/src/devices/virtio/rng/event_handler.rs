@@ -1,37 +1,46 @@
-//! virtio-rng on the event loop.
+//! virtio-rng on the event loop: activation and reset, and queue notifications.
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
 
-use super::device::Rng;
+use super::device::{Rng, REQUEST_QUEUE};
+use crate::devices::virtio::device::spurious_event;
+
+/// The activate eventfd (activation and reset).
+const TOKEN_ACTIVATE: u32 = 0;
+/// The request queue's eventfd.
+const TOKEN_QUEUE: u32 = 1;
+
+impl Rng {
+    /// Registers the queue eventfd once the device is activated (once per activation).
+    fn register_runtime_events(&mut self, ops: &mut EventOps) {
+        self.lifecycle
+            .register_queue_events(ops, &[TOKEN_QUEUE], "rng");
+    }
+
+    fn process_activate_event(&mut self, ops: &mut EventOps) {
+        self.lifecycle.on_activate_event(ops);
+        self.register_runtime_events(ops);
+        // Buffers may have been queued before we listened.
+        self.process_queue();
+    }
+}
 
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.activate_evt, EventSet::IN)) {
-            tracing::error!("rng: registering activate event: {e}");
-        }
+        self.lifecycle
+            .register_activate_event(ops, TOKEN_ACTIVATE, "rng");
+        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
+        self.register_runtime_events(ops);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
-        if fd == std::os::fd::AsRawFd::as_raw_fd(&self.activate_evt) {
-            let _ = self.activate_evt.read();
-            for evt in self.retired_evts.drain(..) {
-                let _ = ops.remove(Events::empty(&evt));
-            }
-            if let Some(active) = &self.active {
-                if let Err(e) = ops.add(Events::new(&active.queue_evt, EventSet::IN)) {
-                    tracing::error!("rng: registering queue event: {e}");
-                }
+        match events.data() {
+            TOKEN_ACTIVATE => self.process_activate_event(ops),
+            TOKEN_QUEUE => {
+                self.lifecycle.read_queue_event(REQUEST_QUEUE);
                 self.process_queue();
             }
-            return;
-        }
-        if let Some(active) = &self.active {
-            if fd == std::os::fd::AsRawFd::as_raw_fd(&active.queue_evt) {
-                let _ = active.queue_evt.read();
-                self.process_queue();
-            }
+            token => spurious_event("rng", token),
         }
     }
 }

@@ -476,13 +476,14 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::devices::virtio::device::{ActivateError, VIRTIO_MMIO_INT_VRING};
+    use crate::devices::virtio::device::{ActivateError, Lifecycle, VIRTIO_MMIO_INT_VRING};
     use vm_memory::GuestAddress;
 
+    /// A device on the common skeleton that records what the transport did to it.
     pub struct FakeDevice {
         pub acked: u64,
         pub config: Vec<u8>,
-        pub ctx: Option<ActivateContext>,
+        pub lifecycle: Lifecycle,
         pub resettable: bool,
         pub fail_activate: bool,
     }
@@ -497,13 +498,17 @@ pub(crate) mod tests {
         fn avail_features(&self) -> u64 {
             (1 << VIRTIO_F_VERSION_1) | 0b101
         }
+        fn lifecycle(&self) -> &Lifecycle {
+            &self.lifecycle
+        }
+        fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+            &mut self.lifecycle
+        }
         fn set_acked_features(&mut self, f: u64) {
             self.acked = f;
         }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = *self.config.get(offset as usize + i).unwrap_or(&0);
-            }
+        fn config_space(&self) -> &[u8] {
+            &self.config
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
             if let Some(dst) = self
@@ -513,19 +518,15 @@ pub(crate) mod tests {
                 dst.copy_from_slice(data);
             }
         }
-        fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        fn prepare_activation(&mut self, _ctx: &mut ActivateContext) -> Result<(), ActivateError> {
             if self.fail_activate {
                 return Err(ActivateError::Backend("nope".into()));
             }
-            self.ctx = Some(ctx);
             Ok(())
         }
         fn reset(&mut self) -> bool {
-            self.ctx = None;
+            self.lifecycle.reset();
             self.resettable
-        }
-        fn is_activated(&self) -> bool {
-            self.ctx.is_some()
         }
     }
 
@@ -534,7 +535,7 @@ pub(crate) mod tests {
         let dev = Arc::new(Mutex::new(FakeDevice {
             acked: 0,
             config: vec![1, 2, 3, 4, 5, 6, 7, 8],
-            ctx: None,
+            lifecycle: Lifecycle::new().unwrap(),
             resettable: true,
             fail_activate: false,
         }));
@@ -631,7 +632,7 @@ pub(crate) mod tests {
         assert_eq!(r(&mut t, REG_STATUS) & S_DRIVER_OK, S_DRIVER_OK);
         {
             let d = dev.lock().unwrap();
-            let ctx = d.ctx.as_ref().unwrap();
+            let ctx = d.lifecycle.active().unwrap();
             assert_eq!(ctx.queues.len(), 2);
             assert_eq!(ctx.queues[0].size(), 8);
             assert_eq!(ctx.queues[1].desc_table(), 0x2_0000);
@@ -643,7 +644,7 @@ pub(crate) mod tests {
         w(&mut t, REG_QUEUE_SEL, 0);
         w(&mut t, REG_QUEUE_NUM, 4);
         assert_eq!(
-            dev.lock().unwrap().ctx.as_ref().unwrap().queues[0].size(),
+            dev.lock().unwrap().lifecycle.active().unwrap().queues[0].size(),
             8
         );
         assert_eq!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
@@ -654,7 +655,7 @@ pub(crate) mod tests {
                                         // Reset.
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
-        assert!(dev.lock().unwrap().ctx.is_none());
+        assert!(!dev.lock().unwrap().lifecycle.is_activated());
         assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
         assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
     }
@@ -695,7 +696,7 @@ pub(crate) mod tests {
         assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
         w(&mut t, REG_STATUS, S_ACK | S_FAILED);
         assert_eq!(r(&mut t, REG_STATUS), S_ACK | S_FAILED);
-        assert!(dev.lock().unwrap().ctx.is_none());
+        assert!(!dev.lock().unwrap().lifecycle.is_activated());
     }
 
     #[test]
@@ -719,7 +720,7 @@ pub(crate) mod tests {
             REG_STATUS,
             S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
         );
-        assert!(dev.lock().unwrap().ctx.is_none());
+        assert!(!dev.lock().unwrap().lifecycle.is_activated());
         assert_ne!(r(&mut t, REG_STATUS) & S_NEEDS_RESET, 0);
         assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
     }
@@ -785,7 +786,14 @@ pub(crate) mod tests {
         w(&mut t, REG_STATUS, ok);
         assert_eq!(r(&mut t, REG_STATUS), ok);
         // The device (on the event loop) finds a broken ring.
-        let irq = dev.lock().unwrap().ctx.as_ref().unwrap().interrupt.clone();
+        let irq = dev
+            .lock()
+            .unwrap()
+            .lifecycle
+            .active()
+            .unwrap()
+            .interrupt
+            .clone();
         irq.set_needs_reset().unwrap();
         assert_eq!(r(&mut t, REG_STATUS), ok | S_NEEDS_RESET);
         assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);

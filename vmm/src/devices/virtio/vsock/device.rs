@@ -1,44 +1,36 @@
 //! The virtio-vsock device: config space, activation and the queue <-> muxer glue.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::muxer::Muxer;
 use super::packet::{Header, MAX_PKT_DATA, PKT_HEADER_SIZE};
 use super::VsockError;
-use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_VRING,
-};
+use crate::devices::virtio::device::{Lifecycle, VirtioDevice};
 use crate::devices::virtio::queue::{mark_broken, next_within, Budget, RingError};
 
+/// The receive queue's index (packets to the guest).
 pub const RXQ_INDEX: usize = 0;
+/// The transmit queue's index (packets from the guest).
 pub const TXQ_INDEX: usize = 1;
+/// The event queue's index (TRANSPORT_RESET, never sent).
 pub const EVQ_INDEX: usize = 2;
+/// How many queues the device has.
 pub const NUM_QUEUES: usize = 3;
+/// Each queue's maximum size.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
 
-/// State that exists once the driver set DRIVER_OK.
-pub(super) struct Active {
-    pub mem: GuestMemory,
-    pub queues: Vec<Queue>,
-    pub queue_events: Vec<EventFd>,
-    pub interrupt: Arc<Interrupt>,
-}
-
+/// A virtio-vsock device whose host side is unix sockets.
 pub struct Vsock {
     guest_cid: u64,
-    acked_features: u64,
-    pub(super) activate_evt: EventFd,
-    /// Set by `activate` (vCPU thread), taken over by the event loop on `activate_evt`.
-    pub(super) pending_activation: Option<Active>,
-    pub(super) active: Option<Active>,
+    /// Config space: `struct virtio_vsock_config { le64 guest_cid; }`.
+    config: [u8; 8],
+    pub(super) lifecycle: Lifecycle,
     pub(super) muxer: Muxer,
     /// Bounce buffer for one packet's payload.
     scratch: Vec<u8>,
@@ -68,19 +60,19 @@ impl Vsock {
         })?;
         Ok(Self {
             guest_cid,
-            acked_features: 0,
-            activate_evt: EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?,
-            pending_activation: None,
-            active: None,
+            config: guest_cid.to_le_bytes(),
+            lifecycle: Lifecycle::new().map_err(VsockError::EventFd)?,
             muxer,
             scratch: vec![0u8; MAX_PKT_DATA as usize],
         })
     }
 
+    /// The guest's CID.
     pub fn guest_cid(&self) -> u64 {
         self.guest_cid
     }
 
+    /// The host side's unix socket.
     pub fn uds_path(&self) -> &Path {
         self.muxer.uds_path()
     }
@@ -90,17 +82,10 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
-    /// Tells the guest about used buffers.
-    fn signal_used(active: &Active) {
-        if let Err(e) = active.interrupt.trigger(VIRTIO_MMIO_INT_VRING) {
-            tracing::error!("vsock: raising interrupt: {e}");
-        }
-    }
-
     /// Handles the packets the guest queued on tx (at most one queue's worth per call; then the tx
     /// queue eventfd brings us back on the next loop turn). Returns whether any buffer was used.
     pub(super) fn process_tx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active_mut() else {
             return false;
         };
         if active.interrupt.needs_reset() {
@@ -142,9 +127,8 @@ impl Vsock {
             }
             used = true;
         }
-        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            Self::signal_used(active);
+        if used {
+            active.notify_used(TXQ_INDEX, "vsock");
         }
         used
     }
@@ -152,7 +136,7 @@ impl Vsock {
     /// Fills rx buffers with what the muxer has for the guest (at most one queue's worth per
     /// call; then the rx queue eventfd brings us back). Returns whether any was used.
     pub(super) fn process_rx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else {
+        let Some(active) = self.lifecycle.active_mut() else {
             return false;
         };
         if active.interrupt.needs_reset() {
@@ -219,9 +203,8 @@ impl Vsock {
             }
             used = true;
         }
-        // Honours EVENT_IDX suppression if the queue has it enabled (not offered yet).
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            Self::signal_used(active);
+        if used {
+            active.notify_used(RXQ_INDEX, "vsock");
         }
         used
     }
@@ -240,42 +223,15 @@ impl VirtioDevice for Vsock {
         1 << VIRTIO_F_VERSION_1
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
+        &mut self.lifecycle
     }
 
-    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.is_activated() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        if ctx.queues.len() != NUM_QUEUES || ctx.queue_events.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                got: ctx.queues.len().min(ctx.queue_events.len()),
-            });
-        }
-        self.pending_activation = Some(Active {
-            mem: ctx.mem,
-            queues: ctx.queues,
-            queue_events: ctx.queue_events,
-            interrupt: ctx.interrupt,
-        });
-        self.activate_evt.write(1).map_err(ActivateError::Signal)
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some() || self.pending_activation.is_some()
+    fn config_space(&self) -> &[u8] {
+        &self.config
     }
 }

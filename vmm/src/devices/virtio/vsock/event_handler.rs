@@ -1,73 +1,66 @@
 //! Event-loop wiring of the vsock device (see `devices::virtio::device` for the threading model).
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 
 use super::device::{Vsock, EVQ_INDEX, RXQ_INDEX, TXQ_INDEX};
+use super::muxer::{TOKEN_CONN, TOKEN_HOST_PENDING, TOKEN_LISTENER};
+use crate::devices::virtio::device::spurious_event;
 
+/// The activate eventfd.
 const TOKEN_ACTIVATE: u32 = 0;
-/// Queue eventfds use `TOKEN_QUEUE_BASE + queue index`.
-const TOKEN_QUEUE_BASE: u32 = 1;
-const TOKEN_RXQ: u32 = TOKEN_QUEUE_BASE + RXQ_INDEX as u32;
-const TOKEN_TXQ: u32 = TOKEN_QUEUE_BASE + TXQ_INDEX as u32;
-const TOKEN_EVQ: u32 = TOKEN_QUEUE_BASE + EVQ_INDEX as u32;
+/// The receive queue's eventfd (the guest posted buffers).
+const TOKEN_RXQ: u32 = 1;
+/// The transmit queue's eventfd (the guest queued packets).
+const TOKEN_TXQ: u32 = 2;
+/// The event queue's eventfd.
+const TOKEN_EVQ: u32 = 3;
+// The muxer's fds (listener, host peers, connections) use its own tokens, 0x10 and up.
 
 impl Vsock {
-    fn handle_activate(&mut self, ops: &mut EventOps) {
-        let _ = self.activate_evt.read();
-        let Some(active) = self.pending_activation.take() else {
-            return;
-        };
-        for (i, evt) in active.queue_events.iter().enumerate() {
-            if let Err(e) = ops.add(Events::with_data(
-                evt,
-                TOKEN_QUEUE_BASE + i as u32,
-                EventSet::IN,
-            )) {
-                tracing::error!("vsock: registering queue {i} eventfd: {e:?}");
-            }
-        }
-        self.active = Some(active);
-        // The listener and any connections are registered by the sync below.
+    /// Registers the queue eventfds once the device is activated (once); the listener and any
+    /// connections are registered by the muxer's sync after every event.
+    fn register_runtime_events(&mut self, ops: &mut EventOps) {
+        self.lifecycle
+            .register_queue_events(ops, &[TOKEN_RXQ, TOKEN_TXQ, TOKEN_EVQ], "vsock");
     }
 
-    fn read_queue_evt(&self, index: usize) {
-        if let Some(active) = &self.active {
-            let _ = active.queue_events[index].read();
-        }
+    fn process_activate_event(&mut self, ops: &mut EventOps) {
+        self.lifecycle.on_activate_event(ops);
+        self.register_runtime_events(ops);
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::with_data(
-            &self.activate_evt,
-            TOKEN_ACTIVATE,
-            EventSet::IN,
-        )) {
-            tracing::error!("vsock: registering activate eventfd: {e:?}");
+        self.lifecycle
+            .register_activate_event(ops, TOKEN_ACTIVATE, "vsock");
+        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
+        self.register_runtime_events(ops);
+        if self.lifecycle.is_activated() {
+            self.muxer.sync_epoll(ops);
         }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let data = events.data();
-        match data {
-            TOKEN_ACTIVATE => self.handle_activate(ops),
-            TOKEN_RXQ => self.read_queue_evt(RXQ_INDEX),
+        let token = events.data();
+        match token {
+            TOKEN_ACTIVATE => self.process_activate_event(ops),
+            TOKEN_RXQ => self.lifecycle.read_queue_event(RXQ_INDEX),
             TOKEN_TXQ => {
-                self.read_queue_evt(TXQ_INDEX);
+                self.lifecycle.read_queue_event(TXQ_INDEX);
                 self.process_tx();
             }
             // The event queue only carries TRANSPORT_RESET, which we never send.
-            TOKEN_EVQ => self.read_queue_evt(EVQ_INDEX),
-            _ if self.active.is_some() => {
+            TOKEN_EVQ => self.lifecycle.read_queue_event(EVQ_INDEX),
+            TOKEN_LISTENER | TOKEN_HOST_PENDING | TOKEN_CONN if self.lifecycle.is_activated() => {
                 self.muxer
-                    .handle_event(data, events.fd(), events.event_set())
+                    .handle_event(token, events.fd(), events.event_set())
             }
-            _ => {}
+            token => spurious_event("vsock", token),
         }
         // Whatever happened may have produced packets for the guest (responses, data, RSTs).
         self.process_rx();
-        if self.active.is_some() {
+        if self.lifecycle.is_activated() {
             self.muxer.sync_epoll(ops);
         }
     }
