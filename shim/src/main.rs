@@ -23,13 +23,25 @@ mod shim;
 mod stats;
 mod task;
 
-#[tokio::main]
-async fn main() {
-    containerd_shim::asynchronous::run::<shim::VpodShim>(
+use std::time::Duration;
+
+/// How long `delete` may take to hand its answer to containerd.
+const DELETE_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let delete = containerd_shim::parse(&args).is_ok_and(|f| f.action == "delete");
+    let rt = tokio::runtime::Runtime::new().expect("the shim's tokio runtime");
+    rt.block_on(containerd_shim::asynchronous::run::<shim::VpodShim>(
         "io.containerd.vpod.v2",
         Some(reaping::shim_config()),
-    )
-    .await;
+    ));
+    if delete {
+        // `delete` writes its DeleteResponse through tokio's stdout, which
+        // hands the write to a blocking thread and does not flush it: wait
+        // for that thread, or containerd may read nothing (no VM runs here).
+        rt.shutdown_timeout(DELETE_ANSWER_TIMEOUT);
+    }
     // Exit now: dropping the runtime would wait for any blocking task still
     // running, and the VM's threads end with the process anyway.
     std::process::exit(0)
