@@ -35,39 +35,56 @@ use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
+/// The kernel command line every VM starts with (see the module docs).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux \
                                    i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on";
 
+/// Why a VM could not be built (the first step that failed).
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// The config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The KVM VM.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// Guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// Loading the kernel and initrd, or the PVH boot structures.
     #[error(transparent)]
     Boot(#[from] pvh::BootError),
+    /// A vCPU.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The MP table.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// A disk.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// A virtio-mmio transport.
     #[error(transparent)]
     Mmio(#[from] MmioError),
+    /// The event loop.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// Two devices in one place.
     #[error("placing a device: {0}")]
     Bus(#[from] BusError),
+    /// The kernel command line (too long, bad characters).
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    /// The console file (path, error).
     #[error("opening console file {0}: {1}")]
     ConsoleFile(std::path::PathBuf, #[source] std::io::Error),
+    /// Another host call (what, error).
     #[error("{0}: {1}")]
     Io(&'static str, #[source] std::io::Error),
+    /// The NIC (tap, error).
     #[error("virtio-net on tap {0}: {1}")]
     Net(String, #[source] crate::devices::virtio::net::NetError),
+    /// The vsock device (socket path, error).
     #[error("virtio-vsock on {0}: {1}")]
     Vsock(
         std::path::PathBuf,
@@ -147,6 +164,8 @@ impl VirtioSlots<'_> {
     }
 }
 
+/// Builds the VM `config` describes and starts its vCPUs and event loop; metrics measure from
+/// `started`.
 pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
     config.validate()?;
 

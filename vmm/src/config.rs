@@ -9,53 +9,75 @@ pub const MIN_MEM_MIB: u32 = 32;
 /// KVM's usual soft limit; also what fits in the 8-bit xAPIC ids we hand out.
 pub const MAX_VCPUS: u8 = 254;
 
+/// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Console {
     /// Output is discarded (the serial port still exists: the kernel keeps `console=ttyS0` so a
     /// panic can still be detected on the byte stream).
     Off,
+    /// Copied to the VMM's stdout.
     Stdout,
+    /// Appended to a file (capped: [`VmConfig::console_limit`]).
     File(PathBuf),
 }
 
+/// A virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
+    /// The backing file (a raw image; sparse is fine).
     pub path: PathBuf,
+    /// Offer the disk read-only (VIRTIO_BLK_F_RO); the file is opened read-only too.
     pub read_only: bool,
     /// Device id string the guest reads with VIRTIO_BLK_T_GET_ID (at most 20 bytes).
     pub id: Option<String>,
 }
 
+/// A virtio-net NIC on a host tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The tap interface (created if missing, which needs CAP_NET_ADMIN).
     pub tap: String,
+    /// The guest NIC's MAC address (VIRTIO_NET_F_MAC); the guest picks one without it.
     pub mac: Option<[u8; 6]>,
 }
 
+/// A virtio-vsock device; the host side is unix sockets (see `devices::virtio::vsock`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
+    /// The unix socket host processes connect to (`CONNECT <port>`); guest connections to host
+    /// port P go to `<uds_path>_P`.
     pub uds_path: PathBuf,
+    /// The guest's CID (3 or more).
     pub guest_cid: u64,
 }
 
 /// Default guest CID of the vsock device.
 pub const DEFAULT_GUEST_CID: u64 = 3;
 
+/// What a VM is made of; [`VmConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
     /// Uncompressed ELF vmlinux with a PVH entry note.
     pub kernel: PathBuf,
+    /// An initramfs (cpio) loaded for the kernel.
     pub initrd: Option<PathBuf>,
     /// Extra kernel command line, appended after the defaults (see [`crate::builder`]).
     pub cmdline: Option<String>,
     /// Keep the kernel's boot messages (drop `quiet` from the default command line).
     pub verbose_kernel: bool,
+    /// vCPUs (1 to [`MAX_VCPUS`]).
     pub vcpus: u8,
+    /// Guest RAM in MiB (at least [`MIN_MEM_MIB`]).
     pub mem_mib: u32,
+    /// Disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// A NIC, if any.
     pub net: Option<NetConfig>,
+    /// A vsock device, if any.
     pub vsock: Option<VsockConfig>,
+    /// Add a virtio-rng device (entropy from the host's getrandom).
     pub rng: bool,
+    /// Where the serial console goes.
     pub console: Console,
     /// Largest size, in bytes, a [`Console::File`] may reach: the guest writes it, so it is capped
     /// (output past the cap is dropped and counted in the metrics' `console_bytes_dropped`).
@@ -92,6 +114,7 @@ impl VmConfig {
             + usize::from(self.rng)
     }
 
+    /// Checks what can be checked before anything is created (files exist, limits, names).
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_file(&self.kernel, "kernel")?;
         if let Some(initrd) = &self.initrd {
@@ -155,30 +178,43 @@ fn check_file(path: &Path, what: &'static str) -> Result<(), ConfigError> {
     }
 }
 
+/// Why a [`VmConfig`] can't be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A file (what, path) can't be opened.
     #[error("{0} {1}: {2}")]
     Missing(&'static str, PathBuf, #[source] std::io::Error),
+    /// A path (what, path) is not a regular file.
     #[error("{0} {1}: not a regular file")]
     NotAFile(&'static str, PathBuf),
+    /// `vcpus` is 0.
     #[error("a VM needs at least one vCPU")]
     NoVcpus,
+    /// `vcpus` (asked, maximum) is over the limit.
     #[error("{0} vCPUs requested, at most {1} supported")]
     TooManyVcpus(u8, u8),
+    /// `mem_mib` (asked, minimum) is too small.
     #[error("{0} MiB of guest memory is too little (minimum {1} MiB)")]
     TooLittleMemory(u32, u32),
+    /// `mem_mib` is larger than the memory layout allows.
     #[error("{0} MiB of guest memory is more than supported")]
     TooMuchMemory(u32),
+    /// More virtio devices (asked, slots) than the MMIO window holds.
     #[error("{0} virtio devices requested but the MMIO window has {1} slots")]
     TooManyDevices(usize, usize),
+    /// A disk id longer than GET_ID's 20 bytes.
     #[error("disk id {0:?} is longer than 20 bytes")]
     DiskIdTooLong(String),
+    /// An empty tap name, or one longer than an interface name can be.
     #[error("bad tap interface name {0:?}")]
     BadTapName(String),
+    /// A reserved or out-of-range guest CID.
     #[error("guest CID {0} is reserved or out of range (3..2^32-1)")]
     BadCid(u64),
+    /// An empty vsock socket path.
     #[error("vsock unix socket path is empty")]
     BadVsockPath,
+    /// A NUL byte in the extra command line.
     #[error("kernel command line contains a NUL byte")]
     BadCmdline,
 }

@@ -15,16 +15,22 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// A device as the event loop holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
+/// Why the event loop could not start or stop.
 #[derive(Debug, thiserror::Error)]
 pub enum EventLoopError {
+    /// Creating the event manager.
     #[error("creating the event manager: {0}")]
     Manager(String),
+    /// Its stop eventfd.
     #[error("creating the stop eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// Its thread.
     #[error("spawning the event loop thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The thread did not return in time (it was left running).
     #[error("the event loop thread did not stop within {0:?}; detached")]
     StopTimeout(Duration),
 }
@@ -70,6 +76,8 @@ impl MutEventSubscriber for Stopper {
     }
 }
 
+/// The event-loop thread and how to stop it.
+#[derive(Debug)]
 pub struct EventLoop {
     thread: Option<JoinHandle<()>>,
     stop_evt: EventFd,
@@ -77,6 +85,7 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
+    /// Subscribes every device and starts the thread.
     pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
         let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
         let stop_flag = Arc::new(AtomicBool::new(false));

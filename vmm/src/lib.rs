@@ -22,6 +22,8 @@
 //! - [`running`]: a started VM, its teardown and the embedder's handle; [`exit`]: how it ended;
 //!   [`metrics`]: what it counted.
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod builder;
 pub mod config;

@@ -14,16 +14,27 @@ use serde::Serialize;
 /// Exit reasons we count in userspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
+    /// KVM_EXIT_IO, a port read.
     IoIn,
+    /// KVM_EXIT_IO, a port write.
     IoOut,
+    /// KVM_EXIT_MMIO, a read.
     MmioRead,
+    /// KVM_EXIT_MMIO, a write.
     MmioWrite,
+    /// KVM_EXIT_HLT.
     Hlt,
+    /// KVM_EXIT_SHUTDOWN (triple fault).
     Shutdown,
+    /// KVM_EXIT_SYSTEM_EVENT (reset, shutdown, crash).
     SystemEvent,
+    /// KVM_EXIT_INTR (a signal: the kick at teardown).
     Intr,
+    /// KVM_EXIT_FAIL_ENTRY.
     FailEntry,
+    /// KVM_EXIT_INTERNAL_ERROR.
     InternalError,
+    /// Anything else.
     Other,
 }
 
@@ -68,10 +79,12 @@ impl VmCounters {
         self.console_dropped.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The first KVM_RUN is starting (only the first call counts).
     pub fn mark_first_run(&self) {
         let _ = self.first_run.set(Instant::now());
     }
 
+    /// One userspace exit of `kind`.
     pub fn count(&self, kind: ExitKind) {
         let i = KINDS
             .iter()
@@ -80,6 +93,7 @@ impl VmCounters {
         self.exits[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds one vCPU's KVM stats to the totals.
     pub fn add_kvm_stats(&self, stats: BTreeMap<String, u64>) {
         let mut total = self.kvm_stats.lock().unwrap_or_else(|p| p.into_inner());
         for (name, v) in stats {
@@ -87,6 +101,7 @@ impl VmCounters {
         }
     }
 
+    /// The counters now.
     pub fn snapshot(&self) -> VmMetrics {
         VmMetrics {
             start_to_first_kvm_run_us: self
@@ -110,11 +125,13 @@ impl VmCounters {
         }
     }
 
+    /// Time since the start instant.
     pub fn since_start(&self) -> Duration {
         Instant::now().saturating_duration_since(self.start)
     }
 }
 
+/// What a VM run counted (`vpod-vmm --metrics` writes it as JSON).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct VmMetrics {
     /// Microseconds from the start instant to the first KVM_RUN (None if no vCPU ever ran).
@@ -123,12 +140,17 @@ pub struct VmMetrics {
     pub userspace_exits: BTreeMap<String, u64>,
     /// KVM's per-vCPU exit counters (`exits`, `io_exits`, `mmio_exits`, `halt_exits`, ...), summed.
     pub kvm_stats: BTreeMap<String, u64>,
+    /// Microseconds from the start instant to this snapshot.
     pub run_time_us: u64,
     /// Console output dropped because the console file reached its cap.
     pub console_bytes_dropped: u64,
 }
 
-vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, 0xAE, 0xce);
+/// KVM's ioctl number for a vCPU's binary stats fd (linux/kvm.h).
+mod ioctls {
+    vmm_sys_util::ioctl_io_nr!(KVM_GET_STATS_FD, 0xAE, 0xce);
+}
+use ioctls::KVM_GET_STATS_FD;
 
 const KVM_STATS_TYPE_MASK: u32 = 0xf;
 const KVM_STATS_TYPE_CUMULATIVE: u32 = 0;

@@ -1,4 +1,4 @@
-//! A VM once it runs: its threads and how they are torn down ([`Running`]), and the handle the
+//! A VM once it runs: its threads and how they are torn down (`Running`), and the handle the
 //! embedder holds ([`RunningVm`]: wait, stop, metrics, disk swaps).
 
 use std::path::Path;

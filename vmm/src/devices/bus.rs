@@ -11,20 +11,31 @@ const UNMAPPED_WRITE: u32 = 1;
 
 /// A device on a bus. `offset` is relative to the device's base address.
 pub trait BusDevice: Send {
+    /// A guest read of `data.len()` bytes at `offset`; the device fills `data`.
     fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest write of `data` at `offset`.
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// Why a device can't be put on a bus.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
+    /// The range (base, len) overlaps a device already there.
     #[error("bus range {base:#x}+{len:#x} overlaps an existing device")]
-    Overlap { base: u64, len: u64 },
+    Overlap {
+        /// Start of the range.
+        base: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A range of length 0 (at this base).
     #[error("empty bus range at {0:#x}")]
     Empty(u64),
 }
 
 type Entry = (u64, Arc<Mutex<dyn BusDevice>>);
 
+/// Address ranges, each with its device.
 #[derive(Default)]
 pub struct Bus {
     /// base -> (len, device)
@@ -33,11 +44,25 @@ pub struct Bus {
     unmapped: WarnLatch,
 }
 
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Devices are `dyn BusDevice`: their ranges say what the bus holds.
+        let ranges: Vec<_> = self
+            .devices
+            .iter()
+            .map(|(base, (len, _))| *base..base + len)
+            .collect();
+        f.debug_struct("Bus").field("ranges", &ranges).finish()
+    }
+}
+
 impl Bus {
+    /// An empty bus.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Puts `device` at `base..base + len`.
     pub fn insert(
         &mut self,
         device: Arc<Mutex<dyn BusDevice>>,
@@ -86,6 +111,7 @@ impl Bus {
         }
     }
 
+    /// Returns false if nothing is mapped at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, dev)) => {

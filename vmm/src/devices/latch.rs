@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub struct WarnLatch(AtomicU32);
 
 impl WarnLatch {
+    /// Nothing warned about yet.
     pub const fn new() -> Self {
         Self(AtomicU32::new(0))
     }

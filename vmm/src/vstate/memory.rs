@@ -17,19 +17,32 @@ use crate::devices::virtio::GuestMemory;
 
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Why guest memory could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// mmap of a region.
     #[error("mapping {size} bytes of guest memory: {source}")]
-    Mmap { size: u64, source: std::io::Error },
+    Mmap {
+        /// The region's bytes.
+        size: u64,
+        /// mmap's error.
+        source: std::io::Error,
+    },
+    /// Handing a mapping to vm-memory.
     #[error("registering guest memory with vm-memory: {0}")]
     Region(#[source] vm_memory::mmap::MmapRegionError),
+    /// More bytes than a host address holds.
     #[error("guest memory size {0} does not fit the host address space")]
     TooBig(u64),
+    /// vm-memory refused the regions.
     #[error("building guest memory: {0}")]
     Collection(String),
+    /// madvise on a region.
     #[error("madvise({advice}) on guest memory: {source}")]
     Madvise {
+        /// Which advice (MADV_*).
         advice: &'static str,
+        /// madvise's error.
         source: std::io::Error,
     },
 }
@@ -164,6 +177,8 @@ impl NewBitmap for RegionOwner {
     }
 }
 
+/// Guest RAM of `mem_bytes` laid out around the 32-bit hole (see `arch::x86_64::layout`), each
+/// region mapped by us (see the module docs).
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemory, MemoryError> {
     let mut regions = Vec::new();
     for (start, size) in layout::ram_ranges(mem_bytes) {

@@ -19,20 +19,28 @@ use crate::devices::virtio::GuestMemory;
 use crate::exit::{ExitEvent, ExitSignal};
 use crate::metrics::{read_vcpu_stats, ExitKind, VmCounters};
 
+/// Why a vCPU could not be set up or started (the `u8` is its index).
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// Setting its CPUID.
     #[error("vCPU {0}: {1}")]
     Cpuid(u8, #[source] cpuid::CpuidError),
+    /// Setting its MSRs.
     #[error("vCPU {0}: {1}")]
     Msr(u8, #[source] msr::MsrError),
+    /// Setting its registers.
     #[error("vCPU {0}: {1}")]
     Regs(u8, #[source] regs::RegsError),
+    /// A KVM call (which one, its error).
     #[error("vCPU {0}: {1}: {2}")]
     Kvm(u8, &'static str, #[source] kvm_ioctls::Error),
+    /// KVM took fewer boot MSRs (taken, given) than we set.
     #[error("vCPU {0}: only {1} of {2} boot MSRs accepted")]
     MsrCount(u8, usize, usize),
+    /// The kick signal's handler.
     #[error("installing the vCPU kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// Its thread.
     #[error("spawning vCPU thread: {0}")]
     Spawn(#[source] std::io::Error),
 }
@@ -67,6 +75,8 @@ fn install_kick_handler() -> Result<(), VcpuError> {
     result.map_err(VcpuError::Signal)
 }
 
+/// One vCPU before its thread starts: its KVM fd and what its exits go to.
+#[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
     index: u8,
@@ -77,15 +87,24 @@ pub struct Vcpu {
     counters: Arc<VmCounters>,
 }
 
+/// What every vCPU shares: the buses its exits reach, the VM's exit signal, the stop flag and
+/// the counters.
+#[derive(Debug)]
 pub struct VcpuContext {
+    /// Port I/O bus.
     pub pio: Arc<Bus>,
+    /// MMIO bus.
     pub mmio: Arc<Bus>,
+    /// Where terminal events (reset, shutdown, errors) go.
     pub exit: Arc<ExitSignal>,
+    /// Set at teardown: the vCPU leaves its run loop.
     pub stop: Arc<AtomicBool>,
+    /// Exit counters.
     pub counters: Arc<VmCounters>,
 }
 
 impl Vcpu {
+    /// vCPU `index` on `fd`.
     pub fn new(fd: VcpuFd, index: u8, ctx: &VcpuContext) -> Self {
         Self {
             fd,
@@ -132,6 +151,7 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Runs the vCPU on its own thread until the VM stops.
     pub fn start(self) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
@@ -269,6 +289,8 @@ impl Vcpu {
     }
 }
 
+/// A running vCPU's thread.
+#[derive(Debug)]
 pub struct VcpuHandle {
     thread: JoinHandle<()>,
 }
@@ -281,10 +303,12 @@ impl VcpuHandle {
         }
     }
 
+    /// Whether the thread returned.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
     }
 
+    /// Waits for the thread.
     pub fn join(self) {
         let _ = self.thread.join();
     }

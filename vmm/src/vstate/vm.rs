@@ -12,18 +12,25 @@ use crate::arch::x86_64::cpuid::KvmCaps;
 use crate::arch::x86_64::layout;
 use crate::devices::virtio::GuestMemory;
 
+/// Why the KVM VM could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// /dev/kvm can't be opened.
     #[error("opening /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// An unexpected KVM API version.
     #[error("KVM API version {0}, expected 12")]
     ApiVersion(i32),
+    /// A capability vpod needs is missing.
     #[error("KVM lacks a required capability: {0}")]
     MissingCap(&'static str),
+    /// A KVM call (which one, its error).
     #[error("{0}: {1}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
 }
 
+/// The KVM VM and what KVM told us about the host.
+#[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
     fd: VmFd,
@@ -32,6 +39,8 @@ pub struct Vm {
 }
 
 impl Vm {
+    /// Opens KVM, checks its version and capabilities, and creates the VM with its in-kernel
+    /// irqchip and PIT.
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
@@ -79,18 +88,22 @@ impl Vm {
         })
     }
 
+    /// The VM's fd.
     pub fn fd(&self) -> &VmFd {
         &self.fd
     }
 
+    /// The /dev/kvm handle.
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
     }
 
+    /// Optional KVM capabilities found.
     pub fn caps(&self) -> KvmCaps {
         self.caps
     }
 
+    /// CPUID entries KVM supports on this host.
     pub fn supported_cpuid(&self) -> &CpuId {
         &self.supported_cpuid
     }
@@ -119,6 +132,7 @@ impl Vm {
         Ok(())
     }
 
+    /// Makes a write to `evt` raise `gsi`.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd
             .register_irqfd(evt, gsi)
@@ -137,6 +151,7 @@ impl Vm {
             .map_err(|e| VmError::Kvm("KVM_IOEVENTFD", e))
     }
 
+    /// Creates vCPU `id`.
     pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, VmError> {
         self.fd
             .create_vcpu(u64::from(id))

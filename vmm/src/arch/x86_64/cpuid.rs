@@ -5,15 +5,21 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
+/// The host CPU's vendor (some leaves differ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vendor {
+    /// GenuineIntel.
     Intel,
+    /// AuthenticAMD (or HygonGenuine).
     Amd,
+    /// Anyone else.
     Other,
 }
 
+/// Why the guest's CPUID could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
+    /// The CPUID list is full.
     #[error("adding a CPUID leaf: {0:?}")]
     Push(vmm_sys_util::fam::Error),
 }

@@ -14,40 +14,55 @@
 //! 0x1_0000_0000 rest of RAM when the guest has more than 3 GiB
 //! ```
 
+/// The boot GDT.
 pub const GDT_START: u64 = 0x500;
+/// The (empty) boot IDT, right after the GDT.
 pub const IDT_START: u64 = 0x520;
+/// `hvm_start_info`, what the PVH entry point gets in %rbx.
 pub const PVH_INFO_START: u64 = 0x6000;
+/// The initrd's `hvm_modlist_entry`.
 pub const MODLIST_START: u64 = 0x6040;
+/// The E820-style memory map (`hvm_memmap_table_entry[]`).
 pub const MEMMAP_START: u64 = 0x7000;
 /// Room for the memory map entries before the next structure.
 pub const MEMMAP_MAX_ENTRIES: usize = 8;
+/// The kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
 /// x86 COMMAND_LINE_SIZE.
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// End of the conventional memory the kernel may use below 640 KiB (EBDA above it).
 pub const EBDA_START: u64 = 0x9fc00;
+/// Start of RAM above the legacy hole.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
 /// Start of the 32-bit device hole; RAM above it is relocated to 4 GiB.
 pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
+/// Where RAM above the 32-bit hole goes.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 
+/// The virtio-mmio window's base.
 pub const MMIO_WINDOW_START: u64 = 0xd000_0000;
+/// One device's window (virtio-mmio registers and config space).
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
 
 /// IOAPIC pins we hand to virtio devices: 5-7 and 9-23 (0 PIT, 1 i8042, 4 serial, 8 RTC stay legacy).
 pub const VIRTIO_IRQS: [u32; 18] = [
     5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
 ];
+/// How many virtio-mmio devices fit (one IRQ each).
 pub const VIRTIO_MMIO_SLOTS: usize = VIRTIO_IRQS.len();
 
+/// KVM's identity-map page (KVM_SET_IDENTITY_MAP_ADDR).
 pub const KVM_IDENTITY_MAP_START: u64 = 0xfffb_c000;
+/// KVM's TSS pages (KVM_SET_TSS_ADDR), right after the identity map.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 
+/// Largest guest RAM we lay out.
 pub const MAX_GUEST_MEM: u64 = 256 << 30;
 
 /// Serial port (COM1) and its legacy IRQ.
 pub const SERIAL_PORT: u16 = 0x3f8;
+/// COM1's IRQ.
 pub const SERIAL_IRQ: u32 = 4;
 /// i8042 controller data/command ports 0x60..0x64.
 pub const I8042_PORT: u16 = 0x60;

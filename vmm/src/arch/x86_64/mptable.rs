@@ -8,6 +8,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::layout::EBDA_START;
 use crate::devices::virtio::GuestMemory;
 
+/// Where the MP floating pointer and table go (the EBDA).
 pub const MPTABLE_START: u64 = EBDA_START;
 const APIC_DEFAULT_PHYS_BASE: u32 = 0xfee0_0000;
 const IO_APIC_DEFAULT_PHYS_BASE: u32 = 0xfec0_0000;
@@ -32,10 +33,13 @@ const MP_IRQ_INT: u8 = 0;
 const MP_IRQ_NMI: u8 = 1;
 const MP_IRQ_EXTINT: u8 = 3;
 
+/// Why the MP table could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum MptableError {
+    /// More vCPUs than APIC ids we hand out.
     #[error("{0} vCPUs don't fit in an MP table (max 254)")]
     TooManyCpus(u8),
+    /// Writing it into guest memory.
     #[error("writing the MP table: {0}")]
     Write(vm_memory::GuestMemoryError),
 }
@@ -114,6 +118,8 @@ pub fn build(num_cpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
     Ok(out)
 }
 
+/// Writes an MP table for `num_cpus` vCPUs (their APICs, the IOAPIC, ISA interrupts) at
+/// [`MPTABLE_START`].
 pub fn setup(mem: &GuestMemory, num_cpus: u8) -> Result<(), MptableError> {
     let bytes = build(num_cpus, MPTABLE_START)?;
     mem.write_slice(&bytes, GuestAddress(MPTABLE_START))

@@ -19,12 +19,15 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 const MTRR_ENABLE: u64 = 1 << 11;
 const MTRR_MEM_TYPE_WB: u64 = 6;
 
+/// Why the boot MSR list could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum MsrError {
+    /// The list is full.
     #[error("building the MSR list: {0:?}")]
     Fam(vmm_sys_util::fam::Error),
 }
 
+/// The MSRs every vCPU starts with (syscall MSRs cleared, fast strings, write-back MTRR default).
 pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     let e = |index, data| kvm_msr_entry {
         index,
@@ -46,6 +49,7 @@ pub fn boot_msr_entries() -> Vec<kvm_msr_entry> {
     ]
 }
 
+/// [`boot_msr_entries`] as KVM takes them.
 pub fn boot_msrs() -> Result<Msrs, MsrError> {
     Msrs::from_entries(&boot_msr_entries()).map_err(MsrError::Fam)
 }

@@ -21,20 +21,33 @@ const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
 const E820_RAM: u32 = 1;
 const PAGE_SIZE: u64 = 4096;
 
+/// Why the kernel, initrd or boot structures could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// The kernel file (path, error).
     #[error("opening kernel {0}: {1}")]
     OpenKernel(String, #[source] std::io::Error),
+    /// The kernel is not an ELF vmlinux with a PVH entry note.
     #[error("not a PVH vmlinux: {0}")]
     NotPvh(String),
+    /// The initrd file (path, error).
     #[error("opening initrd {0}: {1}")]
     OpenInitrd(String, #[source] std::io::Error),
+    /// The initrd doesn't fit between the kernel and the end of low RAM.
     #[error("initrd of {size} bytes does not fit in guest memory above the kernel (ends at {kernel_end:#x}); give the VM more memory")]
-    InitrdTooBig { size: u64, kernel_end: u64 },
+    InitrdTooBig {
+        /// The initrd's bytes.
+        size: u64,
+        /// Where the kernel ends.
+        kernel_end: u64,
+    },
+    /// Reading the initrd into guest memory.
     #[error("loading initrd: {0}")]
     LoadInitrd(String),
+    /// Writing the command line.
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    /// Writing hvm_start_info, the modlist or the memory map.
     #[error("writing PVH boot parameters: {0}")]
     BootParams(String),
 }
@@ -42,7 +55,9 @@ pub enum BootError {
 /// Where the kernel will start.
 #[derive(Debug, Clone, Copy)]
 pub struct BootInfo {
+    /// The kernel's PVH entry point.
     pub entry: GuestAddress,
+    /// Where `hvm_start_info` is (the entry point's %rbx).
     pub start_info: GuestAddress,
 }
 

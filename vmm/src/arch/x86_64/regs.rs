@@ -8,10 +8,13 @@ use vm_memory::{Bytes, GuestAddress};
 use super::layout::{GDT_START, IDT_START};
 use crate::devices::virtio::GuestMemory;
 
+/// Why a vCPU's boot registers could not be set.
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
+    /// Writing the GDT into guest memory.
     #[error("writing the GDT to guest memory: {0}")]
     Gdt(vm_memory::GuestMemoryError),
+    /// A KVM call (which one, its error).
     #[error("{0}: {1}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
 }
@@ -34,6 +37,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit as u64 & 0x0000_ffff)
 }
 
+/// The boot GDT: null, flat 32-bit code, flat data, TSS.
 pub fn boot_gdt() -> [u64; 4] {
     [
         gdt_entry(0, 0, 0),
@@ -103,6 +107,8 @@ pub fn pvh_sregs(mem: &GuestMemory, mut sregs: kvm_sregs) -> Result<kvm_sregs, R
     Ok(sregs)
 }
 
+/// Sets the vCPU's segment and control registers for the PVH entry (32-bit protected mode,
+/// paging off) and writes the GDT.
 pub fn setup_sregs(vcpu: &VcpuFd, mem: &GuestMemory) -> Result<(), RegsError> {
     let sregs = vcpu
         .get_sregs()
@@ -112,6 +118,7 @@ pub fn setup_sregs(vcpu: &VcpuFd, mem: &GuestMemory) -> Result<(), RegsError> {
         .map_err(|e| RegsError::Kvm("KVM_SET_SREGS", e))
 }
 
+/// The general registers at the PVH entry: %rip at `entry`, %rbx at `start_info`.
 pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
     kvm_regs {
         rflags: EFLAGS_RESERVED,
@@ -121,11 +128,13 @@ pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
     }
 }
 
+/// Sets [`pvh_regs`] on the vCPU.
 pub fn setup_regs(vcpu: &VcpuFd, entry: u64, start_info: u64) -> Result<(), RegsError> {
     vcpu.set_regs(&pvh_regs(entry, start_info))
         .map_err(|e| RegsError::Kvm("KVM_SET_REGS", e))
 }
 
+/// Sets the FPU's initial control words.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let fpu = kvm_fpu {
         fcw: 0x37f,

@@ -28,16 +28,29 @@ pub enum RingError {
     #[error(
         "avail.idx {avail} is {ahead} entries ahead of the device's {next} (queue size {size})"
     )]
+    /// avail.idx claims more new chains than the queue has entries.
     AvailIdx {
+        /// avail.idx as the driver wrote it.
         avail: u16,
+        /// The device's next avail index.
         next: u16,
+        /// How far ahead that is.
         ahead: u16,
+        /// The queue's size.
         size: u16,
     },
+    /// The avail ring can't be read.
     #[error("reading the avail ring: {0}")]
     Read(String),
+    /// A head index outside the descriptor table.
     #[error("avail ring entry names descriptor {head}, outside the queue (size {size})")]
-    Head { head: u16, size: u16 },
+    Head {
+        /// The head the driver made available.
+        head: u16,
+        /// The queue's size.
+        size: u16,
+    },
+    /// The used ring can't be written.
     #[error("updating the used ring: {0}")]
     Used(String),
 }
@@ -135,6 +148,7 @@ impl Budget {
         true
     }
 
+    /// Whether nothing is left.
     pub fn spent(&self) -> bool {
         self.0 == 0
     }

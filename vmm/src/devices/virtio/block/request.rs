@@ -26,50 +26,79 @@ struct RequestHeader {
 // SAFETY: plain old data with no padding (4 + 4 + 8 bytes).
 unsafe impl ByteValued for RequestHeader {}
 
+/// What a request asks for (the header's `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestType {
+    /// VIRTIO_BLK_T_IN: read sectors into the guest's buffers.
     In,
+    /// VIRTIO_BLK_T_OUT: write the guest's buffers to sectors.
     Out,
+    /// VIRTIO_BLK_T_FLUSH: make earlier writes durable.
     Flush,
+    /// VIRTIO_BLK_T_GET_ID: the disk's id string.
     GetId,
+    /// Any other type (answered VIRTIO_BLK_S_UNSUPP).
     Unsupported(u32),
 }
 
+/// Why one request fails (the device answers it with [`RequestError::status`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
+    /// A chain without descriptors.
     #[error("empty descriptor chain")]
     Empty,
+    /// More descriptors than the queue has, or a loop.
     #[error("descriptor chain longer than the queue or looping")]
     ChainTooLong,
+    /// Header only: nowhere to put the status.
     #[error("chain has no separate status descriptor")]
     TooShort,
+    /// The header must be device-readable.
     #[error("header descriptor is device-writable")]
     HeaderWriteOnly,
+    /// The header's length (it must be 16).
     #[error("header descriptor is {0} bytes, expected 16")]
     HeaderLen(u32),
+    /// The status descriptor can't take the status byte.
     #[error("status descriptor is not a device-writable byte in guest memory")]
     BadStatus,
+    /// A descriptor's buffer is not all in guest memory.
     #[error("descriptor {addr:#x}+{len} is outside guest memory")]
-    OutOfMemory { addr: u64, len: u32 },
+    OutOfMemory {
+        /// The descriptor's address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// A data buffer the device would have to read for IN or write for OUT.
     #[error("data descriptor has the wrong direction for this request")]
     WrongDirection,
+    /// Data length in bytes, not a whole number of sectors.
     #[error("data length {0} is not a multiple of 512")]
     Unaligned(u64),
+    /// The sectors run past the end of the disk.
     #[error("sectors {sector}+{count} are beyond the disk's {capacity}")]
     OutOfRange {
+        /// First sector asked for.
         sector: u64,
+        /// Sectors asked for.
         count: u64,
+        /// The disk's sectors.
         capacity: u64,
     },
+    /// OUT on a read-only disk.
     #[error("write to a read-only disk")]
     ReadOnly,
+    /// The host file failed.
     #[error("disk I/O: {0}")]
     Io(String),
+    /// A request type we don't implement.
     #[error("unsupported request type {0}")]
     Unsupported(u32),
 }
 
 impl RequestError {
+    /// The status byte the guest gets for this error.
     pub fn status(&self) -> u8 {
         match self {
             RequestError::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
@@ -78,11 +107,16 @@ impl RequestError {
     }
 }
 
+/// A validated request: what to do, where its data is, where its status goes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
+    /// What the request asks for.
     pub kind: RequestType,
+    /// First sector.
     pub sector: u64,
+    /// The data buffers (guest address, length), in chain order.
     pub data: Vec<(GuestAddress, u32)>,
+    /// Where the status byte goes.
     pub status: GuestAddress,
 }
 
@@ -227,4 +261,5 @@ impl Request {
     }
 }
 
+/// The status byte of a request that succeeded.
 pub const STATUS_OK: u8 = VIRTIO_BLK_S_OK as u8;

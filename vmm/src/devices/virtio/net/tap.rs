@@ -7,14 +7,19 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
-use vmm_sys_util::ioctl_iow_nr;
 
 use super::VNET_HDR_LEN;
 
-const TUNTAP: u32 = b'T' as u32;
-ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, ::std::os::raw::c_int);
-ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, ::std::os::raw::c_uint);
-ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, ::std::os::raw::c_int);
+/// The tun driver's ioctl numbers (linux/if_tun.h).
+mod ioctls {
+    use vmm_sys_util::ioctl_iow_nr;
+
+    const TUNTAP: u32 = b'T' as u32;
+    ioctl_iow_nr!(TUNSETIFF, TUNTAP, 202, ::std::os::raw::c_int);
+    ioctl_iow_nr!(TUNSETOFFLOAD, TUNTAP, 208, ::std::os::raw::c_uint);
+    ioctl_iow_nr!(TUNSETVNETHDRSZ, TUNTAP, 216, ::std::os::raw::c_int);
+}
+use ioctls::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
@@ -22,7 +27,9 @@ const IFF_VNET_HDR: i16 = 0x4000;
 
 /// TUNSETOFFLOAD flags: what the reader of the tap (we, for the guest) can take.
 pub const TUN_F_CSUM: u32 = 0x01;
+/// The kernel may hand us TCPv4 segmentation-offload frames.
 pub const TUN_F_TSO4: u32 = 0x02;
+/// The kernel may hand us TCPv6 segmentation-offload frames.
 pub const TUN_F_TSO6: u32 = 0x04;
 
 const IFNAMSIZ: usize = 16;
@@ -35,33 +42,47 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
+/// Why a tap can't be opened or set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    /// Not a name Linux takes for an interface.
     #[error("invalid tap name {0:?} (1-15 bytes, no '/', ':', NUL or whitespace)")]
     InvalidName(String),
+    /// Opening the tun control device.
     #[error("opening /dev/net/tun: {0}")]
     OpenTun(#[source] io::Error),
+    /// Creating or attaching to the interface.
     #[error("TUNSETIFF {name}: {source}")]
     SetIff {
+        /// The interface.
         name: String,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
+    /// Setting the virtio-net header size.
     #[error("TUNSETVNETHDRSZ on {name}: {source}")]
     SetVnetHdrSize {
+        /// The interface.
         name: String,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
+    /// Setting the offloads.
     #[error("TUNSETOFFLOAD {flags:#x} on {name}: {source}")]
     SetOffload {
+        /// The interface.
         name: String,
+        /// The TUN_F_* flags asked for.
         flags: u32,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
 }
 
+/// An open tap interface (non-blocking), frames prefixed with a virtio-net header.
 #[derive(Debug)]
 pub struct Tap {
     file: File,
@@ -123,6 +144,7 @@ impl Tap {
         Ok(tap)
     }
 
+    /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -7,20 +7,30 @@
 
 use virtio_vsock::packet::VsockPacket;
 
-/// virtio-vsock protocol constants (virtio spec 5.10.6, `linux/virtio_vsock.h`).
+/// virtio-vsock protocol constants (virtio spec 5.10.6, `linux/virtio_vsock.h`): the stream
+/// socket type.
 pub const VSOCK_TYPE_STREAM: u16 = 1;
 
+/// Operation: open a connection.
 pub const VSOCK_OP_REQUEST: u16 = 1;
+/// Accept a connection.
 pub const VSOCK_OP_RESPONSE: u16 = 2;
+/// Refuse or tear down a connection.
 pub const VSOCK_OP_RST: u16 = 3;
+/// Stop receiving and/or sending (see the SHUTDOWN flags).
 pub const VSOCK_OP_SHUTDOWN: u16 = 4;
+/// Payload.
 pub const VSOCK_OP_RW: u16 = 5;
+/// The sender's buffer space (`buf_alloc`, `fwd_cnt`).
 pub const VSOCK_OP_CREDIT_UPDATE: u16 = 6;
+/// Asks the peer for a CREDIT_UPDATE.
 pub const VSOCK_OP_CREDIT_REQUEST: u16 = 7;
 
-/// SHUTDOWN flags: the sender will receive / send no more data.
+/// SHUTDOWN flag: the sender will receive no more data.
 pub const VSOCK_FLAGS_SHUTDOWN_RCV: u32 = 1;
+/// SHUTDOWN flag: the sender will send no more data.
 pub const VSOCK_FLAGS_SHUTDOWN_SEND: u32 = 2;
+/// Both SHUTDOWN flags.
 pub const VSOCK_FLAGS_SHUTDOWN_BOTH: u32 = VSOCK_FLAGS_SHUTDOWN_RCV | VSOCK_FLAGS_SHUTDOWN_SEND;
 
 /// Well-known CID of the host.
@@ -34,15 +44,25 @@ pub use virtio_vsock::packet::PKT_HEADER_SIZE;
 /// An owned copy of a `virtio_vsock_hdr`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
+    /// Source CID.
     pub src_cid: u64,
+    /// Destination CID.
     pub dst_cid: u64,
+    /// Source port.
     pub src_port: u32,
+    /// Destination port.
     pub dst_port: u32,
+    /// Payload bytes.
     pub len: u32,
+    /// Socket type (only [`VSOCK_TYPE_STREAM`]).
     pub type_: u16,
+    /// One of VSOCK_OP_*.
     pub op: u16,
+    /// SHUTDOWN flags.
     pub flags: u32,
+    /// The sender's receive buffer size.
     pub buf_alloc: u32,
+    /// Bytes the sender has consumed from its receive buffer.
     pub fwd_cnt: u32,
 }
 
