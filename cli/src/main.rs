@@ -1,12 +1,14 @@
 //! `vpod`: the node-side command: `vpod image ...` over the image store of vpod-images, and
-//! pods: `vpod run` (one-shot or `-d`), `ps`, `exec`, `logs`, `stop`, `rm`.
-//! (The CRI server, `vpod serve`, grows here later.)
+//! pods: `vpod run` (one-shot or `-d`), `ps`, `exec`, `logs`, `stop`, `rm`, each pod driven
+//! through `vpod_sandbox`'s pod front.
 
+mod args;
 mod logfile;
 mod pods;
 mod quantity;
 mod record;
 mod run;
+mod stdio;
 mod term;
 
 use std::io::{IsTerminal, Read};
@@ -39,7 +41,7 @@ enum Cmd {
     #[command(subcommand)]
     Image(ImageCmd),
     /// Run a container in a new pod (its own microVM).
-    Run(Box<run::RunArgs>),
+    Run(Box<args::RunArgs>),
     /// List pods (running ones; -a for all).
     Ps {
         #[arg(short, long)]

@@ -6,14 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::mpsc;
-use vpod_agent_api::pb::{
-    exec_input, exec_output, ExecInput, ExecResize, ExecStart, Process, StopContainerRequest,
-};
-use vpod_agent_api::AGENT_VSOCK_PORT;
+use vpod_agent_api::pb::Process;
+use vpod_sandbox::PodAgent;
 
-use crate::record::{Record, Supervisor};
-use crate::run::{unix_now, CONTAINER_ID, DEFAULT_STOP_GRACE};
+use crate::record::{unix_now, Record, Supervisor};
+use crate::run::{CONTAINER_ID, DEFAULT_STOP_GRACE};
+use crate::stdio::{forward_stdin, Ours, Sink};
 use crate::term;
 
 /// How long `stop`/`rm -f` wait for a supervisor to finish after the
@@ -90,20 +88,13 @@ pub async fn stop(run_dir: &Path, id: &str, grace: Duration) -> Result<u8, Strin
         println!("{id}");
         return Ok(0);
     };
-    let mut agent = vpod_agent_api::connect(&rec.vsock(), AGENT_VSOCK_PORT)
+    let agent = PodAgent::connect(id, &rec.vsock())
         .await
-        .map_err(|e| format!("pod {id}: reach its agent: {e}"))?;
-    // StopContainer lasts the grace period: its deadline is that plus a call's.
-    let deadline = grace + vpod_agent_api::call_timeout();
-    let stop = agent.stop_container(StopContainerRequest {
-        id: CONTAINER_ID.into(),
-        grace_period_ms: grace.as_millis().min(u32::MAX as u128) as u32,
-        signal: 0,
-    });
-    tokio::time::timeout(deadline, stop)
+        .map_err(|e| e.to_string())?;
+    agent
+        .stop_container(CONTAINER_ID, grace)
         .await
-        .map_err(|_| format!("pod {id}: stop: the agent did not answer within {deadline:?}"))?
-        .map_err(|s| format!("pod {id}: stop: {}", s.message()))?;
+        .map_err(|e| e.to_string())?;
     sup.wait_gone(SUPERVISOR_EXIT_WAIT).await;
     println!("{id}");
     Ok(0)
@@ -145,102 +136,45 @@ pub async fn exec(
         return Err("exec: no command".into());
     }
     let (rec, _) = running(run_dir, id)?;
-    let mut agent = vpod_agent_api::connect(&rec.vsock(), AGENT_VSOCK_PORT)
+    let agent = PodAgent::connect(id, &rec.vsock())
         .await
-        .map_err(|e| format!("pod {id}: reach its agent: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let (rows, cols) = if tty {
         term::size().unwrap_or((24, 80))
     } else {
         (0, 0)
     };
-    let (tx, rx) = mpsc::channel::<ExecInput>(16);
-    let start = ExecInput {
-        input: Some(exec_input::Input::Start(ExecStart {
-            container_id: CONTAINER_ID.into(),
-            process: Some(Process {
-                args: command,
-                tty,
-                stdin: interactive,
-                tty_rows: rows,
-                tty_cols: cols,
-                ..Default::default()
-            }),
-        })),
+    let process = Process {
+        args: command,
+        tty,
+        stdin: interactive,
+        tty_rows: rows,
+        tty_cols: cols,
+        ..Default::default()
     };
-    tx.send(start).await.map_err(|e| e.to_string())?;
-    let mut out = agent
-        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let exec = agent
+        .exec(CONTAINER_ID, process)
         .await
-        .map_err(|s| format!("pod {id}: exec: {}", s.message()))?
-        .into_inner();
+        .map_err(|e| e.to_string())?;
     let _raw = tty.then(term::RawMode::enter);
     if interactive {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                match std::io::Read::read(&mut stdin, &mut buf) {
-                    Ok(0) | Err(_) => {
-                        let _ = tx.blocking_send(ExecInput {
-                            input: Some(exec_input::Input::CloseStdin(true)),
-                        });
-                        return;
-                    }
-                    Ok(n) => {
-                        let msg = ExecInput {
-                            input: Some(exec_input::Input::Stdin(buf[..n].to_vec())),
-                        };
-                        if tx.blocking_send(msg).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        forward_stdin(exec.stdin());
     }
     if tty {
-        let tx = tx.clone();
+        let control = exec.control();
         tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut winch) = signal(SignalKind::window_change()) else {
-                return;
-            };
-            while winch.recv().await.is_some() {
-                if let Some((rows, cols)) = term::size() {
-                    let msg = ExecInput {
-                        input: Some(exec_input::Input::Resize(ExecResize { rows, cols })),
-                    };
-                    if tx.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            }
+            term::forward_resizes(|rows, cols| {
+                let control = control.clone();
+                async move { control.resize(rows, cols).await }
+            })
+            .await
         });
     }
-    // Keep the input stream open while the process runs.
-    let _keep = tx;
-    let mut code = 255u8;
-    while let Some(msg) = out
-        .message()
+    let stdout = Sink::new(None, Some(Ours::Stdout));
+    let stderr = Sink::new(None, Some(Ours::Stderr));
+    let exit = exec
+        .copy_to(Some(stdout), Some(stderr))
         .await
-        .map_err(|s| format!("pod {id}: exec: {}", s.message()))?
-    {
-        match msg.output {
-            Some(exec_output::Output::Stdout(b)) => {
-                let mut o = std::io::stdout().lock();
-                let _ = o.write_all(&b);
-                let _ = o.flush();
-            }
-            Some(exec_output::Output::Stderr(b)) => {
-                let _ = std::io::stderr().lock().write_all(&b);
-            }
-            Some(exec_output::Output::Exit(e)) => {
-                code = e.exit_code.clamp(0, 255) as u8;
-                break;
-            }
-            None => {}
-        }
-    }
-    Ok(code)
+        .map_err(|e| e.to_string())?;
+    Ok(exit.map_or(255, |e| e.exit_code.clamp(0, 255) as u8))
 }

@@ -17,12 +17,12 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use vpod_agent_api::pb::ExitStatus;
 
-use crate::run::{unix_now, RunArgs};
+use crate::args::RunArgs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -41,6 +41,13 @@ pub enum RecordError {
         path: PathBuf,
         source: serde_json::Error,
     },
+}
+
+/// Seconds since the Unix epoch: when a record was made, when its container ended.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

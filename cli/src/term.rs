@@ -49,3 +49,21 @@ pub fn size() -> Option<(u32, u32)> {
     let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row as u32, ws.ws_col as u32))
 }
+
+/// Hands `resize` the terminal's size each time it changes (SIGWINCH), for as long as the task
+/// runs. A failed resize is not fatal: the next change tries again.
+pub async fn forward_resizes<F, R, E>(mut resize: F)
+where
+    F: FnMut(u32, u32) -> R,
+    R: std::future::Future<Output = Result<(), E>>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut winch) = signal(SignalKind::window_change()) else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        if let Some((rows, cols)) = size() {
+            let _ = resize(rows, cols).await;
+        }
+    }
+}

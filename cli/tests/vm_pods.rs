@@ -8,9 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vpod_agent_api::pb::{ContainerRef, CreateContainerRequest, MountKind, Process};
+use vpod_agent_api::pb::{CreateContainerRequest, MountKind, Process};
 use vpod_images::{FsType, Store};
-use vpod_sandbox::{ImageDisk, Pod, PodConfig};
+use vpod_sandbox::{ImageDisk, Output as ContainerOutput, OutputEvent, Pod, PodConfig};
 
 use vpod_test_support as common;
 
@@ -466,19 +466,18 @@ fn container(id: &str, serial: &str, args: &[&str]) -> CreateContainerRequest {
 
 fn pod_config(env: &Env, images: Vec<ImageDisk>, slots: usize) -> PodConfig {
     PodConfig {
-        id: "lib-pod".into(),
-        dir: env.dir.join("pod"),
-        ephemeral_dir: None,
-        kernel: guest_file("vmlinux"),
-        initrd: guest_file("initramfs.cpio"),
         vcpus: 1,
         mem_mib: 256,
         ephemeral_bytes: 64 << 20,
         images,
         spare_slots: slots,
-        hostname: "lib-pod".into(),
         boot_timeout: Duration::from_secs(240),
-        net: None,
+        ..PodConfig::new(
+            "lib-pod",
+            env.dir.join("pod"),
+            guest_file("vmlinux"),
+            guest_file("initramfs.cpio"),
+        )
     }
 }
 
@@ -491,22 +490,16 @@ async fn boot_with_image(env: &Env, disk: PathBuf) -> Pod {
     Pod::boot(pod_config(env, images, 0)).await.unwrap()
 }
 
-type Output_ = tonic::Streaming<vpod_agent_api::pb::OutputChunk>;
-
 /// The container's output stream (attach before start: nothing is lost).
-async fn attach(pod: &Pod, id: &str) -> Output_ {
-    pod.agent()
-        .attach(ContainerRef { id: id.into() })
-        .await
-        .unwrap()
-        .into_inner()
+async fn attach(pod: &Pod, id: &str) -> ContainerOutput {
+    pod.attach(id).await.unwrap()
 }
 
 /// All of an attached container's output, once it has exited.
-async fn drain(mut out: Output_) -> String {
+async fn drain(mut out: ContainerOutput) -> String {
     let mut text = Vec::new();
-    while let Ok(Some(c)) = out.message().await {
-        text.extend(c.data);
+    while let Ok(Some(OutputEvent::Stdout(data) | OutputEvent::Stderr(data))) = out.next().await {
+        text.extend(data);
     }
     String::from_utf8_lossy(&text).into_owned()
 }
@@ -677,13 +670,8 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("spec.volumes[].hostPath"), "{e}");
-        let listed = pod
-            .agent()
-            .list_containers(vpod_agent_api::pb::ListContainersRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(listed.containers.is_empty());
+        let listed = pod.list_containers().await.unwrap();
+        assert!(listed.is_empty());
 
         let spec = kubelet_spec(&kubelet, "");
         pod.create_container_oci("web", &spec, "img0", &classifier, false)
@@ -704,12 +692,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
-        let stats = pod
-            .agent()
-            .container_stats(ContainerRef { id: "web".into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let stats = pod.container_stats("web").await.unwrap();
         assert!(stats.cpu_usage_ns > 0, "{stats:?}");
         pod.shutdown(Duration::from_secs(30)).await;
     });
@@ -740,14 +723,7 @@ fn seccomp_privileged_tty_resize_and_stop_after_grace() {
         pod.create_container(c).await.unwrap();
         let out = attach(&pod, "tty").await;
         pod.start_container("tty").await.unwrap();
-        pod.agent()
-            .resize_tty(vpod_agent_api::pb::ResizeTtyRequest {
-                id: "tty".into(),
-                rows: 50,
-                cols: 132,
-            })
-            .await
-            .unwrap();
+        pod.resize_tty("tty", 50, 132).await.unwrap();
         let text = drain(out).await;
         assert!(text.contains("50 132"), "{text}");
         assert!(text.contains("/dev/pts/"), "{text}");

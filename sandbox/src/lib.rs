@@ -1,7 +1,8 @@
 //! vpod pod sandboxes, host side.
 //!
-//! - [`policy`]: what a pod's OCI specs (as containerd or vpod's CRI server hands them) may ask
-//!   for; host namespaces and hostPath volumes are refused with the field to change.
+//! - [`policy`]: what a pod's OCI specs (as containerd hands them, or `vpod run` makes them from
+//!   its flags) may ask for; host namespaces and hostPath volumes are refused with the field to
+//!   change.
 //! - [`mounts`]: how each mount reaches the guest, read from kubelet's path layout.
 //! - [`sizing`]: the pod VM's vCPUs and memory from its containers' limits.
 //! - [`pod`]: a booted pod: its microVM (in-process), state directory and the front of its

@@ -1,6 +1,7 @@
-//! A container's OCI runtime spec (as containerd's CRI plugin writes it)
-//! turned into what the guest agent needs: the create request, and the host
-//! files to push as volumes. The policy check runs first, so a refused spec
+//! A container's OCI runtime spec (as containerd's CRI plugin writes it, or
+//! `vpod run` makes it from its flags) turned into what the guest agent needs:
+//! the create request, and the host files to push as volumes. This is the one
+//! translation into the agent's request. The policy check runs first, so a refused spec
 //! (host namespaces, hostPath) never reaches the guest.
 //!
 //! What is approximated, and why:
