@@ -80,7 +80,7 @@ impl Pod {
     }
 
     /// A client of the pod's agent (cheap to clone; shares the connection).
-    // Only the shim still uses this; it moves to the front next.
+    // Only the shim still uses this (and the pod bench); it moves to the front next.
     #[doc(hidden)]
     pub fn agent(&self) -> AgentClient<AgentChannel> {
         self.agent.client()
@@ -89,15 +89,6 @@ impl Pod {
     /// The front of the pod's agent, to hand to a task that outlives a borrow of the pod.
     pub fn containers(&self) -> &PodAgent {
         &self.agent
-    }
-
-    /// An error of the agent's answer `status` to `what`, naming this pod.
-    pub fn agent_err(&self, what: &str, status: tonic::Status) -> PodError {
-        PodError::Agent {
-            id: self.id.clone(),
-            what: what.into(),
-            status,
-        }
     }
 
     /// Whether the VM has ended, and how.
