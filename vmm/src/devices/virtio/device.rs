@@ -272,32 +272,40 @@ impl Lifecycle {
         }
     }
 
-    /// Event loop, `init`: registers the activate eventfd under `token`. It stays registered
-    /// for the device's life (a reset signals it too).
-    pub fn register_activate_event(&self, ops: &mut EventOps, token: u32, device: &str) {
-        if let Err(e) = ops.add(Events::with_data(&self.activate_evt, token, EventSet::IN)) {
+    /// Event loop, `init`: registers the activate eventfd under `activate` (for the device's
+    /// life: a reset signals it too) and, if the device is already activated, its queue
+    /// eventfds, queue `i` under `queues[i]`. Returns whether it registered those (the caller
+    /// then registers its backend fds).
+    pub fn init_events(
+        &mut self,
+        ops: &mut EventOps,
+        activate: u32,
+        queues: &[u32],
+        device: &str,
+    ) -> bool {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.activate_evt,
+            activate,
+            EventSet::IN,
+        )) {
             tracing::error!("{device}: registering the activate eventfd: {e:?}");
         }
+        self.register_queue_events(ops, queues, device)
     }
 
-    /// Event loop, on the activate eventfd: consumes it and drops the queue eventfds a reset
-    /// retired from epoll.
-    pub fn on_activate_event(&mut self, ops: &mut EventOps) {
+    /// Event loop, on the activate eventfd: consumes it, drops the queue eventfds a reset
+    /// retired from epoll and registers the current activation's, as in
+    /// [`Lifecycle::init_events`]. Returns whether it registered them now.
+    pub fn on_activate_event(&mut self, ops: &mut EventOps, queues: &[u32], device: &str) -> bool {
         let _ = self.activate_evt.read();
         for evt in self.retired.drain(..) {
             let _ = ops.remove(Events::empty(&evt));
         }
+        self.register_queue_events(ops, queues, device)
     }
 
-    /// Event loop: registers the queue eventfds, queue `i` under `tokens[i]`, if the device is
-    /// activated and they aren't registered yet; returns whether it registered them now (the
-    /// caller then registers its backend fds).
-    pub fn register_queue_events(
-        &mut self,
-        ops: &mut EventOps,
-        tokens: &[u32],
-        device: &str,
-    ) -> bool {
+    /// Registers the queue eventfds if the device is activated and they aren't yet.
+    fn register_queue_events(&mut self, ops: &mut EventOps, tokens: &[u32], device: &str) -> bool {
         let Some(active) = self.state.active() else {
             return false;
         };
@@ -313,6 +321,21 @@ impl Lifecycle {
         true
     }
 }
+
+/// Implements [`VirtioDevice::lifecycle`] and [`VirtioDevice::lifecycle_mut`] over the device's
+/// `lifecycle` field (inside `impl VirtioDevice for ...`).
+macro_rules! lifecycle_field {
+    () => {
+        fn lifecycle(&self) -> &$crate::devices::virtio::device::Lifecycle {
+            &self.lifecycle
+        }
+
+        fn lifecycle_mut(&mut self) -> &mut $crate::devices::virtio::device::Lifecycle {
+            &mut self.lifecycle
+        }
+    };
+}
+pub(crate) use lifecycle_field;
 
 /// Event loop: an event whose token no source of the device was registered with.
 pub fn spurious_event(device: &str, token: u32) {

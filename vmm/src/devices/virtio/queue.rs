@@ -116,6 +116,26 @@ pub fn next_within<'a>(
     }
 }
 
+/// Returns chain `head` to the driver with `len` bytes written. False if the used ring can't be
+/// written: the device is then marked (see [`mark_broken`]) and stops using the queue.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    head: u16,
+    len: u32,
+    interrupt: &Interrupt,
+    device: &str,
+    name: &str,
+) -> bool {
+    match queue.add_used(mem, head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            mark_broken(interrupt, device, name, &RingError::Used(format!("{e:?}")));
+            false
+        }
+    }
+}
+
 /// Puts the device in DEVICE_NEEDS_RESET because of `err` on its queue `queue` (logged once: the
 /// device stops processing, so nothing more is logged until the driver resets it).
 pub fn mark_broken(interrupt: &Interrupt, device: &str, queue: &str, err: &RingError) {

@@ -13,9 +13,12 @@ use vm_memory::Bytes;
 use super::request::{Request, STATUS_OK};
 use super::{QUEUE_SIZE, SECTOR_SHIFT};
 use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, Lifecycle, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
+    lifecycle_field, ActivateContext, ActivateError, Lifecycle, VirtioDevice,
+    VIRTIO_MMIO_INT_CONFIG,
 };
-use crate::devices::virtio::queue::{mark_broken, pop_chain, resignal, Budget, RingError};
+use crate::devices::virtio::queue::{
+    add_used, mark_broken, pop_chain, resignal, Budget, RingError,
+};
 
 /// The request queue's index.
 pub(super) const REQUEST_QUEUE: usize = 0;
@@ -211,13 +214,7 @@ impl Block {
                         }
                     }
                 };
-                if let Err(e) = queue.add_used(mem, head, len) {
-                    mark_broken(
-                        &active.interrupt,
-                        "block",
-                        "request",
-                        &RingError::Used(format!("{e:?}")),
-                    );
+                if !add_used(queue, mem, head, len, &active.interrupt, "block", "request") {
                     break 'outer;
                 }
                 used_any = true;
@@ -265,13 +262,7 @@ impl VirtioDevice for Block {
         self.avail_features
     }
 
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-
-    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
-        &mut self.lifecycle
-    }
+    lifecycle_field!();
 
     fn config_space(&self) -> &[u8] {
         &self.config

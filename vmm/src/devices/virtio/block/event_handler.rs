@@ -11,37 +11,22 @@ const TOKEN_ACTIVATE: u32 = 0;
 /// The request queue's eventfd.
 const TOKEN_QUEUE: u32 = 1;
 
-impl Block {
-    /// Registers the queue eventfd once the device is activated (once per activation).
-    fn register_runtime_events(&mut self, ops: &mut EventOps) {
-        self.lifecycle
-            .register_queue_events(ops, &[TOKEN_QUEUE], "block");
-    }
-
-    fn process_activate_event(&mut self, ops: &mut EventOps) {
-        self.lifecycle.on_activate_event(ops);
-        self.register_runtime_events(ops);
-        // Requests may have been queued before we listened.
-        self.process_queue();
-    }
-}
-
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         self.lifecycle
-            .register_activate_event(ops, TOKEN_ACTIVATE, "block");
-        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
-        self.register_runtime_events(ops);
+            .init_events(ops, TOKEN_ACTIVATE, &[TOKEN_QUEUE], "block");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            TOKEN_ACTIVATE => self.process_activate_event(ops),
-            TOKEN_QUEUE => {
-                self.lifecycle.read_queue_event(REQUEST_QUEUE);
-                self.process_queue();
+            TOKEN_ACTIVATE => {
+                self.lifecycle
+                    .on_activate_event(ops, &[TOKEN_QUEUE], "block");
             }
-            token => spurious_event("block", token),
+            TOKEN_QUEUE => self.lifecycle.read_queue_event(REQUEST_QUEUE),
+            token => return spurious_event("block", token),
         }
+        // Requests may have been queued before we listened, or just now.
+        self.process_queue();
     }
 }

@@ -8,14 +8,15 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
-use virtio_queue::QueueT;
 
 use super::packet::{read_tx_chain, write_rx_chain, FrameError};
 use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::{NetError, VNET_HDR_LEN};
-use crate::devices::virtio::device::{ActivateContext, ActivateError, Lifecycle, VirtioDevice};
+use crate::devices::virtio::device::{
+    lifecycle_field, ActivateContext, ActivateError, Lifecycle, VirtioDevice,
+};
 use crate::devices::virtio::queue::{
-    mark_broken, next_within, pop_chain, resignal, Budget, RingError,
+    add_used, mark_broken, next_within, pop_chain, resignal, Budget,
 };
 
 /// The receive queue's index (frames to the guest).
@@ -215,13 +216,7 @@ impl Net {
                     0
                 }
             };
-            if let Err(e) = queue.add_used(mem, head, used_len) {
-                mark_broken(
-                    &active.interrupt,
-                    "net",
-                    "rx",
-                    &RingError::Used(format!("{e:?}")),
-                );
+            if !add_used(queue, mem, head, used_len, &active.interrupt, "net", "rx") {
                 break;
             }
             used = true;
@@ -271,13 +266,7 @@ impl Net {
                     self.stats.tx_dropped += 1;
                 }
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                mark_broken(
-                    &active.interrupt,
-                    "net",
-                    "tx",
-                    &RingError::Used(format!("{e:?}")),
-                );
+            if !add_used(queue, mem, head, 0, &active.interrupt, "net", "tx") {
                 break;
             }
             used = true;
@@ -301,13 +290,7 @@ impl VirtioDevice for Net {
         self.avail_features
     }
 
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-
-    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
-        &mut self.lifecycle
-    }
+    lifecycle_field!();
 
     fn config_space(&self) -> &[u8] {
         &self.config

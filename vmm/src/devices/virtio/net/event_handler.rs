@@ -14,26 +14,19 @@ const TOKEN_TXQ: u32 = 2;
 /// The tap (frames for the guest).
 const TOKEN_TAP: u32 = 3;
 
+/// The queue eventfds' tokens, in queue order.
+const QUEUE_TOKENS: [u32; 2] = [TOKEN_RXQ, TOKEN_TXQ];
+
 impl Net {
-    /// Registers the queue eventfds and the tap once the device is activated (once).
-    fn register_runtime_events(&mut self, ops: &mut EventOps) {
-        if !self
-            .lifecycle
-            .register_queue_events(ops, &[TOKEN_RXQ, TOKEN_TXQ], "net")
-        {
+    /// Registers the tap, once the device's queue eventfds were (`registered`).
+    fn register_tap(&mut self, ops: &mut EventOps, registered: bool) {
+        if !registered {
             return;
         }
         match ops.add(Events::with_data(&self.tap, TOKEN_TAP, EventSet::IN)) {
             Ok(()) => self.tap_rx_armed = true,
             Err(e) => tracing::error!("net: registering tap: {e:?}"),
         }
-    }
-
-    fn process_activate_event(&mut self, ops: &mut EventOps) {
-        self.lifecycle.on_activate_event(ops);
-        self.register_runtime_events(ops);
-        // Frames may already be queued on the tap.
-        self.process_rx();
     }
 
     /// Watch the tap only while a frame read from it has somewhere to go, so that a guest
@@ -57,15 +50,20 @@ impl Net {
 
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
-        self.lifecycle
-            .register_activate_event(ops, TOKEN_ACTIVATE, "net");
-        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
-        self.register_runtime_events(ops);
+        let registered = self
+            .lifecycle
+            .init_events(ops, TOKEN_ACTIVATE, &QUEUE_TOKENS, "net");
+        self.register_tap(ops, registered);
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            TOKEN_ACTIVATE => self.process_activate_event(ops),
+            TOKEN_ACTIVATE => {
+                let registered = self.lifecycle.on_activate_event(ops, &QUEUE_TOKENS, "net");
+                self.register_tap(ops, registered);
+                // Frames may already be queued on the tap.
+                self.process_rx();
+            }
             TOKEN_RXQ => {
                 self.lifecycle.read_queue_event(RXQ_INDEX);
                 self.process_rx();

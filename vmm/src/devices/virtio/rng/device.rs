@@ -2,12 +2,11 @@
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
-use crate::devices::virtio::device::{GuestMemory, Lifecycle, VirtioDevice};
-use crate::devices::virtio::queue::{mark_broken, next_within, Budget, RingError};
+use crate::devices::virtio::device::{lifecycle_field, GuestMemory, Lifecycle, VirtioDevice};
+use crate::devices::virtio::queue::{add_used, next_within, Budget};
 
 /// The request queue's index.
 pub(super) const REQUEST_QUEUE: usize = 0;
@@ -103,13 +102,7 @@ impl Rng {
         ) {
             let head = chain.head_index();
             let len = Self::fill(chain, mem);
-            if let Err(e) = queue.add_used(mem, head, len) {
-                mark_broken(
-                    &active.interrupt,
-                    "rng",
-                    "request",
-                    &RingError::Used(format!("{e:?}")),
-                );
+            if !add_used(queue, mem, head, len, &active.interrupt, "rng", "request") {
                 break;
             }
             used_any = true;
@@ -133,13 +126,7 @@ impl VirtioDevice for Rng {
         1 << VIRTIO_F_VERSION_1
     }
 
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-
-    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
-        &mut self.lifecycle
-    }
+    lifecycle_field!();
 
     fn reset(&mut self) -> bool {
         self.lifecycle.reset();

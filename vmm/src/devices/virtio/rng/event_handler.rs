@@ -10,37 +10,21 @@ const TOKEN_ACTIVATE: u32 = 0;
 /// The request queue's eventfd.
 const TOKEN_QUEUE: u32 = 1;
 
-impl Rng {
-    /// Registers the queue eventfd once the device is activated (once per activation).
-    fn register_runtime_events(&mut self, ops: &mut EventOps) {
-        self.lifecycle
-            .register_queue_events(ops, &[TOKEN_QUEUE], "rng");
-    }
-
-    fn process_activate_event(&mut self, ops: &mut EventOps) {
-        self.lifecycle.on_activate_event(ops);
-        self.register_runtime_events(ops);
-        // Buffers may have been queued before we listened.
-        self.process_queue();
-    }
-}
-
 impl MutEventSubscriber for Rng {
     fn init(&mut self, ops: &mut EventOps) {
         self.lifecycle
-            .register_activate_event(ops, TOKEN_ACTIVATE, "rng");
-        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
-        self.register_runtime_events(ops);
+            .init_events(ops, TOKEN_ACTIVATE, &[TOKEN_QUEUE], "rng");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            TOKEN_ACTIVATE => self.process_activate_event(ops),
-            TOKEN_QUEUE => {
-                self.lifecycle.read_queue_event(REQUEST_QUEUE);
-                self.process_queue();
+            TOKEN_ACTIVATE => {
+                self.lifecycle.on_activate_event(ops, &[TOKEN_QUEUE], "rng");
             }
-            token => spurious_event("rng", token),
+            TOKEN_QUEUE => self.lifecycle.read_queue_event(REQUEST_QUEUE),
+            token => return spurious_event("rng", token),
         }
+        // Buffers may have been queued before we listened, or just now.
+        self.process_queue();
     }
 }

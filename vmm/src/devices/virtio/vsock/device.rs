@@ -4,14 +4,14 @@ use std::path::Path;
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::QueueOwnedT;
 use virtio_vsock::packet::VsockPacket;
 
 use super::muxer::Muxer;
 use super::packet::{Header, MAX_PKT_DATA, PKT_HEADER_SIZE};
 use super::VsockError;
-use crate::devices::virtio::device::{Lifecycle, VirtioDevice};
-use crate::devices::virtio::queue::{mark_broken, next_within, Budget, RingError};
+use crate::devices::virtio::device::{lifecycle_field, Lifecycle, VirtioDevice};
+use crate::devices::virtio::queue::{add_used, next_within, Budget};
 
 /// The receive queue's index (packets to the guest).
 pub const RXQ_INDEX: usize = 0;
@@ -116,13 +116,7 @@ impl Vsock {
                 }
                 Err(e) => tracing::debug!("vsock: dropping bad tx chain: {e}"),
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                mark_broken(
-                    &active.interrupt,
-                    "vsock",
-                    "tx",
-                    &RingError::Used(format!("{e:?}")),
-                );
+            if !add_used(queue, mem, head, 0, &active.interrupt, "vsock", "tx") {
                 break;
             }
             used = true;
@@ -192,13 +186,7 @@ impl Vsock {
                     0
                 }
             };
-            if let Err(e) = queue.add_used(mem, head, len) {
-                mark_broken(
-                    &active.interrupt,
-                    "vsock",
-                    "rx",
-                    &RingError::Used(format!("{e:?}")),
-                );
+            if !add_used(queue, mem, head, len, &active.interrupt, "vsock", "rx") {
                 break;
             }
             used = true;
@@ -223,13 +211,7 @@ impl VirtioDevice for Vsock {
         1 << VIRTIO_F_VERSION_1
     }
 
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-
-    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
-        &mut self.lifecycle
-    }
+    lifecycle_field!();
 
     fn config_space(&self) -> &[u8] {
         &self.config

@@ -16,26 +16,14 @@ const TOKEN_TXQ: u32 = 2;
 const TOKEN_EVQ: u32 = 3;
 // The muxer's fds (listener, host peers, connections) use its own tokens, 0x10 and up.
 
-impl Vsock {
-    /// Registers the queue eventfds once the device is activated (once); the listener and any
-    /// connections are registered by the muxer's sync after every event.
-    fn register_runtime_events(&mut self, ops: &mut EventOps) {
-        self.lifecycle
-            .register_queue_events(ops, &[TOKEN_RXQ, TOKEN_TXQ, TOKEN_EVQ], "vsock");
-    }
-
-    fn process_activate_event(&mut self, ops: &mut EventOps) {
-        self.lifecycle.on_activate_event(ops);
-        self.register_runtime_events(ops);
-    }
-}
+/// The queue eventfds' tokens, in queue order.
+const QUEUE_TOKENS: [u32; 3] = [TOKEN_RXQ, TOKEN_TXQ, TOKEN_EVQ];
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
+        // The listener and any connections are registered by the muxer's sync.
         self.lifecycle
-            .register_activate_event(ops, TOKEN_ACTIVATE, "vsock");
-        // Subscribed after its activation (the VMM subscribes devices before the guest runs).
-        self.register_runtime_events(ops);
+            .init_events(ops, TOKEN_ACTIVATE, &QUEUE_TOKENS, "vsock");
         if self.lifecycle.is_activated() {
             self.muxer.sync_epoll(ops);
         }
@@ -44,7 +32,10 @@ impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let token = events.data();
         match token {
-            TOKEN_ACTIVATE => self.process_activate_event(ops),
+            TOKEN_ACTIVATE => {
+                self.lifecycle
+                    .on_activate_event(ops, &QUEUE_TOKENS, "vsock");
+            }
             TOKEN_RXQ => self.lifecycle.read_queue_event(RXQ_INDEX),
             TOKEN_TXQ => {
                 self.lifecycle.read_queue_event(TXQ_INDEX);

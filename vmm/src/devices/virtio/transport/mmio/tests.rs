@@ -1,7 +1,9 @@
 //! Transport tests: a driver's register accesses against a fake device on the common skeleton.
 
 use super::*;
-use crate::devices::virtio::device::{ActivateError, Lifecycle, VIRTIO_MMIO_INT_VRING};
+use crate::devices::virtio::device::{
+    lifecycle_field, ActivateError, Lifecycle, VIRTIO_MMIO_INT_VRING,
+};
 use vm_memory::GuestAddress;
 
 /// A device on the common skeleton that records what the transport did to it.
@@ -23,12 +25,7 @@ impl VirtioDevice for FakeDevice {
     fn avail_features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1) | 0b101
     }
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-    fn lifecycle_mut(&mut self) -> &mut Lifecycle {
-        &mut self.lifecycle
-    }
+    lifecycle_field!();
     fn set_acked_features(&mut self, f: u64) {
         self.acked = f;
     }
