@@ -18,12 +18,12 @@ use crate::mounts::MountClassifier;
 use crate::volumes::{HostVolume, VolumeTarget};
 
 impl Pod {
-    /// Creates a container from an agent request ([`PodAgent::create_container`]).
+    /// Creates a container from an agent request ([`super::PodAgent::create_container`]).
     pub async fn create_container(&self, req: CreateContainerRequest) -> Result<(), PodError> {
         self.agent.create_container(req).await
     }
 
-    /// Creates a container from its OCI spec ([`PodAgent::create_container_with`]).
+    /// Creates a container from its OCI spec ([`super::PodAgent::create_container_with`]).
     pub async fn create_container_with(
         &self,
         id: &str,
@@ -54,67 +54,67 @@ impl Pod {
             .await
     }
 
-    /// Starts a container ([`PodAgent::start_container`]).
+    /// Starts a container ([`super::PodAgent::start_container`]).
     pub async fn start_container(&self, id: &str) -> Result<u32, PodError> {
         self.agent.start_container(id).await
     }
 
-    /// Waits for a container's end ([`PodAgent::wait_container`]).
+    /// Waits for a container's end ([`super::PodAgent::wait_container`]).
     pub async fn wait_container(&self, id: &str) -> Result<ExitStatus, PodError> {
         self.agent.wait_container(id).await
     }
 
-    /// Stops a container ([`PodAgent::stop_container`]).
+    /// Stops a container ([`super::PodAgent::stop_container`]).
     pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<ExitStatus, PodError> {
         self.agent.stop_container(id, grace).await
     }
 
-    /// Signals a container ([`PodAgent::kill_container`]).
+    /// Signals a container ([`super::PodAgent::kill_container`]).
     pub async fn kill_container(&self, id: &str, signal: i32, all: bool) -> Result<(), PodError> {
         self.agent.kill_container(id, signal, all).await
     }
 
-    /// Removes a container ([`PodAgent::remove_container`]).
+    /// Removes a container ([`super::PodAgent::remove_container`]).
     pub async fn remove_container(&self, id: &str) -> Result<(), PodError> {
         self.agent.remove_container(id).await
     }
 
-    /// A container's output ([`PodAgent::attach`]).
+    /// A container's output ([`super::PodAgent::attach`]).
     pub async fn attach(&self, id: &str) -> Result<Output, PodError> {
         self.agent.attach(id).await
     }
 
-    /// A started container's stdin ([`PodAgent::stdin`]).
+    /// A started container's stdin ([`super::PodAgent::stdin`]).
     pub fn stdin(&self, id: &str) -> Stdin {
         self.agent.stdin(id)
     }
 
-    /// Runs a process in a container ([`PodAgent::exec`]).
+    /// Runs a process in a container ([`super::PodAgent::exec`]).
     pub async fn exec(&self, id: &str, process: Process) -> Result<Exec, PodError> {
         self.agent.exec(id, process).await
     }
 
-    /// Sets a TTY container's size ([`PodAgent::resize_tty`]).
+    /// Sets a TTY container's size ([`super::PodAgent::resize_tty`]).
     pub async fn resize_tty(&self, id: &str, rows: u32, cols: u32) -> Result<(), PodError> {
         self.agent.resize_tty(id, rows, cols).await
     }
 
-    /// A container's figures ([`PodAgent::container_stats`]).
+    /// A container's figures ([`super::PodAgent::container_stats`]).
     pub async fn container_stats(&self, id: &str) -> Result<ContainerStatsResponse, PodError> {
         self.agent.container_stats(id).await
     }
 
-    /// New cgroup limits for a container ([`PodAgent::update_container`]).
+    /// New cgroup limits for a container ([`super::PodAgent::update_container`]).
     pub async fn update_container(&self, id: &str, limits: Limits) -> Result<(), PodError> {
         self.agent.update_container(id, limits).await
     }
 
-    /// The pod's containers ([`PodAgent::list_containers`]).
+    /// The pod's containers ([`super::PodAgent::list_containers`]).
     pub async fn list_containers(&self) -> Result<Vec<ContainerInfo>, PodError> {
         self.agent.list_containers().await
     }
 
-    /// Creates or replaces a pod volume ([`PodAgent::put_volume`]).
+    /// Creates or replaces a pod volume ([`super::PodAgent::put_volume`]).
     pub async fn put_volume(&self, req: PutVolumeRequest) -> Result<u64, PodError> {
         self.agent.put_volume(req).await
     }
