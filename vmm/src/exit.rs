@@ -68,6 +68,7 @@ pub struct ExitSignal {
 }
 
 impl ExitSignal {
+    /// A signal with no event yet.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             evt: EventFd::new(EFD_NONBLOCK)?,
@@ -87,10 +88,12 @@ impl ExitSignal {
         let _ = self.evt.write(1);
     }
 
+    /// The console showed a kernel panic.
     pub fn set_panic_seen(&self) {
         self.panic_seen.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the console showed a kernel panic.
     pub fn panic_seen(&self) -> bool {
         self.panic_seen.load(Ordering::SeqCst)
     }
@@ -100,6 +103,7 @@ impl ExitSignal {
         self.event.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Readable once an event was signalled (for an event loop).
     pub fn eventfd(&self) -> &EventFd {
         &self.evt
     }

@@ -8,6 +8,8 @@ use vm_superio::I8042Device;
 use crate::devices::bus::BusDevice;
 use crate::exit::{ExitEvent, ExitSignal};
 
+/// The i8042's CPU reset line: ends the VM as a reset (a reboot, unless a panic was seen).
+#[derive(Debug)]
 pub struct ResetTrigger(Arc<ExitSignal>);
 
 impl vm_superio::Trigger for ResetTrigger {
@@ -23,7 +25,14 @@ pub struct I8042 {
     dev: I8042Device<ResetTrigger>,
 }
 
+impl std::fmt::Debug for I8042 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("I8042").finish_non_exhaustive()
+    }
+}
+
 impl I8042 {
+    /// A controller whose reset line reports to `exit`.
     pub fn new(exit: Arc<ExitSignal>) -> Self {
         Self {
             dev: I8042Device::new(ResetTrigger(exit)),

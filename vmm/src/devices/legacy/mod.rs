@@ -11,6 +11,7 @@ pub use serial::{PanicWatcher, SerialDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 /// An irqfd as a vm-superio interrupt trigger.
+#[derive(Debug)]
 pub struct IrqTrigger(pub EventFd);
 
 impl vm_superio::Trigger for IrqTrigger {

@@ -34,7 +34,16 @@ pub struct PanicWatcher<W: Write> {
     exit: Arc<ExitSignal>,
 }
 
+impl<W: Write> std::fmt::Debug for PanicWatcher<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PanicWatcher")
+            .field("matched", &self.matched)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<W: Write> PanicWatcher<W> {
+    /// Watches what goes to `out`; panics and halts are reported to `exit`.
     pub fn new(out: W, exit: Arc<ExitSignal>) -> Self {
         Self {
             out,
@@ -87,6 +96,7 @@ impl<W: Write> Write for PanicWatcher<W> {
     }
 }
 
+/// Where the guest's console goes (a capped file, stdout, or nowhere).
 pub type ConsoleOut = Box<dyn Write + Send>;
 
 /// Written once at the end of a console file that reached its cap.
@@ -96,6 +106,7 @@ pub const TRUNCATED_MARKER: &[u8] =
 /// A console file that never grows past `limit` bytes (its size when opened counts): output past
 /// the cap is dropped and counted in the VM's metrics, and the file ends with
 /// [`TRUNCATED_MARKER`] (within the limit). The panic watcher in front still sees every byte.
+#[derive(Debug)]
 pub struct CappedFile {
     file: File,
     /// Bytes in the file (what was there when opened plus what we wrote).
@@ -106,6 +117,7 @@ pub struct CappedFile {
 }
 
 impl CappedFile {
+    /// Caps `file` at `limit` bytes; dropped bytes are counted in `counters`.
     pub fn new(
         file: File,
         limit: u64,
@@ -158,11 +170,19 @@ impl Write for CappedFile {
     }
 }
 
+/// COM1: a 16550A UART (vm-superio) whose output goes through the [`PanicWatcher`].
 pub struct SerialDevice {
     serial: Serial<IrqTrigger, NoEvents, PanicWatcher<ConsoleOut>>,
 }
 
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice").finish_non_exhaustive()
+    }
+}
+
 impl SerialDevice {
+    /// A UART raising `irq`, writing to `out`, reporting panics and halts to `exit`.
     pub fn new(irq: IrqTrigger, out: ConsoleOut, exit: Arc<ExitSignal>) -> Self {
         Self {
             serial: Serial::new(irq, PanicWatcher::new(out, exit)),
