@@ -160,6 +160,11 @@ impl Ring {
         write_desc_at(mem, self.desc + 16 * u64::from(index), d)
     }
 
+    /// The table entry [`Ring::add_desc`] or [`Ring::add_chain`] writes next.
+    pub fn next_free(&self) -> u16 {
+        self.next_desc % self.size
+    }
+
     /// Writes `d` in the next free table entry without making it available; returns its index.
     pub fn add_desc(&mut self, mem: &GuestMemory, d: Desc) -> MemResult<u16> {
         let index = self.next_desc % self.size;
