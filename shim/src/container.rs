@@ -13,7 +13,7 @@ use containerd_shim_protos::api;
 use vpod_sandbox::{ImageDisk, MountClassifier, Pod};
 
 use crate::config::ShimConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::{Event, Publisher};
 use crate::io::{self, Stdio};
 use crate::pod;
@@ -101,12 +101,19 @@ impl Container {
         }
         let stdin = self.process.stdio().has_stdin();
         pod::create_container(pod, &self.id, &spec, serial, &classifier(cfg, &spec), stdin).await?;
-        let attach = pod::attach(pod, &self.id);
+        // The agent's front, not the pod: copying output never keeps the VM
+        // from a clean shutdown.
+        let agent = pod.containers().clone();
         let (id, stdio) = (self.id.clone(), self.process.stdio().clone());
         tokio::spawn(async move {
-            match attach.await {
-                Ok(chunks) => io::copy_output(&stdio, chunks).await,
-                Err(e) => log::warn!("attach to {id} failed: {e}"),
+            let output = match agent.attach(&id).await {
+                Ok(output) => output,
+                Err(e) => return log::warn!("attach to {id} failed: {e}"),
+            };
+            let (stdout, stderr) = io::output_fifos(&stdio);
+            if let Err(e) = output.copy_to(stdout, stderr).await {
+                // The VM went (a delete) or the agent's stream broke.
+                log::debug!("{e}");
             }
         });
         Ok(())
@@ -117,15 +124,24 @@ impl Container {
 /// it at the start), and its exit (and an OOM kill) is recorded and
 /// published when it comes.
 pub async fn start(pod: Arc<Pod>, c: Arc<Container>, events: Arc<Publisher>) -> Result<()> {
-    pod::start_container(&pod, &c.id).await?;
+    pod.start_container(&c.id)
+        .await
+        .map_err(Error::StartContainer)?;
     c.process.set_running();
     let stdio = c.process.stdio();
     if stdio.has_stdin() {
-        let chunks = io::read_fifo(stdio.stdin.clone(), c.process.stdin_closed());
-        pod::write_stdin(&pod, &c.id, chunks);
+        io::copy_stdin(
+            stdio.stdin.clone(),
+            c.process.stdin_closed(),
+            pod.stdin(&c.id),
+        );
     }
     tokio::spawn(async move {
-        let (code, oom) = pod::wait_container(&pod, &c.id).await;
+        // A lost answer is 255, as a lost exec's.
+        let (code, oom) = match pod.wait_container(&c.id).await {
+            Ok(s) => (s.exit_code as u32, s.oom_killed),
+            Err(_) => (255, false),
+        };
         if oom {
             // kubelet reads OOMKilled from this event.
             events.publish(Event::oom(&c.id)).await;

@@ -97,12 +97,10 @@ pub enum Error {
         /// Why they did not parse.
         source: serde_json::Error,
     },
-    /// A call to the pod's agent failed (the agent's own message).
-    #[error("{0}")]
-    Agent(String),
-    /// The exec's input stream closed before the exec began.
-    #[error("channel closed")]
-    ExecInputClosed,
+    /// A call to the pod's agent failed. containerd is told the agent's own
+    /// message, as before the front named the pod and the container.
+    #[error("{}", agent_message(.0))]
+    Agent(#[source] PodError),
     /// A blocking job of the shim (a rootfs build) died.
     #[error(transparent)]
     Join(#[from] tokio::task::JoinError),
@@ -141,17 +139,30 @@ impl Error {
             | Error::NoConfig
             | Error::NoPod
             | Error::Network(_)
-            | Error::StartContainer(_)
-            | Error::Agent(_) => Code::FAILED_PRECONDITION,
+            | Error::StartContainer(_) => Code::FAILED_PRECONDITION,
+            // Whatever the agent's own code (`PodError::code`): containerd
+            // has always had FAILED_PRECONDITION for a refused call, and acts
+            // on the code (a NOT_FOUND kill would be "already gone" to it).
+            Error::Agent(_) => Code::FAILED_PRECONDITION,
             Error::AttachImage(_) => Code::RESOURCE_EXHAUSTED,
             Error::Marker { .. }
             | Error::Boot(_)
-            | Error::ExecInputClosed
             | Error::Join(_)
             | Error::ExitLost(_)
             | Error::Stats(_) => Code::INTERNAL,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
         }
+    }
+}
+
+/// The agent's message when it answered (a `PodError` with a
+/// [`code`](PodError::code)); else the front's whole account.
+fn agent_message(e: &PodError) -> String {
+    match e {
+        PodError::Agent { status, .. } | PodError::Container { status, .. } => {
+            status.message().to_owned()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -179,6 +190,17 @@ mod tests {
 
     fn pod_error() -> PodError {
         PodError::BadId("X".into())
+    }
+
+    /// The agent's answer `message` of kind `kind` (tonic's code for that
+    /// I/O error kind) to a kill of container `app`.
+    fn agent_error(kind: std::io::ErrorKind, message: &str) -> PodError {
+        PodError::Container {
+            id: "p1".into(),
+            container: "app".into(),
+            op: vpod_sandbox::pod::ContainerOp::Kill,
+            status: std::io::Error::new(kind, message).into(),
+        }
     }
 
     /// The code of each failure is the one the shim returned before the
@@ -250,10 +272,12 @@ mod tests {
                 Code::INVALID_ARGUMENT,
             ),
             (
-                Error::Agent("no such container".into()),
+                Error::Agent(agent_error(
+                    std::io::ErrorKind::NotFound,
+                    "no such container",
+                )),
                 Code::FAILED_PRECONDITION,
             ),
-            (Error::ExecInputClosed, Code::INTERNAL),
             (
                 Error::Stats(containerd_shim::Error::Other("x".into())),
                 Code::INTERNAL,
@@ -264,6 +288,36 @@ mod tests {
             let what = format!("{e:?}");
             assert_eq!(status(e).0, code, "{what}");
         }
+    }
+
+    /// Whatever code the agent answers with, containerd gets the one it
+    /// always got for a refused agent call; a stream that has ended (no
+    /// answer of the agent's) too.
+    #[test]
+    fn an_agent_failure_is_failed_precondition_whatever_the_agents_code() {
+        use std::io::ErrorKind::{ConnectionRefused, InvalidInput, NotFound, PermissionDenied};
+        for kind in [NotFound, InvalidInput, ConnectionRefused, PermissionDenied] {
+            let e = agent_error(kind, "no");
+            assert!(e.code().is_some(), "{kind:?}: the agent answered");
+            assert_eq!(
+                status(Error::Agent(e)).0,
+                Code::FAILED_PRECONDITION,
+                "{kind:?}"
+            );
+        }
+        let ended = PodError::Ended {
+            id: "p1".into(),
+            container: "app".into(),
+            op: vpod_sandbox::pod::ContainerOp::WriteStdin,
+        };
+        assert_eq!(ended.code(), None);
+        assert_eq!(
+            status(Error::Agent(ended)),
+            (
+                Code::FAILED_PRECONDITION,
+                "pod p1: write to the stdin of container app: the stream has ended".into()
+            )
+        );
     }
 
     #[tokio::test]
@@ -296,7 +350,11 @@ mod tests {
             "pause is not supported by vpod"
         );
         assert_eq!(
-            status(Error::Agent("container x not found".into())).1,
+            status(Error::Agent(agent_error(
+                std::io::ErrorKind::NotFound,
+                "container x not found"
+            )))
+            .1,
             "container x not found"
         );
         assert!(status(Error::ExecSpec(json_error()))

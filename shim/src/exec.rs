@@ -4,13 +4,12 @@
 use std::sync::{Arc, Mutex};
 
 use containerd_shim_protos::api;
-use tokio_stream::StreamExt;
-use vpod_sandbox::Pod;
+use vpod_agent_api::pb;
+use vpod_sandbox::{ExecControl, Pod};
 
 use crate::error::{Error, Result};
 use crate::events::{Event, Publisher};
 use crate::io::{self, Stdio};
-use crate::pod::{self, ExecControl, ExecEvent};
 use crate::process::Process;
 
 /// What an exec whose output stream ends without an exit reports.
@@ -45,12 +44,28 @@ impl Exec {
 
     /// Sends `signal` to the exec's process (never to its container).
     pub async fn signal(&self, signal: i32) -> Result<()> {
-        self.control()?.signal(signal).await
+        let control = self.control()?;
+        control.signal(signal).await.map_err(gone)
     }
 
     /// Sets the exec's TTY size.
     pub async fn resize(&self, rows: u32, cols: u32) -> Result<()> {
-        self.control()?.resize(rows, cols).await
+        let control = self.control()?;
+        control.resize(rows, cols).await.map_err(gone)
+    }
+
+    /// What the agent runs: the spec's args, env and cwd, with the stdio
+    /// containerd gave.
+    fn agent_process(&self) -> pb::Process {
+        let stdio = self.process.stdio();
+        pb::Process {
+            args: self.spec.args().clone().unwrap_or_default(),
+            env: self.spec.env().clone().unwrap_or_default(),
+            cwd: self.spec.cwd().to_string_lossy().into_owned(),
+            tty: stdio.terminal,
+            stdin: stdio.has_stdin(),
+            ..Default::default()
+        }
     }
 
     /// The running exec's input; one that has not started or has exited is
@@ -68,6 +83,12 @@ impl Exec {
     }
 }
 
+/// An exec's input is gone only with its process (the only failure of
+/// [`ExecControl`]): to containerd, a process that is not running.
+fn gone(_: vpod_sandbox::PodError) -> Error {
+    Error::ExecNotRunning
+}
+
 /// Starts `exec` as exec `exec_id` of container `id`: its stdin is copied
 /// in, its output out, and its exit is recorded and published.
 pub async fn start(
@@ -78,34 +99,31 @@ pub async fn start(
     events: Arc<Publisher>,
 ) -> Result<()> {
     let stdio = exec.process.stdio().clone();
-    let (control, output) = pod::exec(pod, id, &exec.spec, &stdio).await?;
+    let running = pod
+        .exec(id, exec.agent_process())
+        .await
+        .map_err(Error::Agent)?;
     if stdio.has_stdin() {
-        let mut chunks = io::read_fifo(stdio.stdin.clone(), exec.process.stdin_closed());
-        let control = control.clone();
-        tokio::spawn(async move {
-            while let Some(b) = chunks.recv().await {
-                if control.stdin(b).await.is_err() {
-                    return;
-                }
-            }
-            let _ = control.close_stdin().await;
-        });
+        io::copy_stdin(
+            stdio.stdin.clone(),
+            exec.process.stdin_closed(),
+            running.stdin(),
+        );
     }
-    *exec.lock_control() = Some(control.clone());
+    *exec.lock_control() = Some(running.control());
     exec.process.set_running();
     let (id, exec_id) = (id.to_owned(), exec_id.to_owned());
     tokio::spawn(async move {
-        // The input stays open while the output is read.
-        let _keep_input_open = control;
-        let mut code = LOST_EXIT;
-        let chunks = output.map_while(|e| match e {
-            ExecEvent::Output(c) => Some(c),
-            ExecEvent::Exit(c) => {
-                code = c;
-                None
+        // The exec's input stays open while its output is copied.
+        let (stdout, stderr) = io::output_fifos(&stdio);
+        let code = match running.copy_to(stdout, stderr).await {
+            Ok(Some(exit)) => exit.exit_code as u32,
+            Ok(None) => LOST_EXIT,
+            Err(e) => {
+                log::debug!("{e}");
+                LOST_EXIT
             }
-        });
-        io::copy_output(&stdio, chunks).await;
+        };
         exec.lock_control().take();
         let exit = exec.process.set_exited(code);
         events.publish(Event::exit(&id, &exec_id, &exit)).await;
@@ -152,6 +170,26 @@ mod tests {
             Exec::from_request(&request("not json")),
             Err(Error::ExecSpec(_))
         ));
+    }
+
+    #[test]
+    fn the_agent_runs_the_specs_process_with_containerds_stdio() {
+        let mut req = request(
+            r#"{"cwd": "/work", "user": {"uid": 0, "gid": 0}, "args": ["cat"], "env": ["A=1"]}"#,
+        );
+        req.stdin = "/fifo/in".into();
+        let p = Exec::from_request(&req).unwrap().agent_process();
+        assert_eq!(p.args, ["cat"]);
+        assert_eq!(p.env, ["A=1"]);
+        assert_eq!(p.cwd, "/work");
+        assert!(p.tty && p.stdin);
+        let p = Exec::from_request(&api::ExecProcessRequest {
+            terminal: false,
+            ..request(r#"{"cwd": "/", "user": {"uid": 0, "gid": 0}}"#)
+        })
+        .unwrap()
+        .agent_process();
+        assert!(p.args.is_empty() && !p.tty && !p.stdin);
     }
 
     #[tokio::test]

@@ -1,15 +1,18 @@
-//! containerd's FIFOs: a process's stdin read from one, its output copied
-//! into the others.
+//! containerd's FIFOs: a process's stdin read from one into the pod
+//! ([`copy_stdin`]), its output copied into the others ([`output_fifos`],
+//! for the pod's one output copier, `vpod_sandbox::Output::copy_to`).
 //!
 //! Every FIFO is opened read-write: the open never waits for the other end
 //! (`ctr run -d` has no reader), and so a reader never sees EOF by itself:
-//! stdin ends at CloseIO.
+//! stdin ends at CloseIO. That is containerd's side of the FIFOs, and the
+//! shim's alone; where the bytes go in the pod (the stdin rule, which stream
+//! goes to which writer) is the sandbox's.
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, Notify};
-use tokio_stream::{Stream, StreamExt};
+use vpod_sandbox::{PodError, Stdin};
 
 /// The FIFOs containerd gave a process (empty: none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,62 +34,66 @@ impl Stdio {
     }
 }
 
-/// A piece of a process's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Chunk {
-    /// Bytes the process wrote to stdout.
-    Stdout(Vec<u8>),
-    /// Bytes the process wrote to stderr.
-    Stderr(Vec<u8>),
-}
+/// The writer end of one of containerd's output FIFOs.
+pub type FifoWriter = pipe::Sender;
 
-/// Copies `chunks` into the stdout and stderr FIFOs of `stdio` until the
-/// stream ends; the FIFOs close then.
-pub async fn copy_output(stdio: &Stdio, chunks: impl Stream<Item = Chunk> + Unpin) {
-    let mut stdout = open_fifo_writer(&stdio.stdout);
-    let mut stderr = open_fifo_writer(&stdio.stderr);
-    copy_into(chunks, &mut stdout, &mut stderr).await;
-}
-
-/// The one copier: stderr goes to `stderr`, else (no FIFO for it) to
-/// `stdout`; output with nowhere to go is dropped. A failed write drops that
-/// chunk only: the process keeps running, a reader may come back.
-async fn copy_into<W: AsyncWrite + Unpin>(
-    mut chunks: impl Stream<Item = Chunk> + Unpin,
-    stdout: &mut Option<W>,
-    stderr: &mut Option<W>,
-) {
-    while let Some(chunk) = chunks.next().await {
-        let (target, data) = match chunk {
-            Chunk::Stdout(b) => (stdout.as_mut(), b),
-            Chunk::Stderr(b) => (stderr.as_mut().or(stdout.as_mut()), b),
-        };
-        if let Some(f) = target {
-            let _ = f.write_all(&data).await;
-        }
-    }
+/// The stdout and stderr FIFOs of `stdio`, opened for the output copier:
+/// `None` where containerd gave none (stderr then goes to stdout's; output
+/// with nowhere to go is dropped) or the open failed. They close when the
+/// copier drops them, at the output's end.
+pub fn output_fifos(stdio: &Stdio) -> (Option<FifoWriter>, Option<FifoWriter>) {
+    (
+        open_fifo_writer(&stdio.stdout),
+        open_fifo_writer(&stdio.stderr),
+    )
 }
 
 /// containerd's stdout/stderr FIFO as a non-blocking pipe end, so no write
 /// ties up a thread.
-fn open_fifo_writer(path: &str) -> Option<tokio::net::unix::pipe::Sender> {
+fn open_fifo_writer(path: &str) -> Option<FifoWriter> {
     if path.is_empty() {
         return None;
     }
-    tokio::net::unix::pipe::OpenOptions::new()
+    pipe::OpenOptions::new()
         .read_write(true)
         .open_sender(path)
         .map_err(|e| log::warn!("open {path}: {e}"))
         .ok()
 }
 
+/// Copies containerd's stdin FIFO `path` into `stdin` (a container's or an
+/// exec's) until CloseIO (`closed`), then closes it: the process reads EOF.
+pub fn copy_stdin(path: String, closed: Arc<Notify>, mut stdin: Stdin) {
+    let mut chunks = read_fifo(path, closed);
+    tokio::spawn(async move {
+        while let Some(b) = chunks.recv().await {
+            if let Err(e) = stdin.write(b).await {
+                return stdin_failed(&e);
+            }
+        }
+        if let Err(e) = stdin.close().await {
+            stdin_failed(&e);
+        }
+    });
+}
+
+/// A refusal of the agent is worth a warning; a stream that ended with its
+/// process (no answer of the agent's) is not.
+fn stdin_failed(e: &PodError) {
+    if e.code().is_some() {
+        log::warn!("{e}");
+    } else {
+        log::debug!("{e}");
+    }
+}
+
 /// containerd's stdin FIFO as a channel of chunks, ended by `closed`
 /// (CloseIO) or a read error.
-pub fn read_fifo(path: String, closed: Arc<Notify>) -> mpsc::Receiver<Vec<u8>> {
+fn read_fifo(path: String, closed: Arc<Notify>) -> mpsc::Receiver<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let Ok(mut f) = tokio::net::unix::pipe::OpenOptions::new()
+        let Ok(mut f) = pipe::OpenOptions::new()
             .read_write(true)
             .open_receiver(&path)
             .map_err(|e| log::warn!("open {path}: {e}"))
@@ -127,65 +134,75 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
-    fn chunks(v: Vec<Chunk>) -> impl Stream<Item = Chunk> + Unpin {
-        tokio_stream::iter(v)
+    fn fifo(dir: &std::path::Path, name: &str) -> String {
+        let path = dir.join(name);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        path.to_string_lossy().into_owned()
     }
 
+    /// The copier gets a writer for each FIFO containerd gave: none for
+    /// stderr sends stderr to stdout's (the copier's rule, tested with it in
+    /// vpod-sandbox); none at all drops the output.
     #[tokio::test]
-    async fn output_goes_to_its_fifo_and_stderr_falls_back_to_stdout() {
-        let out = || {
-            chunks(vec![
-                Chunk::Stdout(b"out1 ".to_vec()),
-                Chunk::Stderr(b"err1 ".to_vec()),
-                Chunk::Stdout(b"out2".to_vec()),
-                Chunk::Stderr(b"err2".to_vec()),
-            ])
+    async fn each_fifo_containerd_gave_gets_a_writer() {
+        let dir = std::env::temp_dir().join(format!("vpod-shim-fifos-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let both = Stdio {
+            stdout: fifo(&dir, "out"),
+            stderr: fifo(&dir, "err"),
+            ..Stdio::default()
         };
-        // Both FIFOs: each stream to its own.
-        let (mut o, mut e) = (Some(Vec::new()), Some(Vec::new()));
-        copy_into(out(), &mut o, &mut e).await;
-        assert_eq!(o.unwrap(), b"out1 out2");
-        assert_eq!(e.unwrap(), b"err1 err2");
-        // No stderr FIFO: stderr joins stdout, in order.
-        let (mut o, mut e) = (Some(Vec::new()), None::<Vec<u8>>);
-        copy_into(out(), &mut o, &mut e).await;
-        assert_eq!(o.unwrap(), b"out1 err1 out2err2");
-        // No stdout FIFO: stdout is dropped, stderr still arrives.
-        let (mut o, mut e) = (None::<Vec<u8>>, Some(Vec::new()));
-        copy_into(out(), &mut o, &mut e).await;
-        assert_eq!(e.unwrap(), b"err1 err2");
+        let (o, e) = output_fifos(&both);
+        assert!(o.is_some() && e.is_some());
+        let stdout_only = Stdio {
+            stderr: String::new(),
+            ..both.clone()
+        };
+        let (o, e) = output_fifos(&stdout_only);
+        assert!(o.is_some() && e.is_none());
+        let (o, e) = output_fifos(&Stdio::default());
+        assert!(o.is_none() && e.is_none());
+        // A FIFO that cannot be opened is no writer (logged), not a failure.
+        let gone = Stdio {
+            stdout: dir.join("missing").to_string_lossy().into_owned(),
+            ..Stdio::default()
+        };
+        assert!(output_fifos(&gone).0.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn output_reaches_containerds_fifo() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = std::env::temp_dir().join(format!("vpod-shim-out-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("stdout");
-        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let stdio = Stdio {
-            stdout: path.to_string_lossy().into_owned(),
+            stdout: fifo(&dir, "stdout"),
             ..Stdio::default()
         };
         // containerd's reader, opened before the copier: no wait either side.
         let mut r = tokio::net::unix::pipe::OpenOptions::new()
             .read_write(true)
-            .open_receiver(&path)
+            .open_receiver(&stdio.stdout)
             .unwrap();
-        copy_output(
-            &stdio,
-            chunks(vec![
-                Chunk::Stdout(b"hello ".to_vec()),
-                Chunk::Stderr(b"world".to_vec()),
-            ]),
-        )
-        .await;
+        let (o, e) = output_fifos(&stdio);
+        assert!(e.is_none(), "no stderr FIFO: stderr goes to stdout's");
+        let mut o = o.expect("the stdout FIFO opens");
+        o.write_all(b"hello world").await.unwrap();
+        drop(o);
         let mut got = vec![0u8; 11];
-        use tokio::io::AsyncReadExt;
         tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut got))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(got, b"hello world");
+
+        // No reader at all (`ctr run -d`): the open does not wait for one.
+        let detached = Stdio {
+            stdout: fifo(&dir, "detached"),
+            ..Stdio::default()
+        };
+        assert!(output_fifos(&detached).0.is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -4,7 +4,8 @@
 //! By role: `shim.rs` is the shim's lifecycle (start, delete after a crash,
 //! with `marker.rs`), `task.rs` the Task RPCs over the pod's tasks
 //! (`container.rs`) and execs (`exec.rs`), each a `process.rs` Process;
-//! `pod.rs` the pod's VM and every call into it; `io.rs` containerd's FIFOs;
+//! `pod.rs` the pod's VM (its size, boot and teardown; every call into it
+//! goes through `vpod_sandbox::Pod`'s front); `io.rs` containerd's FIFOs;
 //! `events.rs` and `stats.rs` what containerd is told; `error.rs` the ttrpc
 //! code of each failure.
 

@@ -1,23 +1,18 @@
 //! The pod's VM as the shim holds it: its size, its boot, its teardown, and
-//! every call the shim makes into it (containers, exec, stdio, stats).
+//! the creation of its containers (policy first, volumes kept up to date).
 //!
-//! This file is the shim's one seam to `vpod_sandbox::Pod` and the pod's
-//! agent: the rest of the shim sees shim types ([`Chunk`], [`ExecEvent`],
-//! [`ExecControl`]) and shim errors, never the agent's protocol.
+//! Every other call into the pod goes through its front, `vpod_sandbox::Pod`
+//! (the agent's protocol and its rules live there); the shim maps the front's
+//! `PodError` to its own [`Error`] where it calls it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use vpod_agent_api::pb;
 use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig, VmSize};
 
 use crate::config::ShimConfig;
 use crate::error::{Error, Result};
-use crate::io::{Chunk, Stdio};
 
 /// Empty disk slots a CRI pod boots with (one per container created later).
 const POD_SLOTS: usize = 4;
@@ -115,19 +110,15 @@ impl PodSlot {
         let size = vm_size(cfg, b.spec, b.sandbox)?;
         let hostname = b.spec.hostname().clone().filter(|h| !h.is_empty());
         let pod = Pod::boot(PodConfig {
-            id: pid.clone(),
-            dir: b.state_dir,
             ephemeral_dir: Some(b.ephemeral_dir),
-            kernel: cfg.kernel.clone(),
-            initrd: cfg.initrd.clone(),
             vcpus: size.vcpus,
             mem_mib: size.mem_mib,
             ephemeral_bytes: cfg.ephemeral_bytes(),
             images: b.images,
             spare_slots: slots,
             hostname: hostname.unwrap_or_else(|| pid.clone()),
-            boot_timeout: vpod_sandbox::pod::DEFAULT_BOOT_TIMEOUT,
             net,
+            ..PodConfig::new(&pid, b.state_dir, &cfg.kernel, &cfg.initrd)
         })
         .await
         .map_err(Error::Boot)?;
@@ -149,18 +140,8 @@ impl PodSlot {
         let Some(pod) = self.0.lock().await.take() else {
             return;
         };
-        match Arc::try_unwrap(pod) {
-            Ok(p) => {
-                p.shutdown(SHUTDOWN_TIMEOUT).await;
-            }
-            Err(arc) => arc.stop_now(),
-        }
+        Pod::finish(pod, SHUTDOWN_TIMEOUT).await;
     }
-}
-
-/// Puts `image` into a free disk slot of the pod.
-pub fn attach_image(pod: &Pod, image: &ImageDisk) -> Result<()> {
-    pod.attach_image(image).map_err(Error::AttachImage)
 }
 
 /// Creates container `id` of `spec` on the disk `serial` (policy first:
@@ -191,215 +172,4 @@ pub async fn create_container(
         ));
     }
     Ok(())
-}
-
-/// Starts container `id`.
-pub async fn start_container(pod: &Pod, id: &str) -> Result<()> {
-    pod.start_container(id)
-        .await
-        .map(drop)
-        .map_err(Error::StartContainer)
-}
-
-/// Waits for container `id` to end: its exit status and whether it was
-/// OOM-killed (a lost answer is 255, as a lost exec's).
-pub async fn wait_container(pod: &Pod, id: &str) -> (u32, bool) {
-    match pod.wait_container(id).await {
-        Ok(s) => (s.exit_code as u32, s.oom_killed),
-        Err(_) => (255, false),
-    }
-}
-
-/// Removes container `id` (best effort: the VM may be gone).
-pub async fn remove_container(pod: &Pod, id: &str) {
-    let _ = pod.remove_container(id).await;
-}
-
-/// Sends `signal` to container `id` (`all`: every process in it).
-pub async fn kill_container(pod: &Pod, id: &str, signal: i32, all: bool) -> Result<()> {
-    pod.agent()
-        .kill_container(pb::KillContainerRequest {
-            id: id.to_owned(),
-            signal,
-            all,
-        })
-        .await
-        .map(drop)
-        .map_err(|s| Error::Agent(s.message().to_owned()))
-}
-
-/// Sets the TTY size of container `id`.
-pub async fn resize_tty(pod: &Pod, id: &str, rows: u32, cols: u32) -> Result<()> {
-    pod.agent()
-        .resize_tty(pb::ResizeTtyRequest {
-            id: id.to_owned(),
-            rows,
-            cols,
-        })
-        .await
-        .map(drop)
-        .map_err(|s| Error::Agent(s.message().to_owned()))
-}
-
-/// The guest's cgroup figures of container `id`.
-pub async fn container_stats(pod: &Pod, id: &str) -> Result<pb::ContainerStatsResponse> {
-    pod.agent()
-        .container_stats(pb::ContainerRef { id: id.to_owned() })
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| Error::Agent(s.message().to_owned()))
-}
-
-/// New cgroup limits for container `id`.
-pub async fn update_container(
-    pod: &Pod,
-    id: &str,
-    resources: &oci_spec::runtime::LinuxResources,
-) -> Result<()> {
-    pod.agent()
-        .update_container(pb::UpdateContainerRequest {
-            id: id.to_owned(),
-            limits: Some(vpod_sandbox::oci::limits(Some(resources))),
-        })
-        .await
-        .map(drop)
-        .map_err(|s| Error::Agent(s.message().to_owned()))
-}
-
-/// Container `id`'s output, once the agent attaches to it. Holds no
-/// reference to the pod: copying output never keeps the VM from a clean
-/// shutdown.
-pub fn attach(
-    pod: &Pod,
-    id: &str,
-) -> impl std::future::Future<Output = Result<impl Stream<Item = Chunk> + Unpin + Send>> + Send + 'static
-{
-    let mut agent = pod.agent();
-    let id = id.to_owned();
-    async move {
-        let out = agent
-            .attach(pb::ContainerRef { id })
-            .await
-            .map_err(|s| Error::Agent(s.message().to_owned()))?
-            .into_inner();
-        Ok(out.map_while(|c| {
-            let c = c.ok()?;
-            Some(if c.stream == pb::OutputStream::Stderr as i32 {
-                Chunk::Stderr(c.data)
-            } else {
-                Chunk::Stdout(c.data)
-            })
-        }))
-    }
-}
-
-/// Writes `chunks` to container `id`'s stdin until they end, which closes
-/// it. The first chunk names the container; the stream's end closes its
-/// stdin.
-pub fn write_stdin(pod: &Pod, id: &str, chunks: mpsc::Receiver<Vec<u8>>) {
-    let mut agent = pod.agent();
-    let id = id.to_owned();
-    let first = pb::StdinChunk {
-        id: id.clone(),
-        data: Vec::new(),
-        close_on_end: true,
-    };
-    let stream =
-        tokio_stream::once(first).chain(ReceiverStream::new(chunks).map(|data| pb::StdinChunk {
-            id: String::new(),
-            data,
-            close_on_end: true,
-        }));
-    tokio::spawn(async move {
-        if let Err(s) = agent.write_stdin(stream).await {
-            log::warn!("stdin of {id}: {}", s.message());
-        }
-    });
-}
-
-/// What a running exec's output stream brings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExecEvent {
-    /// Some of its output.
-    Output(Chunk),
-    /// Its exit status: the last event.
-    Exit(u32),
-}
-
-/// The input side of a running exec: stdin, signals, resizes. Every clone
-/// keeps the exec's input open.
-#[derive(Debug, Clone)]
-pub struct ExecControl(mpsc::Sender<pb::ExecInput>);
-
-impl ExecControl {
-    async fn send(&self, input: pb::exec_input::Input) -> Result<()> {
-        self.0
-            .send(pb::ExecInput { input: Some(input) })
-            .await
-            .map_err(|_| Error::ExecNotRunning)
-    }
-
-    /// Sends `signal` to the exec's process (never its container).
-    pub async fn signal(&self, signal: i32) -> Result<()> {
-        self.send(pb::exec_input::Input::Signal(signal)).await
-    }
-
-    /// Sets the exec's TTY size.
-    pub async fn resize(&self, rows: u32, cols: u32) -> Result<()> {
-        self.send(pb::exec_input::Input::Resize(pb::ExecResize { rows, cols }))
-            .await
-    }
-
-    /// Writes to the exec's stdin.
-    pub async fn stdin(&self, data: Vec<u8>) -> Result<()> {
-        self.send(pb::exec_input::Input::Stdin(data)).await
-    }
-
-    /// Ends the exec's stdin.
-    pub async fn close_stdin(&self) -> Result<()> {
-        self.send(pb::exec_input::Input::CloseStdin(true)).await
-    }
-}
-
-/// Runs `process` in container `container_id` through the agent's Exec
-/// stream: its input, and its output up to its exit.
-pub async fn exec(
-    pod: &Pod,
-    container_id: &str,
-    process: &oci_spec::runtime::Process,
-    stdio: &Stdio,
-) -> Result<(
-    ExecControl,
-    impl Stream<Item = ExecEvent> + Unpin + Send + 'static,
-)> {
-    let start = pb::ExecInput {
-        input: Some(pb::exec_input::Input::Start(pb::ExecStart {
-            container_id: container_id.to_owned(),
-            process: Some(pb::Process {
-                args: process.args().clone().unwrap_or_default(),
-                env: process.env().clone().unwrap_or_default(),
-                cwd: process.cwd().to_string_lossy().into_owned(),
-                tty: stdio.terminal,
-                stdin: stdio.has_stdin(),
-                ..Default::default()
-            }),
-        })),
-    };
-    let (tx, rx) = mpsc::channel::<pb::ExecInput>(16);
-    tx.send(start).await.map_err(|_| Error::ExecInputClosed)?;
-    let out = pod
-        .agent()
-        .exec(ReceiverStream::new(rx))
-        .await
-        .map_err(|s| Error::Agent(s.message().to_owned()))?
-        .into_inner();
-    let events = out.map_while(|r| r.ok()).filter_map(|m| {
-        use pb::exec_output::Output;
-        match m.output? {
-            Output::Stdout(b) => Some(ExecEvent::Output(Chunk::Stdout(b))),
-            Output::Stderr(b) => Some(ExecEvent::Output(Chunk::Stderr(b))),
-            Output::Exit(x) => Some(ExecEvent::Exit(x.exit_code as u32)),
-        }
-    });
-    Ok((ExecControl(tx), events))
 }

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, Publisher};
 use crate::exec::{self, Exec};
 use crate::marker::{PodMarker, POD_MARKER};
-use crate::pod::{self, Boot, PodSlot};
+use crate::pod::{Boot, PodSlot};
 use crate::process::Exit;
 use crate::stats;
 
@@ -188,7 +188,7 @@ impl TaskService {
             let image = container::rootfs_image(req.rootfs.clone(), cache).await?;
             let pod = match self.inner.pod.current().await {
                 Some(pod) => {
-                    pod::attach_image(&pod, &image)?;
+                    pod.attach_image(&image).map_err(Error::AttachImage)?;
                     pod
                 }
                 // No sandbox task (`ctr run`): this container's own VM.
@@ -269,7 +269,9 @@ impl Task for TaskService {
             return Ok(api::Empty::default());
         }
         let pod = self.pod().await?;
-        pod::kill_container(&pod, &c.id, req.signal as i32, req.all).await?;
+        pod.kill_container(&c.id, req.signal as i32, req.all)
+            .await
+            .map_err(Error::Agent)?;
         Ok(api::Empty::default())
     }
 
@@ -305,7 +307,8 @@ impl Task for TaskService {
         let c = self.task(&req.id)?;
         if !c.is_sandbox() {
             if let Some(pod) = self.inner.pod.current().await {
-                pod::remove_container(&pod, &c.id).await;
+                // Best effort: the VM may be gone.
+                let _ = pod.remove_container(&c.id).await;
             }
         }
         let remaining = {
@@ -405,7 +408,12 @@ impl Task for TaskService {
         if c.is_sandbox() {
             return Ok(api::StatsResponse::default());
         }
-        let s = pod::container_stats(&*self.pod().await?, &c.id).await?;
+        let s = self
+            .pod()
+            .await?
+            .container_stats(&c.id)
+            .await
+            .map_err(Error::Agent)?;
         Ok(stats::response(&s)?)
     }
 
@@ -421,7 +429,11 @@ impl Task for TaskService {
             return Ok(api::Empty::default());
         }
         let c = self.task(&req.id)?;
-        pod::resize_tty(&*self.pod().await?, &c.id, req.height, req.width).await?;
+        self.pod()
+            .await?
+            .resize_tty(&c.id, req.height, req.width)
+            .await
+            .map_err(Error::Agent)?;
         Ok(api::Empty::default())
     }
 
@@ -464,7 +476,12 @@ impl Task for TaskService {
                 source,
             })?
             .unwrap_or_default();
-        pod::update_container(&*self.pod().await?, &c.id, &resources).await?;
+        let limits = vpod_sandbox::oci::limits(Some(&resources));
+        self.pod()
+            .await?
+            .update_container(&c.id, limits)
+            .await
+            .map_err(Error::Agent)?;
         Ok(api::Empty::default())
     }
 
