@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use vpod_images::UnpackLimits;
 
 /// Where a pod's state dirs go.
 const STATE_ROOT: &str = "/run/vpod/shim";
@@ -20,6 +21,11 @@ const KERNEL: &str = "/var/lib/vpod/guest/vmlinux";
 const INITRD: &str = "/var/lib/vpod/guest/initramfs.cpio";
 const KUBELET_ROOT: &str = "/var/lib/kubelet";
 const EPHEMERAL_MIB: u64 = 1024;
+/// vpod-images' bound on an image's unpacked size (10 GiB), in MiB: the shim's images are held
+/// to what `vpod image import` allows by default.
+const MAX_IMAGE_SIZE_MIB: u64 = UnpackLimits::DEFAULT.max_bytes >> 20;
+/// The largest `max_image_size_mib` whose byte count fits a u64.
+const MAX_IMAGE_SIZE_MIB_CEILING: u64 = u64::MAX >> 20;
 
 /// `type_url` containerd gives its generic runtime options.
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
@@ -85,6 +91,11 @@ pub struct ShimConfig {
     /// containerd's `root` and `state` dirs: where a sandbox's hosts, hostname and
     /// resolv.conf are recognized.
     pub containerd_dirs: Vec<PathBuf>,
+    /// Largest size of a container image's layers (all of them together, files a later layer
+    /// replaces included) the shim builds a rootfs disk from.
+    pub max_image_size_mib: u64,
+    /// Most entries (files, dirs, links) those layers may hold together.
+    pub max_image_entries: u64,
 }
 
 impl Default for ShimConfig {
@@ -104,6 +115,8 @@ impl Default for ShimConfig {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
+            max_image_size_mib: MAX_IMAGE_SIZE_MIB,
+            max_image_entries: UnpackLimits::DEFAULT.max_entries,
         }
     }
 }
@@ -164,6 +177,15 @@ impl ShimConfig {
         if c.ephemeral_storage_mib == 0 {
             return Err(invalid("ephemeral_storage_mib must be at least 1"));
         }
+        if !(1..=MAX_IMAGE_SIZE_MIB_CEILING).contains(&c.max_image_size_mib) {
+            return Err(invalid(&format!(
+                "max_image_size_mib {} must be between 1 and {MAX_IMAGE_SIZE_MIB_CEILING}",
+                c.max_image_size_mib
+            )));
+        }
+        if c.max_image_entries == 0 {
+            return Err(invalid("max_image_entries must be at least 1"));
+        }
         Ok(c)
     }
 
@@ -180,6 +202,16 @@ impl ShimConfig {
 
     pub fn ephemeral_bytes(&self) -> u64 {
         self.ephemeral_storage_mib << 20
+    }
+
+    /// What a container image's layers may hold for the shim to build its rootfs disk
+    /// (`max_image_size_mib`, `max_image_entries`; vpod-images' metadata bound).
+    pub fn unpack_limits(&self) -> UnpackLimits {
+        UnpackLimits {
+            max_bytes: self.max_image_size_mib << 20,
+            max_entries: self.max_image_entries,
+            ..UnpackLimits::DEFAULT
+        }
     }
 }
 
@@ -261,5 +293,33 @@ mod tests {
         assert!(e.to_string().contains("default_memory_mib"), "{e}");
         let e = ShimConfig::resolve("runtimeoptions.v1.Options", b"\xff\xff").unwrap_err();
         assert!(matches!(e, ConfigError::Options { .. }), "{e}");
+    }
+
+    /// Issue 12 item 14: the unpacked size of a container image is bounded, configurably.
+    #[test]
+    fn image_limits_are_configurable_and_checked() {
+        let d = ShimConfig::default();
+        assert_eq!(d.unpack_limits(), UnpackLimits::DEFAULT);
+        let c = ShimConfig::parse("max_image_size_mib = 64\nmax_image_entries = 500", "t").unwrap();
+        let l = c.unpack_limits();
+        assert_eq!((l.max_bytes, l.max_entries), (64 << 20, 500));
+        assert_eq!(
+            l.max_metadata_bytes,
+            UnpackLimits::DEFAULT.max_metadata_bytes
+        );
+        for (body, key) in [
+            ("max_image_size_mib = 0", "max_image_size_mib"),
+            (
+                "max_image_size_mib = 18446744073709551615",
+                "max_image_size_mib",
+            ),
+            ("max_image_size_mib = -1", "max_image_size_mib"),
+            ("max_image_entries = 0", "max_image_entries"),
+            ("max_image_entries = \"many\"", "max_image_entries"),
+        ] {
+            let e =
+                ShimConfig::resolve("runtimeoptions.v1.Options", &options("", body)).unwrap_err();
+            assert!(e.to_string().contains(key), "{body}: {e}");
+        }
     }
 }

@@ -5,12 +5,19 @@
 //! is built once per set of lower dirs and cached. containerd's upper dir
 //! stays empty: the container's writes go to its layer on the pod's
 //! ephemeral disk in the guest, never to a host directory.
+//!
+//! containerd's snapshotter unpacked the layers, not vpod-images, so its
+//! [`UnpackLimits`] were never applied: before a disk is built, the lower
+//! dirs are walked (without following links) and their file bytes and
+//! entries counted against the same limits (the shim config's
+//! `max_image_size_mib` and `max_image_entries`).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use vpod_images::UnpackLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -22,6 +29,16 @@ pub enum RootfsError {
     Io { op: String, source: std::io::Error },
     #[error("rootfs: build the erofs disk: {0}")]
     Build(#[from] vpod_images::Error),
+    /// The layers hold more than the shim config allows (`key` names its setting).
+    #[error(
+        "rootfs: the image's layers exceed the shim config's {key} ({limit}): {what}, at {path}"
+    )]
+    Limit {
+        key: &'static str,
+        limit: String,
+        what: String,
+        path: PathBuf,
+    },
 }
 
 /// The image disk of a container: where it is and the serial the guest finds it by.
@@ -50,8 +67,66 @@ pub fn lower_dirs(mounts: &[Mount]) -> Result<Vec<PathBuf>, RootfsError> {
     }
 }
 
-/// The erofs disk of `mounts`, built into `cache` unless it is there.
+/// What the lower dirs hold: bytes of their regular files (sparse ones at their full size) and
+/// entries, all layers summed. Fails at the first entry over `limits`. The walk keeps a stack of
+/// dirs (no recursion: any depth) and never follows a symlink.
+pub fn check_size(lowers: &[PathBuf], limits: &UnpackLimits) -> Result<(), RootfsError> {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut dirs: Vec<PathBuf> = lowers.to_vec();
+    while let Some(dir) = dirs.pop() {
+        let io = |source| RootfsError::Io {
+            op: format!("read {}", dir.display()),
+            source,
+        };
+        for e in std::fs::read_dir(&dir).map_err(io)? {
+            let e = e.map_err(io)?;
+            let path = e.path();
+            entries += 1;
+            if entries > limits.max_entries {
+                return Err(RootfsError::Limit {
+                    key: "max_image_entries",
+                    limit: limits.max_entries.to_string(),
+                    what: format!("more than {} entries", limits.max_entries),
+                    path,
+                });
+            }
+            // DirEntry's type and lstat: a symlink is an entry, never followed.
+            let meta = e.metadata().map_err(io)?;
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_file() {
+                bytes = bytes.saturating_add(meta.len());
+                if bytes > limits.max_bytes {
+                    return Err(RootfsError::Limit {
+                        key: "max_image_size_mib",
+                        limit: format!("{} MiB", limits.max_bytes >> 20),
+                        what: format!("more than {} bytes of files", limits.max_bytes),
+                        path,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The erofs disk of `mounts`, built into `cache` unless it is there, within the default
+/// [`UnpackLimits`] (those of a default shim config).
 pub fn disk(mounts: &[Mount], cache: &Path) -> Result<RootfsDisk, RootfsError> {
+    disk_within(
+        mounts,
+        cache,
+        &crate::config::ShimConfig::default().unpack_limits(),
+    )
+}
+
+/// The erofs disk of `mounts`, built into `cache` unless it is there; a disk to build is first
+/// held to `limits` ([`check_size`]).
+pub fn disk_within(
+    mounts: &[Mount],
+    cache: &Path,
+    limits: &UnpackLimits,
+) -> Result<RootfsDisk, RootfsError> {
     let lowers = lower_dirs(mounts)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     lowers.hash(&mut h);
@@ -61,6 +136,7 @@ pub fn disk(mounts: &[Mount], cache: &Path) -> Result<RootfsDisk, RootfsError> {
     if path.is_file() {
         return Ok(RootfsDisk { serial, path });
     }
+    check_size(&lowers, limits)?;
     let io = |op: String| move |source| RootfsError::Io { op, source };
     std::fs::create_dir_all(cache).map_err(io(format!("mkdir {}", cache.display())))?;
     let tmp = cache.join(format!(".{key}.{}.tmp", std::process::id()));
@@ -107,10 +183,12 @@ pub fn remove_leftovers(cache: &Path, pid: u32) -> usize {
             continue;
         }
         let path = e.path();
-        if name.ends_with(&tmp) {
+        // The entry's own type (a symlink is not followed): only the shim's files and dirs.
+        let Ok(kind) = e.file_type() else { continue };
+        if name.ends_with(&tmp) && kind.is_file() {
             n += usize::from(std::fs::remove_file(&path).is_ok());
-        } else if name.ends_with(&merged) {
-            let _ = umount2(&path, MntFlags::MNT_DETACH);
+        } else if name.ends_with(&merged) && kind.is_dir() {
+            let _ = umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
             n += usize::from(std::fs::remove_dir(&path).is_ok());
         }
     }
@@ -174,6 +252,60 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Issue 12 item 14: layers over the size or entry limit build no disk, with an error
+    /// naming the shim config's key; within the limits they are counted, not refused.
+    #[test]
+    fn layers_over_the_limits_build_no_disk() {
+        let dir = std::env::temp_dir().join(format!("vpod-shim-limits-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (l1, l2) = (dir.join("l1"), dir.join("l2"));
+        std::fs::create_dir_all(l1.join("a/b")).unwrap();
+        std::fs::create_dir_all(&l2).unwrap();
+        // 1.5 MiB (sparse) in l1's deep dir, 1 MiB more in l2, a symlink that is not followed.
+        std::fs::File::create(l1.join("a/b/big"))
+            .unwrap()
+            .set_len(3 << 19)
+            .unwrap();
+        std::fs::File::create(l2.join("more"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        std::os::unix::fs::symlink("/usr", l2.join("usr")).unwrap();
+        let lowers = [l2.clone(), l1.clone()];
+        let limits = |mib: u64, entries: u64| UnpackLimits {
+            max_bytes: mib << 20,
+            max_entries: entries,
+            ..UnpackLimits::DEFAULT
+        };
+        // 5 entries (a, b, big, more, usr), 2.5 MiB: both layers count.
+        check_size(&lowers, &limits(3, 5)).unwrap();
+        let e = check_size(&lowers, &limits(2, 5)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RootfsError::Limit {
+                    key: "max_image_size_mib",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("max_image_size_mib (2 MiB)"), "{e}");
+        let e = check_size(&lowers, &limits(3, 4)).unwrap_err();
+        assert!(e.to_string().contains("max_image_entries (4)"), "{e}");
+        // Through the disk builder: refused before mkfs, nothing left in the cache.
+        let overlay = m(
+            "overlay",
+            "overlay",
+            &[&format!("lowerdir={}:{}", l2.display(), l1.display())],
+        );
+        let cache = dir.join("cache");
+        let e = disk_within(&[overlay], &cache, &limits(1, 100)).unwrap_err();
+        assert!(e.to_string().contains("max_image_size_mib"), "{e}");
+        assert!(!cache.exists() || std::fs::read_dir(&cache).unwrap().count() == 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// Issue 12 item 11: a dead shim's half-built disks go; others' stay.
     #[test]
     fn a_dead_shims_build_leftovers_are_removed() {
@@ -191,6 +323,25 @@ mod tests {
         left.sort();
         assert_eq!(left, [".k2.4243.tmp", "k3.erofs"]);
         assert_eq!(remove_leftovers(&dir.join("absent"), 4242), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A leftover's name on a symlink is not the shim's: neither it nor what it names is touched.
+    #[test]
+    fn leftover_names_on_symlinks_are_left() {
+        let dir = std::env::temp_dir().join(format!("vpod-shim-leftlinks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let target = dir.join("target");
+        std::fs::create_dir_all(target.join("sub")).unwrap();
+        std::fs::write(target.join("file"), "x").unwrap();
+        let cache = dir.join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::os::unix::fs::symlink(target.join("sub"), cache.join(".k.4242.merged")).unwrap();
+        std::os::unix::fs::symlink(target.join("file"), cache.join(".k.4242.tmp")).unwrap();
+        assert_eq!(remove_leftovers(&cache, 4242), 0);
+        assert!(cache.join(".k.4242.merged").symlink_metadata().is_ok());
+        assert!(cache.join(".k.4242.tmp").symlink_metadata().is_ok());
+        assert!(target.join("sub").is_dir() && target.join("file").is_file());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
