@@ -23,7 +23,8 @@ pub struct VpodShim {
     namespace: String,
     /// The task's bundle (`-bundle`, else the working directory containerd
     /// starts us in): where `delete` finds the pod's
-    /// [`PodMarker`](crate::marker::PodMarker).
+    /// [`PodMarker`](crate::marker::PodMarker). containerd names it after
+    /// the task id, which is what `delete` takes the id from.
     bundle: PathBuf,
 }
 
@@ -71,8 +72,8 @@ impl Shim for VpodShim {
     async fn delete_shim(&mut self) -> std::result::Result<api::DeleteResponse, ShimError> {
         // containerd calls this when the shim is gone (killed, crashed) or a
         // start failed: clean up what the dead shim left, report a killed task.
-        let bundle = self.bundle.clone();
-        let done = tokio::task::spawn_blocking(move || clean_after_dead_shim(&bundle))
+        let (bundle, namespace) = (self.bundle.clone(), self.namespace.clone());
+        let done = tokio::task::spawn_blocking(move || clean_after_dead_shim(&bundle, &namespace))
             .await
             .map_err(|e| ShimError::Other(e.to_string()))?;
         log::info!("delete of {}: {done:?}", self.bundle.display());
@@ -127,18 +128,30 @@ mod tests {
             rootfs_cache: base.join("rootfs"),
             ..ShimConfig::default()
         };
-        let bundle = base.join("bundle");
+        // containerd names a task's bundle after the task.
+        let id = "0123456789abcdefABCDEF0123456789abcdef";
+        let bundle = base.join(id);
         std::fs::create_dir_all(&bundle).unwrap();
-        let mut m = PodMarker::for_pod(&cfg, "k8s.io", "0123456789abcdefABCDEF0123456789abcdef");
+        let mut m = PodMarker::for_pod(&cfg, "k8s.io", id);
+        assert_eq!(
+            (&m.state_root, &m.ephemeral_root),
+            (&cfg.state_dir, &cfg.ephemeral_dir)
+        );
         assert_eq!(m.shim_pid, std::process::id());
         assert!(m.shim_alive(), "{m:?}");
         assert_eq!(
             m.state_dir,
             base.join("state/k8s.io-0123456789abcdefabcdef0123456789")
         );
+        // The pod's dirs as the shim makes them: 0700.
         let make = |m: &PodMarker| {
+            use std::os::unix::fs::DirBuilderExt;
             for d in [&m.state_dir, &m.ephemeral_dir] {
-                std::fs::create_dir_all(d).unwrap();
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(d)
+                    .unwrap();
                 std::fs::write(d.join("slot-0.img"), "x").unwrap();
             }
             std::fs::create_dir_all(&m.rootfs_cache).unwrap();
@@ -148,7 +161,7 @@ mod tests {
         // No marker: nothing to do, still a killed task's answer.
         let r = shim_for(&bundle).delete_shim().await.unwrap();
         assert_eq!(r.exit_status, 137);
-        assert_eq!(clean_after_dead_shim(&bundle), Cleanup::NoMarker);
+        assert_eq!(clean_after_dead_shim(&bundle, "k8s.io"), Cleanup::NoMarker);
 
         // The shim runs (this process): the pod is left alone.
         make(&m);
@@ -178,7 +191,10 @@ mod tests {
         assert!(!m.ephemeral_dir.exists(), "ephemeral dir left");
         assert_eq!(std::fs::read_dir(&m.rootfs_cache).unwrap().count(), 0);
         // Again (containerd deletes each task of the pod): nothing left to do.
-        assert_eq!(clean_after_dead_shim(&bundle), Cleanup::Cleaned(Vec::new()));
+        assert_eq!(
+            clean_after_dead_shim(&bundle, "k8s.io"),
+            Cleanup::Cleaned(Vec::new())
+        );
 
         // A marker naming a relative or `..` path removes nothing.
         let victim = base.join("victim");
