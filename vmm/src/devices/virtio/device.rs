@@ -241,11 +241,6 @@ impl Lifecycle {
         self.acked_features & (1 << bit) != 0
     }
 
-    /// The eventfd by which activation and reset reach the event loop.
-    pub fn activate_evt(&self) -> &EventFd {
-        &self.activate_evt
-    }
-
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         self.state = DeviceState::Activated(ctx);
         self.registered = false;
