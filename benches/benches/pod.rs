@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vpod_agent_api::pb::{ContainerRef, CreateContainerRequest, Process};
+use vpod_agent_api::pb::{CreateContainerRequest, Process};
 use vpod_benches::{out_dir, qemu_microvm, vsock_ready, workspace, Stats};
 use vpod_sandbox::{ImageDisk, Pod, PodConfig};
 use vpod_test_support as images;
@@ -164,14 +164,9 @@ async fn container(pod: &Pod, req: CreateContainerRequest) -> Result<(f64, f64),
     pod.create_container(req).await.map_err(|e| e.to_string())?;
     let created = t0.elapsed();
     let t1 = Instant::now();
-    let mut out = pod
-        .agent()
-        .attach(ContainerRef { id: id.clone() })
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
+    let mut out = pod.attach(&id).await.map_err(|e| e.to_string())?;
     pod.start_container(&id).await.map_err(|e| e.to_string())?;
-    out.message()
+    out.next()
         .await
         .map_err(|e| e.to_string())?
         .ok_or("no output")?;
@@ -181,25 +176,22 @@ async fn container(pod: &Pod, req: CreateContainerRequest) -> Result<(f64, f64),
 }
 
 async fn lib_run(f: &Files, disk: &Path, dir: &Path, i: usize) -> Result<LibRun, String> {
-    let size = vpod_sandbox::VmSize::for_pod(&[vpod_sandbox::Limits::default()], 1);
     let t0 = Instant::now();
+    // Sized as `vpod run` sizes a container without limits: PodConfig's default.
     let pod = Pod::boot(PodConfig {
-        id: format!("bench-{i}"),
-        dir: dir.join(format!("pod-{i}")),
-        ephemeral_dir: None,
-        kernel: f.kernel.clone(),
-        initrd: f.initrd.clone(),
-        vcpus: size.vcpus,
-        mem_mib: size.mem_mib,
         ephemeral_bytes: 1 << 30,
         images: vec![ImageDisk {
             serial: "img0".into(),
             path: disk.to_path_buf(),
         }],
         spare_slots: 0,
-        hostname: format!("bench-{i}"),
         boot_timeout: READY_TIMEOUT,
-        net: None,
+        ..PodConfig::new(
+            format!("bench-{i}"),
+            dir.join(format!("pod-{i}")),
+            &f.kernel,
+            &f.initrd,
+        )
     })
     .await
     .map_err(|e| e.to_string())?;

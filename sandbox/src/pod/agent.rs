@@ -82,11 +82,6 @@ impl PodAgent {
         &self.id
     }
 
-    /// The raw client (only for [`super::Pod::agent`], on its way out).
-    pub(crate) fn client(&self) -> AgentClient<AgentChannel> {
-        self.client.clone()
-    }
-
     fn err(&self, op: ContainerOp, container: &str) -> impl FnOnce(tonic::Status) -> PodError {
         let (id, container) = (self.id.clone(), container.to_owned());
         move |status| PodError::Container {

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use vpod_agent_api::{AgentChannel, AgentClient};
 use vpod_vmm::{RunningVm, VmExit};
 
 pub use agent::{CreateOptions, PodAgent};
@@ -77,13 +76,6 @@ impl Pod {
     /// The pod's state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// A client of the pod's agent (cheap to clone; shares the connection).
-    // Only the shim still uses this (and the pod bench); it moves to the front next.
-    #[doc(hidden)]
-    pub fn agent(&self) -> AgentClient<AgentChannel> {
-        self.agent.client()
     }
 
     /// The front of the pod's agent, to hand to a task that outlives a borrow of the pod.

@@ -280,7 +280,7 @@ mod stdio {
     }
 
     /// The output copier: each stream to its writer, stderr to stdout's without one of its own,
-    /// an exec's exit ends the copy.
+    /// output without a writer dropped, an exec's exit ends the copy.
     #[tokio::test]
     async fn the_output_copier_routes_streams_and_stops_at_the_exit() {
         use OutputEvent::{Exit, Stderr, Stdout};
@@ -303,6 +303,11 @@ mod stdio {
         let attach = Output::new("p1", "app", ContainerOp::Attach, out3());
         attach.copy_to(Some(&mut o), None::<Vec<u8>>).await.unwrap();
         assert_eq!(text(&o), "abc");
+        // No stdout writer (containerd gave no stdout FIFO): stdout is dropped, stderr arrives.
+        let mut e = Vec::new();
+        let attach = Output::new("p1", "app", ContainerOp::Attach, out3());
+        attach.copy_to(None::<Vec<u8>>, Some(&mut e)).await.unwrap();
+        assert_eq!(text(&e), "b");
         let drained = Output::new("p1", "app", ContainerOp::Attach, out3());
         let none = None::<Vec<u8>>;
         assert_eq!(drained.copy_to(none.clone(), none).await.unwrap(), None);
