@@ -92,6 +92,22 @@ pub enum BuildError {
     ),
 }
 
+/// Entry point: config in, running VM out.
+#[derive(Debug)]
+pub struct Vmm;
+
+impl Vmm {
+    /// Builds and starts a VM; metrics measure from now.
+    pub fn start(config: VmConfig) -> Result<RunningVm, BuildError> {
+        Self::start_at(config, Instant::now())
+    }
+
+    /// Like [`Vmm::start`], measuring "time to first KVM_RUN" from `started` (e.g. process start).
+    pub fn start_at(config: VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
+        build(&config, started)
+    }
+}
+
 fn cmdline_err(e: linux_loader::cmdline::Error) -> BuildError {
     BuildError::Cmdline(e.to_string())
 }

@@ -14,7 +14,7 @@
 //!
 //! Data flows one way: [`VmConfig`] -> [`builder::build`] -> [`RunningVm`] -> [`VmExit`].
 //!
-//! - [`config`]: what a VM is made of; [`builder`]: config -> wired VM, in one pass.
+//! - [`config`]: what a VM is made of; [`builder`]: config -> wired VM, in one pass ([`Vmm`]).
 //! - [`arch`]: x86_64 boot (PVH, MP table, CPUID, MSRs, registers, memory layout).
 //! - [`vstate`]: the KVM VM, its vCPU threads and guest memory.
 //! - [`devices`]: the buses, legacy PC devices, virtio devices and their virtio-mmio transport.
@@ -34,8 +34,8 @@ pub mod metrics;
 pub mod running;
 pub mod vstate;
 
-pub use builder::BuildError;
+pub use builder::{BuildError, Vmm};
 pub use config::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use exit::VmExit;
 pub use metrics::VmMetrics;
-pub use running::{RunningVm, StopHandle, VmOpError, Vmm, TEARDOWN_TIMEOUT, THREAD_STACK_SIZE};
+pub use running::{RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT, THREAD_STACK_SIZE};

@@ -1,13 +1,11 @@
 //! A VM once it runs: its threads and how they are torn down (`Running`), and the handle the
-//! embedder holds ([`RunningVm`]: wait, stop, metrics, disk swaps).
+//! embedder holds ([`RunningVm`]: wait, stop, metrics, disk swaps). [`crate::Vmm`] makes one.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::builder::{self, BuildError};
-use crate::config::VmConfig;
 use crate::devices::virtio::block::{Block, BlockError, DiskFile};
 use crate::devices::virtio::transport::MmioTransport;
 use crate::devices::virtio::GuestMemory;
@@ -21,22 +19,6 @@ use crate::vstate::vm::Vm;
 /// page on purpose: with THP "always" a default 2 MiB stack gets a whole huge page on its first
 /// touch, 2 MiB of RSS per thread for a few KiB of real use.
 pub const THREAD_STACK_SIZE: usize = 256 << 10;
-
-/// Entry point: config in, running VM out.
-#[derive(Debug)]
-pub struct Vmm;
-
-impl Vmm {
-    /// Builds and starts a VM; metrics measure from now.
-    pub fn start(config: VmConfig) -> Result<RunningVm, BuildError> {
-        Self::start_at(config, Instant::now())
-    }
-
-    /// Like [`Vmm::start`], measuring "time to first KVM_RUN" from `started` (e.g. process start).
-    pub fn start_at(config: VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
-        builder::build(&config, started)
-    }
-}
 
 /// A virtio-blk slot, for swapping its backing file at runtime.
 pub(crate) struct DiskSlot {

@@ -10,8 +10,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vm_memory::Bytes;
 
-use super::request::{Request, STATUS_OK};
-use super::{QUEUE_SIZE, SECTOR_SHIFT};
+use super::request::{Request, SECTOR_SHIFT, STATUS_OK};
 use crate::devices::virtio::device::{
     lifecycle_field, ActivateContext, ActivateError, Lifecycle, VirtioDevice,
     VIRTIO_MMIO_INT_CONFIG,
@@ -22,6 +21,8 @@ use crate::devices::virtio::queue::{
 
 /// The request queue's index.
 pub(super) const REQUEST_QUEUE: usize = 0;
+/// The one request queue's size.
+pub const QUEUE_SIZE: u16 = 256;
 /// Bytes of `struct virtio_blk_config` we fill: capacity (0..8), size_max (8..12), seg_max
 /// (12..16), geometry (16..20), blk_size (20..24).
 const CONFIG_LEN: usize = 24;

@@ -11,9 +11,12 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::device::DiskFile;
-use super::{SECTOR_SHIFT, SECTOR_SIZE};
 use crate::devices::virtio::GuestMemory;
 
+/// log2 of [`SECTOR_SIZE`].
+pub const SECTOR_SHIFT: u32 = 9;
+/// virtio-blk's sector: 512 bytes, whatever the backing file's block size.
+pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
 const HEADER_LEN: u32 = 16;
 
 #[repr(C)]

@@ -10,8 +10,7 @@ use virtio_bindings::virtio_net::{
 };
 
 use super::packet::{read_tx_chain, write_rx_chain, FrameError};
-use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
-use super::{NetError, VNET_HDR_LEN};
+use super::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN};
 use crate::devices::virtio::device::{
     lifecycle_field, ActivateContext, ActivateError, Lifecycle, VirtioDevice,
 };
@@ -47,6 +46,17 @@ pub struct NetStats {
     pub tx_bytes: u64,
     /// Bad tx chains and frames the tap refused.
     pub tx_dropped: u64,
+}
+
+/// Why a net device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Opening or setting up the tap.
+    #[error("tap: {0}")]
+    Tap(#[from] TapError),
+    /// Creating the device's activate eventfd.
+    #[error("creating net eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
 }
 
 /// A virtio-net device on a tap.

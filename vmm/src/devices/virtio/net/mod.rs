@@ -17,19 +17,5 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
-pub use device::{Net, NetStats, NUM_QUEUES, QUEUE_SIZE};
-pub use tap::{Tap, TapError};
-
-/// Size of `virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 always has `num_buffers`).
-pub const VNET_HDR_LEN: usize = 12;
-
-/// Why a net device could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    /// Opening or setting up the tap.
-    #[error("tap: {0}")]
-    Tap(#[from] TapError),
-    /// Creating the device's activate eventfd.
-    #[error("creating net eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
-}
+pub use device::{Net, NetError, NetStats, NUM_QUEUES, QUEUE_SIZE};
+pub use tap::{Tap, TapError, VNET_HDR_LEN};

@@ -6,7 +6,7 @@ use std::ops::Deref;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemoryError};
 
-use super::VNET_HDR_LEN;
+use super::tap::VNET_HDR_LEN;
 use crate::devices::virtio::device::GuestMemory;
 
 #[derive(Debug, thiserror::Error)]

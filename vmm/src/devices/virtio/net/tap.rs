@@ -8,8 +8,6 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
 
-use super::VNET_HDR_LEN;
-
 /// The tun driver's ioctl numbers (linux/if_tun.h).
 mod ioctls {
     use vmm_sys_util::ioctl_iow_nr;
@@ -24,6 +22,9 @@ use ioctls::{TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ};
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
+
+/// Size of `virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 always has `num_buffers`).
+pub const VNET_HDR_LEN: usize = 12;
 
 /// TUNSETOFFLOAD flags: what the reader of the tap (we, for the guest) can take.
 pub const TUN_F_CSUM: u32 = 0x01;

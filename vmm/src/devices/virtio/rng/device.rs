@@ -4,12 +4,15 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
-use super::{MAX_REQUEST_BYTES, QUEUE_SIZE};
 use crate::devices::virtio::device::{lifecycle_field, GuestMemory, Lifecycle, VirtioDevice};
 use crate::devices::virtio::queue::{add_used, next_within, Budget};
 
 /// The request queue's index.
 pub(super) const REQUEST_QUEUE: usize = 0;
+/// The request queue's maximum size.
+pub const QUEUE_SIZE: u16 = 256;
+/// Bytes handed out per request at most: bounds the work one guest notification can cause.
+pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 
 /// A virtio-rng device.
 #[derive(Debug)]

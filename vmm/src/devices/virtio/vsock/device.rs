@@ -1,6 +1,6 @@
 //! The virtio-vsock device: config space, activation and the queue <-> muxer glue.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
@@ -9,7 +9,6 @@ use virtio_vsock::packet::VsockPacket;
 
 use super::muxer::Muxer;
 use super::packet::{Header, MAX_PKT_DATA, PKT_HEADER_SIZE};
-use super::VsockError;
 use crate::devices::virtio::device::{lifecycle_field, Lifecycle, VirtioDevice};
 use crate::devices::virtio::queue::{add_used, next_within, Budget};
 
@@ -24,6 +23,26 @@ pub const NUM_QUEUES: usize = 3;
 /// Each queue's maximum size.
 pub const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
+
+/// Why a vsock device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// A reserved or out-of-range guest CID.
+    #[error("invalid guest CID {0} (must be 3..=4294967294)")]
+    InvalidCid(u64),
+    /// Creating the host side's unix socket.
+    #[error("binding vsock unix socket {path}: {source}")]
+    Bind {
+        /// The socket's path.
+        path: PathBuf,
+        /// bind's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Creating the device's activate eventfd.
+    #[error("creating vsock eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
 
 /// A virtio-vsock device whose host side is unix sockets.
 pub struct Vsock {

@@ -19,26 +19,4 @@ mod unix;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
-pub use device::{Vsock, NUM_QUEUES, QUEUE_SIZE};
-
-/// Why a vsock device could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum VsockError {
-    /// A reserved or out-of-range guest CID.
-    #[error("invalid guest CID {0} (must be 3..=4294967294)")]
-    InvalidCid(u64),
-    /// Creating the host side's unix socket.
-    #[error("binding vsock unix socket {path}: {source}")]
-    Bind {
-        /// The socket's path.
-        path: PathBuf,
-        /// bind's error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Creating the device's activate eventfd.
-    #[error("creating vsock eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
-}
+pub use device::{Vsock, VsockError, NUM_QUEUES, QUEUE_SIZE};
