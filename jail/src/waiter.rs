@@ -43,9 +43,16 @@ pub(crate) fn run(
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
-    // Signals that arrived since the fork are delivered (and forwarded) here.
-    // SAFETY: `mask` is the caller's initialised signal mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+    // The caller's mask, but with the forwarded signals open even if the caller blocked them (a
+    // VMM blocks them to sigwait): those that arrived since the fork are forwarded now.
+    // SAFETY: `mask` is the caller's initialised signal mask, copied and edited locally.
+    unsafe {
+        let mut open = *mask;
+        for sig in FORWARDED {
+            libc::sigdelset(&mut open, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &open, std::ptr::null_mut());
+    }
 
     let mut keep: Vec<RawFd> = spec.keep_fds.clone();
     keep.extend(&spec.waiter_fds);

@@ -86,20 +86,22 @@ fn main() -> ExitCode {
         }
     };
     let enter_us = started.elapsed().as_micros();
+    // What the ready line reports is gathered first: the thread lists don't allow these calls.
+    // SAFETY: id getters have no arguments.
+    let (pid, uid, gid) = unsafe { (libc::getpid(), libc::getuid(), libc::getgid()) };
+    let root = root_entries();
+    let mut out = std::io::stdout().lock();
     if let Some(kind) = &seccomp {
         if let Err(e) = apply_seccomp(kind, seccomp_log) {
             eprintln!("jail-probe: seccomp: {e}");
             return ExitCode::from(4);
         }
     }
-    // SAFETY: id getters have no arguments.
-    let (pid, uid, gid) = unsafe { (libc::getpid(), libc::getuid(), libc::getgid()) };
-    let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
         "ready pid={pid} uid={uid} gid={gid} enter_us={enter_us} setup_us={} root={}",
         entered.setup.as_micros(),
-        root_entries()
+        root
     );
     let _ = out.flush();
 
