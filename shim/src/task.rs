@@ -408,12 +408,8 @@ impl Task for TaskService {
         if c.is_sandbox() {
             return Ok(api::StatsResponse::default());
         }
-        let s = self
-            .pod()
-            .await?
-            .container_stats(&c.id)
-            .await
-            .map_err(Error::Agent)?;
+        let pod = self.pod().await?;
+        let s = pod.container_stats(&c.id).await.map_err(Error::Agent)?;
         Ok(stats::response(&s)?)
     }
 
@@ -429,9 +425,8 @@ impl Task for TaskService {
             return Ok(api::Empty::default());
         }
         let c = self.task(&req.id)?;
-        self.pod()
-            .await?
-            .resize_tty(&c.id, req.height, req.width)
+        let pod = self.pod().await?;
+        pod.resize_tty(&c.id, req.height, req.width)
             .await
             .map_err(Error::Agent)?;
         Ok(api::Empty::default())
@@ -477,9 +472,8 @@ impl Task for TaskService {
             })?
             .unwrap_or_default();
         let limits = vpod_sandbox::oci::limits(Some(&resources));
-        self.pod()
-            .await?
-            .update_container(&c.id, limits)
+        let pod = self.pod().await?;
+        pod.update_container(&c.id, limits)
             .await
             .map_err(Error::Agent)?;
         Ok(api::Empty::default())
