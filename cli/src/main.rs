@@ -18,6 +18,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vpod_images::{FsType, Progress, RegistryAuth, RegistryConfig, Store};
 
+use args::UnpackArgs;
+
 #[derive(Parser)]
 #[command(
     name = "vpod",
@@ -92,7 +94,9 @@ fn pod_cmd(cli: Cli) -> Result<u8, String> {
     rt.block_on(async move {
         match cli.cmd {
             Cmd::Run(args) => {
-                let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
+                let store = Store::open(&cli.root)
+                    .map_err(|e| e.to_string())?
+                    .with_unpack_limits(args.unpack.limits());
                 run::run(*args, &store, &cli.root, &run_dir).await
             }
             Cmd::Supervise { record } => {
@@ -136,6 +140,8 @@ enum ImageCmd {
         /// Only fetch; build the block image on first use.
         #[arg(long)]
         no_build: bool,
+        #[command(flatten)]
+        unpack: UnpackArgs,
     },
     /// Import an OCI image layout (dir or tar) or a `docker save` tar.
     Import {
@@ -143,8 +149,11 @@ enum ImageCmd {
         /// Name for the image (when the archive holds one).
         #[arg(long)]
         name: Option<String>,
+        /// Only import; build the block image on first use.
         #[arg(long)]
         no_build: bool,
+        #[command(flatten)]
+        unpack: UnpackArgs,
     },
     /// List images.
     Ls,
@@ -156,6 +165,8 @@ enum ImageCmd {
         /// erofs (default when mkfs.erofs is installed) or ext4.
         #[arg(long)]
         ext4: bool,
+        #[command(flatten)]
+        unpack: UnpackArgs,
     },
     /// Remove an image reference (refused while a pod uses the image).
     Rm { reference: String },
@@ -207,12 +218,26 @@ fn auth(
     Ok(RegistryAuth::Basic(user, password))
 }
 
+impl ImageCmd {
+    /// The unpack bounds of a command that may build a block image.
+    fn unpack(&self) -> UnpackArgs {
+        match self {
+            ImageCmd::Pull { unpack, .. }
+            | ImageCmd::Import { unpack, .. }
+            | ImageCmd::Disk { unpack, .. } => unpack.clone(),
+            _ => UnpackArgs::default(),
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
-    let store = Store::open(&cli.root).map_err(|e| e.to_string())?;
-    let e = |e: vpod_images::Error| e.to_string();
     let Cmd::Image(cmd) = cli.cmd else {
         unreachable!("pod commands are handled by pod_cmd()")
     };
+    let store = Store::open(&cli.root)
+        .map_err(|e| e.to_string())?
+        .with_unpack_limits(cmd.unpack().limits());
+    let e = UnpackArgs::explain;
     match cmd {
         ImageCmd::Pull {
             reference,
@@ -221,6 +246,7 @@ fn run(cli: Cli) -> Result<(), String> {
             token,
             registry_config,
             no_build,
+            unpack: _,
         } => {
             let auth = auth(username, password_stdin, token)?;
             let cfg = RegistryConfig::load(&registry_config).map_err(e)?;
@@ -272,6 +298,7 @@ fn run(cli: Cli) -> Result<(), String> {
             path,
             name,
             no_build,
+            unpack: _,
         } => {
             if no_build {
                 for i in vpod_images::import(&store, &path, name.as_deref()).map_err(e)? {
@@ -331,7 +358,9 @@ fn run(cli: Cli) -> Result<(), String> {
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("json"));
         }
-        ImageCmd::Disk { reference, ext4 } => {
+        ImageCmd::Disk {
+            reference, ext4, ..
+        } => {
             let d = store.resolve(&reference).map_err(e)?;
             let fs = if ext4 { FsType::Ext4 } else { FsType::detect() };
             let img = store.ensure_block_image(&d, fs).map_err(e)?;
@@ -392,5 +421,44 @@ fn main() -> ExitCode {
             // Docker uses the same convention).
             ExitCode::from(125)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("vpod").chain(args.iter().copied()))
+            .unwrap()
+            .cmd
+    }
+
+    /// Every command that may build a block image takes the unpack bounds.
+    #[test]
+    fn image_commands_that_build_take_the_unpack_bounds() {
+        let flags = ["--max-unpacked-size", "1Mi", "--max-entries", "7"];
+        for c in [
+            &["image", "import", "dir"][..],
+            &["image", "pull", "busybox"],
+            &["image", "disk", "busybox"],
+        ] {
+            let Cmd::Image(i) = cmd(&[c, &flags[..]].concat()) else {
+                panic!("{c:?}")
+            };
+            let l = i.unpack().limits();
+            assert_eq!((l.max_bytes, l.max_entries), (1 << 20, 7), "{c:?}");
+            let Cmd::Image(i) = cmd(c) else {
+                panic!("{c:?}")
+            };
+            assert_eq!(i.unpack().limits(), vpod_images::UnpackLimits::DEFAULT);
+        }
+        let Cmd::Run(r) = cmd(&["run", "--max-unpacked-size", "1Mi", "img", "--", "sh"]) else {
+            panic!("run")
+        };
+        assert_eq!(r.unpack.max_unpacked_size, 1 << 20);
+        assert_eq!(r.command, ["sh"]);
+        // Commands that build nothing don't take them.
+        assert!(Cli::try_parse_from(["vpod", "image", "ls", "--max-entries", "7"]).is_err());
     }
 }

@@ -99,3 +99,89 @@ fn import_ls_inspect_disk_rm_prune_usage() {
     assert_eq!(vpod(&root, &["image", "frobnicate"]).status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&t);
 }
+
+fn vpod_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vpod"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("vpod runs")
+}
+
+/// `o` failed (status 1) with a message holding each of `words`.
+fn failed_naming(o: &Output, words: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for w in words {
+        assert!(err.contains(w), "{w:?} not in: {err}");
+    }
+}
+
+/// Issue 12 item 14: the unpacked size of an image is bounded, configurably: a busybox image
+/// (about 1-2 MiB unpacked, 400-odd entries) is refused under a smaller `--max-unpacked-size`
+/// or `--max-entries` (or their env vars), with a message naming the limit and the flag; a
+/// refused build names nothing; the defaults build it.
+#[test]
+fn an_unpack_limit_too_small_fails_the_build_naming_it() {
+    let t = std::env::temp_dir().join(format!("vpod-cli-limits-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&t);
+    let root = t.join("root");
+    let layout = t.join("busybox");
+    vpod_test_support::layout(
+        &layout,
+        &[vpod_test_support::busybox_layer(Vec::new())],
+        serde_json::json!({"Cmd": ["sh"]}),
+    );
+    let path = layout.to_str().unwrap();
+    let import = ["image", "import", path, "--name", "bb:1"];
+    fn with<'a>(import: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [import, extra].concat()
+    }
+
+    let o = vpod(&root, &with(&import, &["--max-unpacked-size", "64Ki"]));
+    failed_naming(&o, &["max_bytes = 65536", "--max-unpacked-size"]);
+    let o = vpod_env(&root, &import, &[("VPOD_MAX_UNPACKED_SIZE", "64Ki")]);
+    failed_naming(&o, &["max_bytes = 65536", "VPOD_MAX_UNPACKED_SIZE"]);
+    let o = vpod(&root, &with(&import, &["--max-entries", "10"]));
+    failed_naming(&o, &["max_entries = 10", "--max-entries"]);
+    let o = vpod_env(&root, &import, &[("VPOD_MAX_ENTRIES", "10")]);
+    failed_naming(&o, &["max_entries = 10"]);
+    // A failed build sets no name.
+    assert!(!ok(&vpod(&root, &["image", "ls"])).contains("bb:1"));
+    // Bad values are usage errors naming the flag.
+    for bad in [
+        &["--max-unpacked-size", "lots"][..],
+        &["--max-entries", "0"],
+    ] {
+        let o = vpod(&root, &with(&import, bad));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(bad[0]),
+            "{bad:?}"
+        );
+    }
+
+    // Imported without a build: the first build (`image disk`) is held to its own flags.
+    ok(&vpod(
+        &root,
+        &with(&import, &["--no-build", "--max-unpacked-size", "1Ki"]),
+    ));
+    let o = vpod(
+        &root,
+        &["image", "disk", "bb:1", "--max-unpacked-size", "64Ki"],
+    );
+    failed_naming(&o, &["max_bytes = 65536", "--max-unpacked-size"]);
+    let disk = ok(&vpod(&root, &["image", "disk", "bb:1"]));
+    assert!(Path::new(disk.trim()).is_file(), "{disk}");
+    // Within the limits (the defaults, or big enough ones) it builds.
+    ok(&vpod(
+        &root,
+        &with(
+            &import,
+            &["--max-unpacked-size", "64Mi", "--max-entries", "5000"],
+        ),
+    ));
+    let _ = std::fs::remove_dir_all(&t);
+}

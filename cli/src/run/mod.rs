@@ -71,7 +71,9 @@ pub async fn supervise(dir: &Path, store: &Store) -> Result<u8, String> {
     let rec = Record::open(dir).map_err(|e| e.to_string())?;
     rec.set_supervisor_self().map_err(|e| e.to_string())?;
     let args = rec.args().map_err(|e| e.to_string())?;
-    let planned = plan(&args, store, rec.id(), &rec.vm_dir())?;
+    // The unpack bounds `vpod run` was given (its block image is normally built already).
+    let store = store.clone().with_unpack_limits(args.unpack.limits());
+    let planned = plan(&args, &store, rec.id(), &rec.vm_dir())?;
     let status = execute(planned, &rec, Output::Supervisor, false, false).await?;
     rec.set_status(&Status::from_exit(&status))
         .map_err(|e| e.to_string())?;

@@ -41,7 +41,13 @@ pub fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Pl
     })?;
     let disk = store
         .ensure_block_image(&digest, vpod_images::FsType::detect())
-        .map_err(|e| format!("image {}: block image: {e}", args.image))?;
+        .map_err(|e| {
+            format!(
+                "image {}: block image: {}",
+                args.image,
+                crate::args::UnpackArgs::explain(e)
+            )
+        })?;
     let (_, _, config) = store
         .image_config(&digest)
         .map_err(|e| format!("image {}: {e}", args.image))?;
