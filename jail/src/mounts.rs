@@ -1,12 +1,12 @@
 //! The jail's file system: a private mount table, a tmpfs root on the spec's directory holding
-//! only bind mounts of what the spec lists, `pivot_root` into it, the old root detached, and the
-//! root remounted read-only.
+//! only what the spec lists (bind mounts of files and directories, device nodes of devices),
+//! `pivot_root` into it, the old root detached, and the root remounted read-only.
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{cvt, JailError};
@@ -24,6 +24,21 @@ pub(crate) fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
     )
     .map_err(|e| mount_err("making the mount tree private at", "/", e))?;
     prepare_root_dir(&spec.root)?;
+    let sources = spec
+        .binds
+        .iter()
+        .map(|b| {
+            fs::metadata(&b.host).map_err(|source| JailError::BindSource {
+                path: b.host.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // The root's own device nodes (see `device_node`) only work on a mount without nodev; with
+    // none, the root gets nodev too. Either way it ends read-only and the VMM can't mknod.
+    let has_devices = sources.iter().any(is_device);
+    let root_flags =
+        libc::MS_NOSUID | libc::MS_NOEXEC | if has_devices { 0 } else { libc::MS_NODEV };
     let inodes = 16 + 4 * spec.binds.len();
     let data = format!(
         "size={},nr_inodes={inodes},mode=0755,uid=0,gid=0",
@@ -33,12 +48,16 @@ pub(crate) fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
         Some(Path::new("tmpfs")),
         &spec.root,
         Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        root_flags,
         Some(&data),
     )
     .map_err(|e| mount_err("mounting the root tmpfs on", &spec.root, e))?;
-    for b in &spec.binds {
-        bind(&spec.root, b)?;
+    for (b, meta) in spec.binds.iter().zip(&sources) {
+        if is_device(meta) {
+            device_node(&spec.root, b, meta, spec.uid, spec.gid)?;
+        } else {
+            bind(&spec.root, b, meta)?;
+        }
     }
     if spec.mount_proc {
         let target = spec.root.join("proc");
@@ -57,12 +76,7 @@ pub(crate) fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
         None,
         Path::new("/"),
         None,
-        libc::MS_REMOUNT
-            | libc::MS_BIND
-            | libc::MS_RDONLY
-            | libc::MS_NOSUID
-            | libc::MS_NODEV
-            | libc::MS_NOEXEC,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | root_flags,
         None,
     )
     .map_err(|e| mount_err("remounting read-only", "/", e))?;
@@ -102,13 +116,46 @@ fn prepare_root_dir(root: &Path) -> Result<(), JailError> {
     }
 }
 
+fn is_device(meta: &fs::Metadata) -> bool {
+    let t = meta.file_type();
+    t.is_char_device() || t.is_block_device()
+}
+
+/// A device (`/dev/kvm`, `/dev/net/tun`, a block device) is not bound but made anew in the
+/// root: the same device number, owned by the jail's uid/gid, mode 0600 (0400 if read-only).
+/// A bind would carry the host node's owner and mode (often root 0600), which the unprivileged
+/// VMM couldn't open; the host's node is left as it is.
+fn device_node(
+    root: &Path,
+    b: &Bind,
+    meta: &fs::Metadata,
+    uid: u32,
+    gid: u32,
+) -> Result<(), JailError> {
+    let target = root.join(&b.name);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| mount_err("creating the device node's parent", parent, e))?;
+    }
+    let kind = if meta.file_type().is_char_device() {
+        libc::S_IFCHR
+    } else {
+        libc::S_IFBLK
+    };
+    let perm = if b.read_only { 0o400 } else { 0o600 };
+    let c_target = cpath(&target).map_err(|e| mount_err("creating the device node", &target, e))?;
+    // SAFETY: a valid NUL-terminated path; mknod creates one inode in our private tmpfs.
+    cvt(unsafe { libc::mknod(c_target.as_ptr(), kind | perm, meta.rdev()) })
+        .map_err(|e| mount_err("creating the device node", &target, e))?;
+    // SAFETY: as above; the node was just created by us.
+    cvt(unsafe { libc::chown(c_target.as_ptr(), uid, gid) })
+        .map_err(|e| mount_err("handing the device node to the jail's uid", &target, e))?;
+    Ok(())
+}
+
 /// One bind: a mount point of the right kind in the tmpfs, the bind, then a remount with the
 /// flags (a bind ignores flags other than MS_REC on its first mount call).
-fn bind(root: &Path, b: &Bind) -> Result<(), JailError> {
-    let meta = fs::metadata(&b.host).map_err(|source| JailError::BindSource {
-        path: b.host.clone(),
-        source,
-    })?;
+fn bind(root: &Path, b: &Bind, meta: &fs::Metadata) -> Result<(), JailError> {
     let target = root.join(&b.name);
     if meta.is_dir() {
         fs::DirBuilder::new()
@@ -129,11 +176,8 @@ fn bind(root: &Path, b: &Bind) -> Result<(), JailError> {
     }
     mount(Some(&b.host), &target, None, libc::MS_BIND, None)
         .map_err(|e| mount_err("bind-mounting", &b.host, e))?;
-    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC;
-    // A device node is only usable on a mount without nodev; everything else gets it.
-    if !meta.file_type().is_char_device() {
-        flags |= libc::MS_NODEV;
-    }
+    let mut flags =
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
     if b.read_only {
         flags |= libc::MS_RDONLY;
     }

@@ -53,7 +53,9 @@ pub struct JailSpec {
     pub root_size: u64,
 }
 
-/// A host path made visible in the jail.
+/// A host path made visible in the jail: a file or directory is bind-mounted (nosuid, nodev,
+/// noexec); a device is re-created as a node of the same number owned by the jail's uid/gid
+/// (so `/dev/kvm` opens for the unprivileged VMM whatever the host node's mode).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bind {
     /// Absolute host path: a file, a directory or a character device.
@@ -84,7 +86,7 @@ impl Bind {
         }
     }
 
-    /// `/dev/kvm` at `dev/kvm`: a bind of the device node, no mknod needed.
+    /// `/dev/kvm` at `dev/kvm`.
     pub fn kvm() -> Self {
         Self::rw("/dev/kvm", "dev/kvm")
     }

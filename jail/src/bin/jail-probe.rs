@@ -5,6 +5,7 @@
 //!
 //! - `status`: fields of /proc/self/status (needs `mount_proc`), then `end`
 //! - `kill PID`: `kill(PID, 0)`'s result (`kill ok` or `kill errno=N`)
+//! - `open PATH r|rw|create`: `open ok` or `open errno=N`
 //! - `forbidden`: a syscall no list allows (ptrace); `survived` if it returned
 //! - `hostname`: `hostname NAME`
 //! - `sigwait`: waits for SIGTERM/SIGINT (blocked since start), prints `signal N` and exits 0
@@ -130,6 +131,18 @@ fn main() -> ExitCode {
                     writeln!(out, "kill ok")
                 } else {
                     writeln!(out, "kill errno={}", errno())
+                };
+            }
+            (Some("open"), Some(path)) => {
+                let mut o = std::fs::OpenOptions::new();
+                match words.next() {
+                    Some("rw") => o.read(true).write(true),
+                    Some("create") => o.write(true).create_new(true),
+                    _ => o.read(true),
+                };
+                let _ = match o.open(path) {
+                    Ok(_) => writeln!(out, "open ok"),
+                    Err(e) => writeln!(out, "open errno={}", e.raw_os_error().unwrap_or(0)),
                 };
             }
             (Some("forbidden"), _) => {

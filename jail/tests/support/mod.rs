@@ -24,8 +24,12 @@ pub fn spec(name: &str, id: u32) -> (JailSpec, PathBuf) {
     let dir = scratch(name);
     let file = dir.join("kernel");
     fs::write(&file, b"not a kernel").unwrap();
+    // Writable by anyone on the host: only the read-only bind keeps the VMM from writing it.
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let shared = dir.join("vsock");
     fs::create_dir_all(&shared).unwrap();
+    // The host hands the pod's socket directory to the pod's uid.
+    std::os::unix::fs::chown(&shared, Some(id), Some(id)).unwrap();
     let mut s = JailSpec::new(dir.join("jail/root"), id, id);
     s.binds = vec![
         Bind::kvm(),
