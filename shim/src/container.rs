@@ -42,9 +42,14 @@ pub fn classifier(cfg: &ShimConfig, spec: &oci_spec::runtime::Spec) -> MountClas
 }
 
 /// The container's rootfs (the snapshotter's `mounts`) as an image disk,
-/// built into `cache` off the async threads.
-pub async fn rootfs_image(mounts: Vec<api::Mount>, cache: PathBuf) -> Result<ImageDisk> {
-    let disk = tokio::task::spawn_blocking(move || rootfs::disk(&mounts, &cache)).await??;
+/// built into `cache` off the async threads, within the configured `limits`.
+pub async fn rootfs_image(
+    mounts: Vec<api::Mount>,
+    cache: PathBuf,
+    limits: vpod_images::UnpackLimits,
+) -> Result<ImageDisk> {
+    let disk = tokio::task::spawn_blocking(move || rootfs::disk_within(&mounts, &cache, &limits))
+        .await??;
     Ok(ImageDisk {
         serial: disk.serial,
         path: disk.path,

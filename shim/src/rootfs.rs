@@ -110,16 +110,6 @@ pub fn check_size(lowers: &[PathBuf], limits: &UnpackLimits) -> Result<(), Rootf
     Ok(())
 }
 
-/// The erofs disk of `mounts`, built into `cache` unless it is there, within the default
-/// [`UnpackLimits`] (those of a default shim config).
-pub fn disk(mounts: &[Mount], cache: &Path) -> Result<RootfsDisk, RootfsError> {
-    disk_within(
-        mounts,
-        cache,
-        &crate::config::ShimConfig::default().unpack_limits(),
-    )
-}
-
 /// The erofs disk of `mounts`, built into `cache` unless it is there; a disk to build is first
 /// held to `limits` ([`check_size`]).
 pub fn disk_within(
@@ -243,10 +233,11 @@ mod tests {
         std::fs::create_dir_all(layer.join("etc")).unwrap();
         std::fs::write(layer.join("etc/hello"), "hi").unwrap();
         let mounts = [m("bind", layer.to_str().unwrap(), &["ro"])];
-        let d1 = disk(&mounts, &dir.join("cache")).unwrap();
+        let limits = crate::config::ShimConfig::default().unpack_limits();
+        let d1 = disk_within(&mounts, &dir.join("cache"), &limits).unwrap();
         assert!(d1.serial.len() <= 20 && d1.serial.starts_with("img-"));
         let t1 = std::fs::metadata(&d1.path).unwrap().modified().unwrap();
-        let d2 = disk(&mounts, &dir.join("cache")).unwrap();
+        let d2 = disk_within(&mounts, &dir.join("cache"), &limits).unwrap();
         assert_eq!(d1, d2);
         assert_eq!(std::fs::metadata(&d2.path).unwrap().modified().unwrap(), t1);
         std::fs::remove_dir_all(dir).unwrap();

@@ -184,8 +184,9 @@ impl TaskService {
             vpod_sandbox::check_spec(&spec, &container::classifier(self.config()?, &spec))?;
             self.boot(&req.id, Vec::new(), true, &spec).await?;
         } else {
-            let cache = self.config()?.rootfs_cache.clone();
-            let image = container::rootfs_image(req.rootfs.clone(), cache).await?;
+            let cfg = self.config()?;
+            let (cache, limits) = (cfg.rootfs_cache.clone(), cfg.unpack_limits());
+            let image = container::rootfs_image(req.rootfs.clone(), cache, limits).await?;
             let pod = match self.inner.pod.current().await {
                 Some(pod) => {
                     pod.attach_image(&image).map_err(Error::AttachImage)?;

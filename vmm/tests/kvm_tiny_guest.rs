@@ -72,16 +72,22 @@ fn guest_reads_virtio_mmio_magic() {
     if !kvm_available() {
         return;
     }
-    let code = [
-        0xa1, 0x00, 0x00, 0x00, 0xd0, // mov eax, [0xd0000000]
-        0x3d, 0x76, 0x69, 0x72, 0x74, // cmp eax, "virt"
-        0x75, 0x04, // jne +4
-        0xb0, 0x01, // mov al, 1
-        0xeb, 0x02, // jmp +2
-        0xb0, 0x02, // mov al, 2
-        0xe6, 0xf4, // out 0xf4, al
-        0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+    let mut code = vec![
+        0xa1,
+        0x00,
+        0x00,
+        0x00,
+        0xd0, // mov eax, [0xd0000000]
+        0x3d,
+        0x76,
+        0x69,
+        0x72,
+        0x74, // cmp eax, "virt"
+        0x75,
+        POWEROFF.len() as u8, // jne over the poweroff: reset (a reboot)
     ];
+    code.extend_from_slice(POWEROFF);
+    code.extend_from_slice(RESET);
     let (exit, m) = run(&code, |c| c.rng = true);
     assert_eq!(
         exit,

@@ -15,7 +15,7 @@ use crate::exit::{ExitEvent, ExitSignal};
 /// Bit 2 of the register: "reset the CPU" (bit 1, the kind of reset, comes first on its own).
 const RST_CPU: u8 = 1 << 2;
 
-/// One byte at 0xCF9; a write with [`RST_CPU`] set ends the VM as a poweroff.
+/// One byte at 0xCF9; a write with bit 2 (RST_CPU) set ends the VM as a poweroff.
 #[derive(Debug)]
 pub struct ResetControl {
     exit: Arc<ExitSignal>,

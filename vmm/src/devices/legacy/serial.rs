@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vm_superio::serial::NoEvents;
 use vm_superio::Serial;
 
-use super::IrqTrigger;
+use super::irq::IrqTrigger;
 use crate::devices::bus::BusDevice;
 use crate::exit::{ExitEvent, ExitSignal};
 
