@@ -90,20 +90,20 @@ pub fn run(input: &Input) {
                 data,
                 status,
             } => {
-                let hdr = f.driver.scratch(16);
+                let hdr = f.driver().scratch(16);
                 let mut h = [0u8; 16];
                 h[0..4].copy_from_slice(&kind.code().to_le_bytes());
                 h[8..16].copy_from_slice(&sector.to_le_bytes());
-                f.driver.write(hdr, &h);
+                f.driver().write(hdr, &h);
                 let mut chain = vec![(hdr, 16, false)];
                 chain.extend(
                     data.iter()
                         .map(|b| (b.addr.get(), u32::from(b.len), b.write)),
                 );
                 if *status {
-                    chain.push((f.driver.scratch(1), 1, true));
+                    chain.push((f.driver().scratch(1), 1, true));
                 }
-                f.driver.chain(0, &chain);
+                f.driver().chain(0, &chain);
                 f.kick(0);
             }
         }

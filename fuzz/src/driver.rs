@@ -1,21 +1,19 @@
 //! A guest driver that does what the fuzz input says, over mock guest memory, and a fixture that
-//! runs one device in an event manager (as the VMM's event loop does).
+//! runs one device in an event manager (as the VMM's event loop does). Both stand on the VMM's
+//! driver-side test harness (`vpod_vmm::devices::virtio::test_utils`, feature `test-utils`): its
+//! [`Ring`] writes the queues, its [`Harness`] runs the device; what is the fuzzer's own is the
+//! memory, the layout, the ops and how long the event loop runs.
 //!
 //! Guest memory is two regions with a 4 KiB hole between them, so descriptors can straddle a
 //! region's end or point into nothing. Queue `q` lives at `q * QUEUE_STRIDE` (descriptor table,
-//! avail ring, used ring; room for 256 entries). Our own layout, not `virtio_queue::mock::
-//! MockSplitQueue`'s: its 0.18 used ring overlaps the avail ring's upper half (see
-//! vmm/src/devices/virtio/vsock/test_utils.rs), which would blur what the driver wrote where.
-//! Nothing stops the input from aliasing the rings anyway ([`Addr::Ring`]).
-
-use std::sync::{Arc, Mutex};
+//! avail ring, used ring; room for 256 entries). Nothing stops the input from aliasing the rings
+//! anyway ([`Addr::Ring`]).
 
 use arbitrary::Arbitrary;
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use virtio_queue::{Queue, QueueT};
+use event_manager::MutEventSubscriber;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vpod_vmm::devices::virtio::{ActivateContext, GuestMemory, Interrupt, VirtioDevice};
+use vpod_vmm::devices::virtio::test_utils::{self, write_desc_at, Harness, Ring};
+use vpod_vmm::devices::virtio::{GuestMemory, VirtioDevice};
 
 pub const REGION0: (u64, usize) = (0, 0x10_0000);
 pub const REGION1: (u64, usize) = (0x10_1000, 0x10_0000);
@@ -115,44 +113,20 @@ impl QueueSetup {
     }
 }
 
-/// The driver's view of one split queue.
-#[derive(Debug, Clone)]
-pub struct Ring {
-    pub size: u16,
-    pub desc: u64,
-    pub avail: u64,
-    pub used: u64,
-    next_desc: u16,
-    avail_idx: u16,
+/// Queue `q` of `size` entries at its place in the standard layout.
+pub fn standard_ring(q: usize, size: u16) -> Ring {
+    let base = q as u64 * QUEUE_STRIDE;
+    Ring::new(size.max(1), base, base + AVAIL_OFF, base + USED_OFF)
 }
 
-impl Ring {
-    /// Queue `q` of `size` entries at its place in the standard layout.
-    pub fn standard(q: usize, size: u16) -> Ring {
-        let base = q as u64 * QUEUE_STRIDE;
-        Ring {
-            size: size.max(1),
-            desc: base,
-            avail: base + AVAIL_OFF,
-            used: base + USED_OFF,
-            next_desc: 0,
-            avail_idx: 0,
-        }
-    }
-
-    /// The device side of this ring: a ready queue of the device's `max_size`.
-    pub fn queue(&self, max_size: u16) -> Option<Queue> {
-        let mut q = Queue::new(max_size).ok()?;
-        q.try_set_size(self.size).ok()?;
-        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
-        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
-        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
-        q.set_ready(true);
-        Some(q)
-    }
+/// Queue `q`'s ring (`q` modulo the number of queues), if there are any.
+fn ring(rings: &mut [Ring], q: u8) -> Option<&mut Ring> {
+    let n = rings.len();
+    (n > 0).then(|| &mut rings[usize::from(q) % n])
 }
 
-/// Guest memory and the rings the driver writes.
+/// Guest memory and the rings the driver writes. Writes outside guest memory are the input's
+/// problem, not ours: every error is ignored.
 pub struct Driver {
     pub mem: GuestMemory,
     pub rings: Vec<Ring>,
@@ -168,11 +142,6 @@ impl Driver {
         }
     }
 
-    fn ring(&mut self, q: u8) -> Option<&mut Ring> {
-        let n = self.rings.len();
-        (n > 0).then(|| &mut self.rings[usize::from(q) % n])
-    }
-
     /// `len` bytes of scratch (a rolling window: old headers get overwritten eventually).
     pub fn scratch(&mut self, len: u64) -> u64 {
         let len = len.min(SCRATCH.1);
@@ -185,56 +154,31 @@ impl Driver {
     }
 
     pub fn write(&self, addr: u64, data: &[u8]) {
-        // Writes outside guest memory are the input's problem, not ours.
         let _ = self.mem.write_slice(data, GuestAddress(addr));
-    }
-
-    fn write_desc(&self, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.write(at, &d);
     }
 
     /// Puts `head` in queue `q`'s next avail slot and publishes it (avail.idx + 1).
     pub fn publish(&mut self, q: u8, head: u16) {
-        let Some(r) = self.ring(q) else { return };
-        let slot = r.avail + 4 + 2 * u64::from(r.avail_idx % r.size);
-        r.avail_idx = r.avail_idx.wrapping_add(1);
-        let (avail, idx) = (r.avail, r.avail_idx);
-        self.write(slot, &head.to_le_bytes());
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.write(avail + 2, &idx.to_le_bytes());
+        if let Some(r) = ring(&mut self.rings, q) {
+            let _ = r.publish(&self.mem, head);
+        }
     }
 
     /// Writes `bufs` as one chain in the next free entries of queue `q`'s table and makes it
     /// available; returns its head.
     pub fn chain(&mut self, q: u8, bufs: &[(u64, u32, bool)]) -> Option<u16> {
-        let r = self.ring(q)?.clone();
-        let head = r.next_desc % r.size;
-        let mut idx = head;
-        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
-            let next = (idx + 1) % r.size;
-            let mut flags = if write { 2 } else { 0 };
-            if i + 1 < bufs.len() {
-                flags |= 1;
-            }
-            self.write_desc(r.desc + 16 * u64::from(idx), addr, len, flags, next);
-            idx = next;
-        }
-        self.ring(q)?.next_desc = idx;
-        self.publish(q, head);
-        Some(head)
+        ring(&mut self.rings, q)?.add_chain(&self.mem, bufs).ok()
     }
 
     pub fn apply(&mut self, op: &DriverOp) {
+        let mem = &self.mem;
         match op {
             DriverOp::Desc { q, index, desc } => {
-                let Some(r) = self.ring(*q) else { return };
-                let at = r.desc + 16 * u64::from(index % r.size);
-                self.write_desc(at, desc.addr.get(), desc.len, desc.flags, desc.next);
+                let Some(r) = ring(&mut self.rings, *q) else {
+                    return;
+                };
+                let d = test_utils::Desc::new(desc.addr.get(), desc.len, desc.flags, desc.next);
+                let _ = r.write_desc(mem, index % r.size, d);
             }
             DriverOp::Chain { q, bufs } => {
                 let bufs: Vec<_> = bufs
@@ -248,34 +192,33 @@ impl Driver {
                 let n = bufs.len() as u16;
                 for (i, b) in bufs.iter().enumerate() {
                     let i = i as u16;
-                    let flags = u16::from(b.write) * 2 | u16::from(i + 1 < n);
+                    let flags = (u16::from(b.write) * 2) | u16::from(i + 1 < n);
                     let at = base.wrapping_add(16 * u64::from(i));
-                    self.write_desc(at, b.addr.get(), u32::from(b.len), flags, i + 1);
+                    let d = test_utils::Desc::new(b.addr.get(), u32::from(b.len), flags, i + 1);
+                    let _ = write_desc_at(mem, at, d);
                 }
-                let Some(r) = self.ring(*q).cloned() else {
+                let Some(r) = ring(&mut self.rings, *q) else {
                     return;
                 };
-                let head = r.next_desc % r.size;
-                self.write_desc(r.desc + 16 * u64::from(head), base, u32::from(n) * 16, 4, 0);
-                self.ring(*q).unwrap().next_desc = (head + 1) % r.size;
-                self.publish(*q, head);
+                let head = r.next_free();
+                let _ = r.add_desc(mem, test_utils::Desc::new(base, u32::from(n) * 16, 4, 0));
+                let _ = r.publish(mem, head);
             }
             DriverOp::Publish { q, head } => self.publish(*q, *head),
             DriverOp::AvailIdx { q, idx } => {
-                let Some(r) = self.ring(*q) else { return };
-                r.avail_idx = *idx;
-                let at = r.avail + 2;
-                self.write(at, &idx.to_le_bytes());
+                if let Some(r) = ring(&mut self.rings, *q) {
+                    let _ = r.set_avail_idx(mem, *idx);
+                }
             }
             DriverOp::AvailFlags { q, flags } => {
-                let Some(r) = self.ring(*q) else { return };
-                let at = r.avail;
-                self.write(at, &flags.to_le_bytes());
+                if let Some(r) = ring(&mut self.rings, *q) {
+                    let _ = r.set_avail_flags(mem, *flags);
+                }
             }
             DriverOp::UsedEvent { q, idx } => {
-                let Some(r) = self.ring(*q) else { return };
-                let at = r.avail + 4 + 2 * u64::from(r.size);
-                self.write(at, &idx.to_le_bytes());
+                if let Some(r) = ring(&mut self.rings, *q) {
+                    let _ = r.set_used_event(mem, *idx);
+                }
             }
             DriverOp::Write { addr, data } => self.write(addr.get(), data),
             // Notifications are the fixture's.
@@ -286,77 +229,50 @@ impl Driver {
 
 /// One device, activated with the driver's queues and running in its own event manager.
 pub struct Fixture<D: VirtioDevice + MutEventSubscriber + 'static> {
-    pub em: EventManager<Arc<Mutex<D>>>,
-    pub dev: Arc<Mutex<D>>,
-    pub driver: Driver,
-    pub queue_evts: Vec<EventFd>,
-    pub interrupt: Arc<Interrupt>,
+    h: Harness<D, Driver>,
 }
 
 impl<D: VirtioDevice + MutEventSubscriber + 'static> Fixture<D> {
     /// Acks `features` (what of them the device offers), sets up one queue per `setup` entry
     /// (missing ones get 16 entries) and activates the device; `None` if it refuses.
-    pub fn new(dev: D, features: u64, setup: &[QueueSetup]) -> Option<Self> {
+    pub fn new(mut dev: D, features: u64, setup: &[QueueSetup]) -> Option<Self> {
         let sizes = dev.queue_max_sizes().to_vec();
-        let dev = Arc::new(Mutex::new(dev));
-        let mut em = EventManager::<Arc<Mutex<D>>>::new().ok()?;
-        em.add_subscriber(dev.clone());
+        let features = features & dev.avail_features();
+        dev.set_acked_features(features);
         let mem = guest_memory();
         let rings: Vec<Ring> = (0..sizes.len())
-            .map(|i| Ring::standard(i, setup.get(i).map_or(16, |s| s.size())))
+            .map(|i| standard_ring(i, setup.get(i).map_or(16, |s| s.size())))
             .collect();
         let queues = rings
             .iter()
             .zip(&sizes)
-            .map(|(r, max)| r.queue(*max))
+            .map(|(r, max)| r.queue(*max).ok())
             .collect::<Option<Vec<_>>>()?;
-        let queue_evts: Vec<EventFd> = (0..sizes.len())
-            .map(|_| EventFd::new(EFD_NONBLOCK).ok())
-            .collect::<Option<_>>()?;
-        let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).ok()?));
-        let ctx = ActivateContext {
-            mem: mem.clone(),
-            queues,
-            queue_events: queue_evts
-                .iter()
-                .map(|e| e.try_clone().ok())
-                .collect::<Option<_>>()?,
-            interrupt: interrupt.clone(),
-        };
-        {
-            let mut d = dev.lock().unwrap();
-            let features = features & d.avail_features();
-            d.set_acked_features(features);
-            d.activate(ctx).ok()?;
-        }
+        let driver = Driver::new(mem.clone(), rings);
         let mut f = Fixture {
-            em,
-            dev,
-            driver: Driver::new(mem, rings),
-            queue_evts,
-            interrupt,
+            h: Harness::start(dev, &mem, queues, driver).ok()?,
         };
         f.run();
         Some(f)
     }
 
+    /// The guest's driver.
+    pub fn driver(&mut self) -> &mut Driver {
+        &mut self.h.guest
+    }
+
     /// A few event-loop turns (no waiting), fewer if nothing is ready.
     pub fn run(&mut self) {
-        for _ in 0..RUN_TURNS {
-            match self.em.run_with_timeout(0) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        self.h.run_turns(RUN_TURNS);
         // The driver acks interrupts now and then; the irqfd counter must not fill up either.
-        let _ = self.interrupt.irqfd().read();
-        self.interrupt.ack(u32::MAX);
+        let _ = self.h.interrupt.irqfd().read();
+        self.h.interrupt.ack(u32::MAX);
     }
 
     pub fn kick(&mut self, q: u8) {
-        let n = self.queue_evts.len();
+        let n = self.h.queue_evts.len();
         if n > 0 {
-            let _ = self.queue_evts[usize::from(q) % n].write(1);
+            let _ = self.h.queue_evts[usize::from(q) % n].write(1);
         }
         self.run();
     }
@@ -365,14 +281,14 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> Fixture<D> {
         match op {
             DriverOp::Kick { q } => self.kick(*q),
             DriverOp::Run => self.run(),
-            op => self.driver.apply(op),
+            op => self.h.guest.apply(op),
         }
     }
 
     /// Kicks every queue and runs: what a driver's last notification would do.
     pub fn finish(&mut self) {
-        for q in 0..self.queue_evts.len() {
-            let _ = self.queue_evts[q].write(1);
+        for evt in &self.h.queue_evts {
+            let _ = evt.write(1);
         }
         self.run();
     }

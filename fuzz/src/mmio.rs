@@ -14,7 +14,7 @@ use vpod_vmm::devices::virtio::rng::Rng;
 use vpod_vmm::devices::virtio::transport::mmio::*;
 use vpod_vmm::devices::virtio::VirtioDevice;
 
-use crate::driver::{guest_memory, Driver, DriverOp, QueueSetup, Ring, RUN_TURNS};
+use crate::driver::{guest_memory, standard_ring, Driver, DriverOp, QueueSetup, RUN_TURNS};
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
@@ -88,7 +88,7 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> Guest<D> {
     }
 
     fn rings(&mut self) {
-        self.driver.rings = (0..self.nqueues).map(|q| Ring::standard(q, 16)).collect();
+        self.driver.rings = (0..self.nqueues).map(|q| standard_ring(q, 16)).collect();
     }
 
     fn apply(&mut self, op: &Op) {
@@ -122,7 +122,7 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> Guest<D> {
                     return;
                 }
                 let q = usize::from(*q) % self.nqueues;
-                let ring = Ring::standard(q, setup.size());
+                let ring = standard_ring(q, setup.size());
                 self.reg(REG_QUEUE_SEL, q as u32);
                 self.reg(REG_QUEUE_NUM, u32::from(ring.size));
                 for (lo, addr) in [

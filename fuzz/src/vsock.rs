@@ -207,27 +207,27 @@ pub fn run(input: &Input) {
             }
             Op::Tx { hdr, data } => {
                 let h = header(hdr, data.len());
-                let a = f.driver.scratch(PKT_HEADER_SIZE as u64);
-                f.driver.write(a, &h.to_bytes());
+                let a = f.driver().scratch(PKT_HEADER_SIZE as u64);
+                f.driver().write(a, &h.to_bytes());
                 let mut chain = vec![(a, PKT_HEADER_SIZE as u32, false)];
                 if !data.is_empty() {
-                    let d = f.driver.scratch(data.len() as u64);
-                    f.driver.write(d, data);
+                    let d = f.driver().scratch(data.len() as u64);
+                    f.driver().write(d, data);
                     chain.push((d, data.len() as u32, false));
                 }
-                f.driver.chain(TXQ, &chain);
+                f.driver().chain(TXQ, &chain);
                 f.kick(TXQ);
                 continue;
             }
             Op::RxBufs { n, data_len } => {
                 for _ in 0..=n % 16 {
-                    let h = f.driver.scratch(PKT_HEADER_SIZE as u64);
-                    let d = f.driver.scratch(u64::from(*data_len));
+                    let h = f.driver().scratch(PKT_HEADER_SIZE as u64);
+                    let d = f.driver().scratch(u64::from(*data_len));
                     let chain = [
                         (h, PKT_HEADER_SIZE as u32, true),
                         (d, u32::from(*data_len), true),
                     ];
-                    f.driver.chain(RXQ, &chain);
+                    f.driver().chain(RXQ, &chain);
                 }
                 f.kick(RXQ);
                 continue;
