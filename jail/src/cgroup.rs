@@ -281,10 +281,9 @@ mod tests {
         fs::write(base.join("cgroup.subtree_control"), "pids\n").unwrap();
         enable_controllers(&base, Path::new(""), &["pids"]).unwrap();
         let err = enable_controllers(&base, Path::new(""), &CONTROLLERS).unwrap_err();
-        assert!(
-            matches!(&err, JailError::MissingController { controller: "memory", path } if *path == base),
-            "{err}"
-        );
+        let named = matches!(&err, JailError::MissingController { controller: "memory", path }
+            if *path == base);
+        assert!(named, "{err}");
         fs::remove_dir_all(&base).unwrap();
     }
 }

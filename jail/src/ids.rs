@@ -8,10 +8,10 @@
 //!
 //! Who holds the lock: the host takes it ([`lease`]), passes the fd to the VMM process
 //! ([`crate::spawn::PassFd`]) and lists it in [`crate::JailSpec::waiter_fds`]; the jail's waiter
-//! keeps it and the jailed VMM closes it (so the VMM can't unlock it). A `flock` belongs to the open
-//! file, not to one fd, so the uid stays taken while any copy is open, and is free again the moment
-//! the VMM is gone, however it died (exit, SIGKILL, SIGSYS): the kernel closes the fds. The host
-//! may drop its own [`IdLease`] once the VMM is spawned. gid = uid (one group per pod too).
+//! keeps it and the jailed VMM closes it (so the VMM can't unlock it). A `flock` belongs to the
+//! open file, not to one fd, so the uid stays taken while any copy is open, and is free again the
+//! moment the VMM is gone, however it died (exit, SIGKILL, SIGSYS): the kernel closes the fds. The
+//! host may drop its own [`IdLease`] once the VMM is spawned. gid = uid (one group per pod too).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

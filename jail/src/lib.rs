@@ -6,13 +6,14 @@
 //! - the VMM calls [`enter`] first thing in `main` with the [`JailSpec`] the host gave it (JSON),
 //!   and, once its threads exist, applies the [`seccomp`] list of each thread.
 //!
-//! What [`enter`] does, in this order (the child side; the parent becomes the waiter):
-//! parent-death signal; PID 1 check; the pod's cgroup (limits, join); the network namespace;
-//! fresh mount/UTS/IPC namespaces; private mount tree; a tmpfs root holding only the spec's bind
-//! mounts (and /proc if asked); `pivot_root`, old root detached, root read-only; hostname; every
-//! fd closed but the keep-list; rlimits (NOFILE, FSIZE, NPROC, CORE 0); bounding and ambient
-//! capabilities dropped; no supplementary groups; the pod's gid and uid; no capabilities left;
-//! `no_new_privs`; not dumpable.
+//! What [`enter`] does, in this order: the pod's cgroup is created and limited, then the fork
+//! (straight into the cgroup on v2); in the child: parent-death signal; the cgroup joined (v1);
+//! PID 1 check; the network namespace; fresh mount/UTS/IPC namespaces; private mount tree; a
+//! tmpfs root holding only the spec's entries (files and directories bound, devices as nodes
+//! owned by the pod; /proc if asked); `pivot_root`, old root detached, root read-only; hostname;
+//! every fd closed but the keep-list; rlimits (NOFILE, FSIZE, NPROC, CORE 0); bounding and
+//! ambient capabilities dropped; no supplementary groups; the pod's gid and uid; no capabilities
+//! left; `no_new_privs`; not dumpable.
 //!
 //! # The waiter
 //! A process can't move itself into a new PID namespace, only its children, so [`enter`] forks:

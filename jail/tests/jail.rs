@@ -391,11 +391,27 @@ fn born_in_a_v2_cgroup() {
 /// spawn-to-ready time. Debug build: the release figures are the test bed's to measure.
 #[test]
 fn enter_cost() {
-    for with_cgroup in [false, true] {
-        let (mut spec, dir) = spec(&format!("cost-{with_cgroup}"), 3_100_012);
-        if with_cgroup {
-            spec.cgroup = Some(cgroup("cost"));
-        }
+    // No cgroup; the host's /sys/fs/cgroup (v2 or v1) with limits; on a hybrid host also the
+    // unified hierarchy without controllers, to time the clone3-into-cgroup path.
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists();
+    let cases: Vec<Option<CgroupSpec>> = [
+        None,
+        Some(cgroup("cost")),
+        unified.then(|| CgroupSpec {
+            root: "/sys/fs/cgroup/unified".into(),
+            memory_max: None,
+            pids_max: None,
+            ..cgroup("cost-v2")
+        }),
+    ]
+    .into_iter()
+    .enumerate()
+    .filter(|(i, c)| *i < 2 || c.is_some())
+    .map(|(_, c)| c)
+    .collect();
+    for (i, cg) in cases.into_iter().enumerate() {
+        let (mut spec, dir) = spec(&format!("cost-{i}"), 3_100_012);
+        spec.cgroup = cg;
         let (mut setup, mut total) = (Vec::new(), Vec::new());
         for _ in 0..20 {
             let t = Instant::now();

@@ -1,7 +1,7 @@
-//! `jail-probe`: a test program for tests/jail.rs, not for production. It enters a jail from the
-//! JSON spec in argv[1], optionally applies a seccomp list (`--seccomp main|event-loop|vcpu`,
-//! `--seccomp-log` for log mode), prints `ready ...` and then answers commands read from stdin,
-//! one a line:
+//! `jail-probe`: a test program for tests/jail.rs, not for production. It enters a jail from
+//! the JSON spec in its first argument, optionally applies a seccomp list (`--seccomp main`,
+//! `event-loop` or `vcpu`; `--seccomp-log` for log mode), prints `ready ...` and then answers
+//! commands read from stdin, one a line:
 //!
 //! - `status`: fields of /proc/self/status (needs `mount_proc`), then `end`
 //! - `kill PID`: `kill(PID, 0)`'s result (`kill ok` or `kill errno=N`)
@@ -140,7 +140,8 @@ fn main() -> ExitCode {
                     Some("create") => o.write(true).create_new(true),
                     _ => o.read(true),
                 };
-                let _ = match o.open(path) {
+                // Closed before answering, so the test sees no extra fd.
+                let _ = match o.open(path).map(drop) {
                     Ok(_) => writeln!(out, "open ok"),
                     Err(e) => writeln!(out, "open errno={}", e.raw_os_error().unwrap_or(0)),
                 };
