@@ -23,6 +23,10 @@ pub struct Entered {
 /// [the waiter](crate#the-waiter)); the child is PID 1 of the new PID namespace and
 /// returns `Ok` once it is jailed. An `Err` from the child leaves it half-jailed: exit at once
 /// (the waiter then exits with the same code).
+///
+/// A VMM that `sigwait`s for SIGTERM/SIGINT blocks them before this call: as PID 1 it would
+/// otherwise drop them (the kernel ignores default-action signals sent to a namespace's init).
+/// The child keeps the caller's signal mask; the waiter opens those two for itself.
 pub fn enter(spec: &JailSpec) -> Result<Entered, JailError> {
     let started = Instant::now();
     spec.validate()?;
