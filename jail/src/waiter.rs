@@ -92,7 +92,7 @@ pub(crate) fn run(
 }
 
 /// What the waiter gives up: other fds, root (keeping CAP_KILL), core dumps, new privileges.
-fn shed(spec: &JailSpec, keep: &[RawFd]) -> Result<(), crate::JailError> {
+fn shed(spec: &JailSpec, keep: &[RawFd]) -> Result<(), crate::error::JailError> {
     privs::close_fds_except(keep)?;
     let _ = privs::set_rlimit(libc::RLIMIT_CORE, 0);
     // A credential change clears the parent-death signal the host may have set: keep it.

@@ -96,7 +96,7 @@ impl EventLoop {
         let (tx, rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("vmm-events".into())
-            .stack_size(crate::THREAD_STACK_SIZE)
+            .stack_size(crate::threads::THREAD_STACK_SIZE)
             .spawn(move || {
                 let stop = stopper.stop.clone();
                 let mut em = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {

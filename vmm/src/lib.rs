@@ -32,10 +32,12 @@ pub mod event_loop;
 pub mod exit;
 pub mod metrics;
 pub mod running;
+pub mod threads;
 pub mod vstate;
 
 pub use builder::{BuildError, Vmm};
 pub use config::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use exit::VmExit;
 pub use metrics::VmMetrics;
-pub use running::{RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT, THREAD_STACK_SIZE};
+pub use running::{RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT};
+pub use threads::THREAD_STACK_SIZE;

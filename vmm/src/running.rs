@@ -15,11 +15,6 @@ use crate::metrics::{VmCounters, VmMetrics};
 use crate::vstate::vcpu::VcpuHandle;
 use crate::vstate::vm::Vm;
 
-/// Stack size of the VMM's own threads (vCPUs, event loop, signals). Smaller than a 2 MiB huge
-/// page on purpose: with THP "always" a default 2 MiB stack gets a whole huge page on its first
-/// touch, 2 MiB of RSS per thread for a few KiB of real use.
-pub const THREAD_STACK_SIZE: usize = 256 << 10;
-
 /// A virtio-blk slot, for swapping its backing file at runtime.
 pub(crate) struct DiskSlot {
     pub block: Arc<Mutex<Block>>,

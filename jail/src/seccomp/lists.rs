@@ -1,7 +1,17 @@
 //! The allow-lists, as data: a first reading of what each VMM thread calls (vmm/src), to be
 //! tightened with [`super::Mode::Log`] in the test bed. x86_64 syscall numbers.
 
-use super::ThreadKind;
+/// The kinds of VMM thread, each with its own list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// The main thread once the VM runs (waits, tears down, swaps disks, writes metrics), and the
+    /// signal-waiting thread.
+    Main,
+    /// The device event loop: epoll, queues, block I/O, tap, vsock sockets, entropy.
+    EventLoop,
+    /// A vCPU: KVM_RUN and the exits it handles in place (MMIO/PIO into the buses, serial output).
+    Vcpu,
+}
 
 /// One allowed syscall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

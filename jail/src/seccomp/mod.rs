@@ -29,19 +29,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-pub use lists::{allowed, Allowed, ArgRule};
-
-/// The kinds of VMM thread, each with its own list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadKind {
-    /// The main thread once the VM runs (waits, tears down, swaps disks, writes metrics), and the
-    /// signal-waiting thread.
-    Main,
-    /// The device event loop: epoll, queues, block I/O, tap, vsock sockets, entropy.
-    EventLoop,
-    /// A vCPU: KVM_RUN and the exits it handles in place (MMIO/PIO into the buses, serial output).
-    Vcpu,
-}
+pub use lists::{allowed, Allowed, ArgRule, ThreadKind};
 
 /// What a syscall off the list does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::latch::WarnLatch;
-use crate::latched_warn;
+use crate::devices::latch::latched_warn;
 
 const UNMAPPED_READ: u32 = 0;
 const UNMAPPED_WRITE: u32 = 1;

@@ -24,7 +24,6 @@ impl WarnLatch {
 
 /// `latched_warn!(latch, kind, "format", args...)`: `tracing::warn!` the first time `kind` is
 /// seen on `latch`, `tracing::debug!` afterwards.
-#[macro_export]
 macro_rules! latched_warn {
     ($latch:expr, $kind:expr, $($arg:tt)+) => {
         if $latch.first($kind as u32) {
@@ -34,6 +33,8 @@ macro_rules! latched_warn {
         }
     };
 }
+// A path for the macro (`crate::devices::latch::latched_warn`) instead of the crate root.
+pub(crate) use latched_warn;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -101,7 +102,7 @@ pub(crate) mod tests {
         let l = WarnLatch::new();
         let logs = captured_logs(|| {
             for i in 0..5 {
-                crate::latched_warn!(l, 1u32, "misuse number {i}");
+                latched_warn!(l, 1u32, "misuse number {i}");
             }
         });
         assert_eq!(count(&logs, "misuse number"), (1, 4), "{logs}");

@@ -13,7 +13,6 @@ use vm_memory::bitmap::{Bitmap, NewBitmap, WithBitmapSlice};
 use vm_memory::{GuestAddress, GuestRegionMmap, MmapRegion};
 
 use crate::arch::x86_64::layout;
-use crate::devices::virtio::GuestMemory;
 
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -147,6 +146,9 @@ impl Drop for Mapping {
         unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
     }
 }
+
+/// Guest memory as every device sees it.
+pub type GuestMemory = vm_memory::GuestMemoryMmap<RegionOwner>;
 
 /// Keeps a region's [`Mapping`] alive as long as vm-memory keeps the region. Sits in the slot
 /// vm-memory reserves for a dirty bitmap; it tracks nothing (no dirty logging).

@@ -157,7 +157,7 @@ impl Vcpu {
         let index = self.index;
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .stack_size(crate::THREAD_STACK_SIZE)
+            .stack_size(crate::threads::THREAD_STACK_SIZE)
             .spawn(move || self.run())
             .map_err(VcpuError::Spawn)?;
         Ok(VcpuHandle { thread })

@@ -20,14 +20,10 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::vstate::memory::RegionOwner;
-
-/// Guest memory as every device sees it.
-pub type GuestMemory = GuestMemoryMmap<RegionOwner>;
+pub use crate::vstate::memory::GuestMemory;
 
 /// InterruptStatus bit: the device used buffers in a queue.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;

@@ -12,11 +12,11 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::bus::BusDevice;
+use crate::devices::latch::latched_warn;
 use crate::devices::latch::WarnLatch;
 use crate::devices::virtio::device::{
     ActivateContext, GuestMemory, Interrupt, VirtioDevice, VIRTIO_MMIO_INT_CONFIG,
 };
-use crate::latched_warn;
 
 mod regs;
 pub use regs::*;
