@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use vpod_agent_api::pb::{CreateContainerRequest, MountKind, Process};
 use vpod_images::{FsType, Store};
-use vpod_sandbox::{ImageDisk, Output as ContainerOutput, OutputEvent, Pod, PodConfig};
+use vpod_sandbox::{
+    CreateOptions, ImageDisk, Output as ContainerOutput, OutputEvent, Pod, PodConfig,
+};
 
 use vpod_test_support as common;
 
@@ -656,7 +658,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
             ),
         );
         let e = pod
-            .create_container_oci("thief", &theft, "img0", &classifier, false)
+            .create_container_with("thief", &theft, "img0", &classifier, CreateOptions::default())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("spec.volumes[].hostPath"), "{e}");
@@ -666,7 +668,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
             r#", {"destination": "/host", "type": "bind", "source": "/etc", "options": ["rbind"]}"#,
         );
         let e = pod
-            .create_container_oci("bad", &hp, "img0", &classifier, false)
+            .create_container_with("bad", &hp, "img0", &classifier, CreateOptions::default())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("spec.volumes[].hostPath"), "{e}");
@@ -674,7 +676,7 @@ fn oci_spec_containers_get_kubelet_volumes_and_host_paths_are_refused() {
         assert!(listed.is_empty());
 
         let spec = kubelet_spec(&kubelet, "");
-        pod.create_container_oci("web", &spec, "img0", &classifier, false)
+        pod.create_container_with("web", &spec, "img0", &classifier, CreateOptions::default())
             .await
             .unwrap();
         let out = attach(&pod, "web").await;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vpod_sandbox::{ImageDisk, MountClassifier, Pod, PodConfig, VmSize};
+use vpod_sandbox::{CreateOptions, ImageDisk, MountClassifier, Pod, PodConfig, VmSize};
 
 use crate::config::ShimConfig;
 use crate::error::{Error, Result};
@@ -156,7 +156,16 @@ pub async fn create_container(
     stdin: bool,
 ) -> Result<()> {
     let watched = pod
-        .create_container_oci(id, spec, serial, classifier, stdin)
+        .create_container_with(
+            id,
+            spec,
+            serial,
+            classifier,
+            CreateOptions {
+                stdin,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(Error::CreateContainer)?;
     if !watched.is_empty() {

@@ -37,23 +37,6 @@ impl Pod {
             .await
     }
 
-    /// [`Pod::create_container_with`] where the only option is `stdin`.
-    pub async fn create_container_oci(
-        &self,
-        id: &str,
-        spec: &Spec,
-        image_serial: &str,
-        classifier: &MountClassifier,
-        stdin: bool,
-    ) -> Result<Vec<(HostVolume, u64)>, PodError> {
-        let opts = CreateOptions {
-            stdin,
-            ..CreateOptions::default()
-        };
-        self.create_container_with(id, spec, image_serial, classifier, opts)
-            .await
-    }
-
     /// Starts a container ([`super::PodAgent::start_container`]).
     pub async fn start_container(&self, id: &str) -> Result<u32, PodError> {
         self.agent.start_container(id).await
