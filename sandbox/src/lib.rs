@@ -5,7 +5,8 @@
 //!   change.
 //! - [`mounts`]: how each mount reaches the guest, read from kubelet's path layout.
 //! - [`sizing`]: the pod VM's vCPUs and memory from its containers' limits.
-//! - [`pod`]: a booted pod: its microVM (in-process), state directory and the front of its
+//! - [`vmm_process`]: a pod's VMM as its own jailed process ([`VmProcess`]) and its settings.
+//! - [`pod`]: a booted pod: its microVM (a [`VmProcess`]), state directory and the front of its
 //!   agent ([`Pod`], [`PodAgent`]), through which every container operation goes.
 //! - [`oci`]: a container's OCI spec turned into the agent's create request and volumes.
 //! - [`ephemeral`]: the pod's private ext4 disk; [`volumes`]: host dirs pushed into the guest.
@@ -22,6 +23,7 @@ pub mod oci;
 pub mod pod;
 pub mod policy;
 pub mod sizing;
+pub mod vmm_process;
 pub mod volumes;
 
 pub use mounts::{MountClassifier, MountError, MountKind};
@@ -31,3 +33,4 @@ pub use pod::{
 };
 pub use policy::{check_spec, CheckedSpec, PolicyError};
 pub use sizing::{Limits, VmSize};
+pub use vmm_process::{VmProcess, VmmProcessConfig};

@@ -6,7 +6,7 @@
 //! they can override ours). With `Console::Off` we keep `console=ttyS0` and drop the bytes in the
 //! VMM: the panic watcher still sees a kernel panic, and the guest's boot is identical either way.
 
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,7 +20,7 @@ use crate::config::{ConfigError, Console, VmConfig};
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::serial::{CappedFile, ConsoleOut};
 use crate::devices::legacy::{IrqTrigger, ResetControl, SerialDevice, I8042};
-use crate::devices::virtio::block::{Block, BlockError, DiskFile};
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::mmio::{MmioError, REG_QUEUE_NOTIFY};
@@ -29,8 +29,10 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{GuestMemory, VirtioDevice};
 use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
 use crate::exit::ExitSignal;
+pub use crate::host_files::HostFiles;
 use crate::metrics::VmCounters;
 use crate::running::{DiskSlot, Running, RunningVm};
+use crate::threads::ThreadFilters;
 use crate::vstate::memory::{create_guest_memory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -104,7 +106,36 @@ impl Vmm {
 
     /// Like [`Vmm::start`], measuring "time to first KVM_RUN" from `started` (e.g. process start).
     pub fn start_at(config: VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
-        build(&config, started)
+        let files = HostFiles::open(&config)?;
+        build(&config, files, &StartOptions::new(started))
+    }
+
+    /// Starts a VM from host files opened already ([`HostFiles::open`]), with `opts`.
+    pub fn start_with(
+        config: &VmConfig,
+        files: HostFiles,
+        opts: &StartOptions,
+    ) -> Result<RunningVm, BuildError> {
+        build(config, files, opts)
+    }
+}
+
+/// How a VM is started beyond its config.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Where "time to first KVM_RUN" is measured from (e.g. process start).
+    pub started: Instant,
+    /// Seccomp filters the VM's threads install first thing (a jailed VMM's).
+    pub filters: Option<ThreadFilters>,
+}
+
+impl StartOptions {
+    /// No filters, measuring from `started`.
+    pub fn new(started: Instant) -> Self {
+        Self {
+            started,
+            filters: None,
+        }
     }
 }
 
@@ -124,22 +155,18 @@ pub fn base_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
 
 fn console_out(
     console: &Console,
+    file: Option<File>,
     limit: u64,
     counters: &Arc<VmCounters>,
 ) -> Result<ConsoleOut, BuildError> {
-    Ok(match console {
-        Console::Off => Box::new(std::io::sink()),
-        Console::Stdout => Box::new(std::io::stdout()),
-        Console::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| BuildError::ConsoleFile(path.clone(), e))?;
+    Ok(match (console, file) {
+        (Console::File(path), Some(file)) => {
             let out = CappedFile::new(file, limit, counters.clone())
                 .map_err(|e| BuildError::ConsoleFile(path.clone(), e))?;
             Box::new(out)
         }
+        (Console::Stdout, _) => Box::new(std::io::stdout()),
+        _ => Box::new(std::io::sink()),
     })
 }
 
@@ -180,10 +207,22 @@ impl VirtioSlots<'_> {
     }
 }
 
-/// Builds the VM `config` describes and starts its vCPUs and event loop; metrics measure from
-/// `started`.
-pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildError> {
+/// Builds the VM `config` describes from its opened `files` and starts its vCPUs and event loop;
+/// metrics measure from `opts.started`, each thread installs its `opts.filters` first.
+pub fn build(
+    config: &VmConfig,
+    files: HostFiles,
+    opts: &StartOptions,
+) -> Result<RunningVm, BuildError> {
     config.validate()?;
+    let started = opts.started;
+    let HostFiles {
+        mut kernel,
+        mut initrd,
+        disks: disk_files,
+        console,
+        tap,
+    } = files;
 
     let vm = Vm::new()?;
     let mem = create_guest_memory(u64::from(config.mem_mib) << 20)?;
@@ -199,7 +238,7 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
     vm.register_irqfd(&serial_irq, layout::SERIAL_IRQ)?;
     let serial = SerialDevice::new(
         IrqTrigger(serial_irq),
-        console_out(&config.console, config.console_limit, &counters)?,
+        console_out(&config.console, console, config.console_limit, &counters)?,
         exit.clone(),
     );
     pio.insert(
@@ -231,16 +270,15 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
             cmdline: &mut cmdline,
             next: 0,
         };
-        for disk in &config.disks {
-            let file = DiskFile::open(&disk.path, disk.read_only, disk.id.as_deref())?;
+        for file in disk_files {
             let block = Arc::new(Mutex::new(Block::new(file)?));
             let transport = slots.attach(block.clone())?;
             subscribers.push(block.clone());
             disks.push(DiskSlot { block, transport });
         }
-        if let Some(net) = &config.net {
+        if let (Some(net), Some(tap)) = (&config.net, tap) {
             let dev =
-                Net::new(&net.tap, net.mac).map_err(|e| BuildError::Net(net.tap.clone(), e))?;
+                Net::with_tap(tap, net.mac).map_err(|e| BuildError::Net(net.tap.clone(), e))?;
             let dev = Arc::new(Mutex::new(dev));
             slots.attach(dev.clone())?;
             subscribers.push(dev);
@@ -266,7 +304,8 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
         }
     }
 
-    let boot = pvh::load(&mem, &config.kernel, config.initrd.as_deref(), &cmdline)?;
+    let boot = pvh::load(&mem, &mut kernel, initrd.as_mut(), &cmdline)?;
+    drop((kernel, initrd));
     mptable::setup(&mem, config.vcpus)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -276,6 +315,7 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
         exit: exit.clone(),
         stop: stop.clone(),
         counters: counters.clone(),
+        filter: opts.filters.as_ref().map(|f| f.vcpu.clone()),
     };
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for i in 0..config.vcpus {
@@ -284,7 +324,10 @@ pub fn build(config: &VmConfig, started: Instant) -> Result<RunningVm, BuildErro
         vcpus.push(vcpu);
     }
 
-    let event_loop = EventLoop::start(subscribers)?;
+    let event_loop = EventLoop::start(
+        subscribers,
+        opts.filters.as_ref().map(|f| f.event_loop.clone()),
+    )?;
     let mut handles = Vec::with_capacity(vcpus.len());
     let mut running = Running {
         vcpus: Vec::new(),
@@ -337,12 +380,12 @@ mod tests {
     #[test]
     fn bad_config_is_an_error_not_a_panic() {
         let mut c = VmConfig::new("/nonexistent/vmlinux");
-        let e = build(&c, Instant::now()).err().unwrap();
+        let e = Vmm::start(c.clone()).err().unwrap();
         assert!(e.to_string().contains("kernel /nonexistent/vmlinux"), "{e}");
         let k = vmm_sys_util::tempfile::TempFile::new().unwrap();
         c.kernel = k.as_path().into();
         c.mem_mib = 8;
-        let e = build(&c, Instant::now()).err().unwrap();
+        let e = Vmm::start(c).err().unwrap();
         assert!(e.to_string().contains("too little"), "{e}");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::arch::x86_64::layout;
 
 /// Smallest guest we agree to build: the kernel is loaded at 16 MiB and needs room above it.
@@ -10,7 +12,7 @@ pub const MIN_MEM_MIB: u32 = 32;
 pub const MAX_VCPUS: u8 = 254;
 
 /// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Console {
     /// Output is discarded (the serial port still exists: the kernel keeps `console=ttyS0` so a
     /// panic can still be detected on the byte stream).
@@ -22,7 +24,7 @@ pub enum Console {
 }
 
 /// A virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskConfig {
     /// The backing file (a raw image; sparse is fine).
     pub path: PathBuf,
@@ -33,7 +35,7 @@ pub struct DiskConfig {
 }
 
 /// A virtio-net NIC on a host tap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
     /// The tap interface (created if missing, which needs CAP_NET_ADMIN).
     pub tap: String,
@@ -42,7 +44,7 @@ pub struct NetConfig {
 }
 
 /// A virtio-vsock device; the host side is unix sockets (see `devices::virtio::vsock`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VsockConfig {
     /// The unix socket host processes connect to (`CONNECT <port>`); guest connections to host
     /// port P go to `<uds_path>_P`.
@@ -55,7 +57,7 @@ pub struct VsockConfig {
 pub const DEFAULT_GUEST_CID: u64 = 3;
 
 /// What a VM is made of; [`VmConfig::new`] gives the defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
     /// Uncompressed ELF vmlinux with a PVH entry note.
     pub kernel: PathBuf,

@@ -86,7 +86,11 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Subscribes every device and starts the thread.
-    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+    /// The thread installs `filter` (seccomp) before it touches a device.
+    pub fn start(
+        subscribers: Vec<Subscriber>,
+        filter: Option<seccompiler::BpfProgram>,
+    ) -> Result<Self, EventLoopError> {
         let stop_evt = EventFd::new(EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
         let stop_flag = Arc::new(AtomicBool::new(false));
         let stopper = Stopper {
@@ -98,6 +102,10 @@ impl EventLoop {
             .name("vmm-events".into())
             .stack_size(crate::threads::THREAD_STACK_SIZE)
             .spawn(move || {
+                if let Err(e) = crate::threads::apply_filter(filter.as_ref()) {
+                    let _ = tx.send(Err(format!("installing its seccomp filter: {e}")));
+                    return;
+                }
                 let stop = stopper.stop.clone();
                 let mut em = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
                     Ok(em) => em,
@@ -204,7 +212,7 @@ mod tests {
             evt: evt.try_clone().unwrap(),
             hits: hits.clone(),
         };
-        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(c))]).unwrap();
+        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(c))], None).unwrap();
         evt.write(1).unwrap();
         for _ in 0..200 {
             if hits.load(Ordering::SeqCst) > 0 {
@@ -245,7 +253,7 @@ mod tests {
             entered: entered.clone(),
             release: release.clone(),
         };
-        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(stuck))]).unwrap();
+        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(stuck))], None).unwrap();
         evt.write(1).unwrap();
         while !entered.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -285,7 +293,7 @@ mod tests {
         let busy = Busy {
             evt: evt.try_clone().unwrap(),
         };
-        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(busy))]).unwrap();
+        let mut el = EventLoop::start(vec![Arc::new(Mutex::new(busy))], None).unwrap();
         evt.write(1).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let started = Instant::now();

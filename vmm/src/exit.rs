@@ -7,10 +7,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The outcome of a VM run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmExit {
     /// The guest powered off: its kernel reset the CPU through the reset control register
     /// (0xCF9, the method vpod-init picks for a poweroff), or halted (`reboot(RB_POWER_OFF)`
@@ -24,6 +25,32 @@ pub enum VmExit {
     Stopped,
     /// The VMM failed (KVM error, entry failure, ...).
     Error(String),
+    /// The VMM process was killed by this signal (seen by the host that started it): SIGSYS is
+    /// its seccomp filter refusing a syscall, SIGKILL an OOM kill or a kill -9.
+    Killed(i32),
+}
+
+impl VmExit {
+    /// Whether the VMM process was killed by its seccomp filter.
+    pub fn is_seccomp_kill(&self) -> bool {
+        *self == VmExit::Killed(libc::SIGSYS)
+    }
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Poweroff => f.write_str("the guest powered off"),
+            VmExit::Reboot => f.write_str("the guest rebooted"),
+            VmExit::Panic => f.write_str("the guest kernel panicked"),
+            VmExit::Stopped => f.write_str("stopped by the host"),
+            VmExit::Error(e) => write!(f, "VMM error: {e}"),
+            VmExit::Killed(s) if *s == libc::SIGSYS => f.write_str(
+                "VMM killed by seccomp (SIGSYS: a syscall off its thread's allow-list)",
+            ),
+            VmExit::Killed(s) => write!(f, "VMM killed by signal {s}"),
+        }
+    }
 }
 
 /// A terminal event of the VM's run.

@@ -19,6 +19,8 @@
 //! - [`vstate`]: the KVM VM, its vCPU threads and guest memory.
 //! - [`devices`]: the buses, legacy PC devices, virtio devices and their virtio-mmio transport.
 //! - [`event_loop`]: the thread that runs every device's queues.
+//! - [`host_files`]: what a VM opens on the host, in one place (before a jail);
+//!   [`control`]: the channel between a host and a `vpod-vmm` process per pod.
 //! - [`running`]: a started VM, its teardown and the embedder's handle; [`exit`]: how it ended;
 //!   [`metrics`]: what it counted.
 
@@ -27,17 +29,20 @@
 pub mod arch;
 pub mod builder;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
+pub mod host_files;
 pub mod metrics;
 pub mod running;
 pub mod threads;
 pub mod vstate;
 
-pub use builder::{BuildError, Vmm};
+pub use builder::{BuildError, StartOptions, Vmm};
+pub use host_files::HostFiles;
 pub use config::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use exit::VmExit;
 pub use metrics::VmMetrics;
 pub use running::{RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT};
-pub use threads::THREAD_STACK_SIZE;
+pub use threads::{ThreadFilters, THREAD_STACK_SIZE};

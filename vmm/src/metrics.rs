@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Exit reasons we count in userspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl VmCounters {
 }
 
 /// What a VM run counted (`vpod-vmm --metrics` writes it as JSON).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VmMetrics {
     /// Microseconds from the start instant to the first KVM_RUN (None if no vCPU ever ran).
     pub start_to_first_kvm_run_us: Option<u64>,

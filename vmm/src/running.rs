@@ -160,10 +160,32 @@ impl RunningVm {
     /// Replaces disk `index`'s backing file and raises a config-change interrupt so the guest
     /// re-reads the capacity. The read-only flag stays what the guest negotiated at boot.
     pub fn swap_disk(&self, index: usize, path: &Path, id: Option<&str>) -> Result<(), VmOpError> {
+        self.swap_disk_with(index, |read_only| DiskFile::open(path, read_only, id))
+    }
+
+    /// Like [`swap_disk`](Self::swap_disk) with a file opened by the caller (a jailed VMM gets it
+    /// from its host over the control channel); a writable slot needs a file opened for writing.
+    pub fn swap_disk_file(
+        &self,
+        index: usize,
+        file: std::fs::File,
+        id: Option<&str>,
+    ) -> Result<(), VmOpError> {
+        let name = std::path::PathBuf::from(format!("(disk {index} from the host)"));
+        self.swap_disk_with(index, |read_only| {
+            DiskFile::from_file(file, &name, read_only, id)
+        })
+    }
+
+    fn swap_disk_with(
+        &self,
+        index: usize,
+        open: impl FnOnce(bool) -> Result<DiskFile, BlockError>,
+    ) -> Result<(), VmOpError> {
         let slot = self.disks.get(index).ok_or(VmOpError::NoSuchDisk(index))?;
         let mut block = slot.block.lock().unwrap_or_else(|p| p.into_inner());
         let read_only = block.avail_features_read_only();
-        let disk = DiskFile::open(path, read_only, id)?;
+        let disk = open(read_only)?;
         block.swap_disk(disk);
         drop(block);
         slot.transport

@@ -111,6 +111,11 @@ const COMMON: &[Allowed] = list![
 /// The main thread after start (wait, stop, teardown, disk swap, metrics file) and the thread
 /// that waits for SIGTERM/SIGINT. No clone: every thread exists before this list is applied.
 const MAIN: &[Allowed] = list![
+    // The control channel (vpod_vmm::control): requests in, answers and the exit out, a disk's
+    // fd with a swap (its access mode checked with F_GETFL).
+    SYS_recvmsg,
+    SYS_sendmsg,
+    SYS_fcntl(ArgRule::Eq(1, &[libc::F_GETFL as u64])),
     SYS_openat,
     SYS_unlink,
     SYS_unlinkat,

@@ -1,23 +1,22 @@
-//! A pod's boot, stage by stage: check the config, make its dirs and disks, start the VM (in the
-//! pod's netns when it has one), plumb the network, wait for the agent's READY call, mount the
+//! A pod's boot, stage by stage: check the config, make its dirs and disks, lease the VMM's uid and
+//! hand it the vsock directory, start the VMM process (jailed; its tap made in the pod's netns
+//! when it has one), plumb the network, wait for the agent's READY call, mount the
 //! ephemeral disk, configure the guest's network. On any failure everything made so far is
 //! removed again.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::watch;
 use tonic::transport::Channel;
 use vpod_agent_api::{AgentChannel, AgentClient, ReadyListener, AGENT_VSOCK_PORT};
-use vpod_vmm::{Console, DiskConfig, RunningVm, VmConfig, VmExit, Vmm, VsockConfig};
+use vpod_vmm::{Console, DiskConfig, VmConfig, VmExit, VsockConfig};
 
 use super::agent::PodAgent;
 use super::config::{valid_pod_id, BootTimes, PodConfig};
 use super::error::PodError;
-use super::files::{paths, prepare};
+use super::files::{give_to, paths, prepare};
 use super::slots::Slots;
 use super::Pod;
-use crate::net::PodNet;
+use crate::vmm_process::{VmProcess, VmmLaunch};
 
 impl Pod {
     /// Makes the state directory and ephemeral disk, boots the VM, waits
@@ -32,11 +31,37 @@ impl Pod {
         let (cleanup, disks, slots) = prepare(&cfg)?;
         times.disk = t0.elapsed();
 
+        let lease = crate::vmm_process::lease(&cfg.vmm, id).map_err(|source| PodError::Vm {
+            id: id.into(),
+            source,
+        })?;
+        let uid = lease.as_ref().map(|l| l.uid());
+        let vsock_dir = paths::vsock_dir(&cfg.dir);
+        if let Some(uid) = uid {
+            give_to(id, &vsock_dir, uid)?;
+        }
         let ready = listen_for_ready(&cfg)?;
+        if let Some(uid) = uid {
+            give_to(id, ready.path(), uid)?;
+        }
         let t1 = Instant::now();
-        let vm = Arc::new(start_vm(id, vm_config(&cfg, disks), cfg.net.as_ref())?);
+        let launch = VmmLaunch {
+            pod_id: id.into(),
+            pod_dir: cfg.dir.clone(),
+            vm: vm_config(&cfg, disks),
+            vsock_dir,
+            netns: cfg.net.as_ref().map(|n| n.netns.clone()),
+            lease,
+        };
+        let vm = VmProcess::start(&cfg.vmm, launch, cfg.boot_timeout).map_err(|source| {
+            PodError::Vm {
+                id: id.into(),
+                source,
+            }
+        })?;
         times.vm_start = t1.elapsed();
-        let exit = watch_exit(id, &vm)?;
+        times.jail = vm.report().jail_setup;
+        let exit = vm.exit();
         let mut pod = Pod {
             id: id.into(),
             dir: cfg.dir.clone(),
@@ -153,62 +178,6 @@ fn vm_config(cfg: &PodConfig, disks: Vec<DiskConfig>) -> VmConfig {
         });
     }
     vm_cfg
-}
-
-/// Starts the VM; with a pod netns, from a thread that entered it, so the
-/// VMM makes its tap there (the VMM's threads stay in it, which is harmless:
-/// they only use the tap and unix sockets).
-fn start_vm(id: &str, vm_cfg: VmConfig, net: Option<&PodNet>) -> Result<RunningVm, PodError> {
-    let Some(net) = net else {
-        return Vmm::start(vm_cfg).map_err(|source| PodError::Vm {
-            id: id.into(),
-            source,
-        });
-    };
-    let netns = net.netns.clone();
-    let joined = std::thread::scope(|s| {
-        s.spawn(move || {
-            let f = std::fs::File::open(&netns)?;
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Ok::<_, std::io::Error>(Vmm::start(vm_cfg))
-        })
-        .join()
-    });
-    match joined {
-        Ok(Ok(started)) => started.map_err(|source| PodError::Vm {
-            id: id.into(),
-            source,
-        }),
-        Ok(Err(source)) => Err(PodError::Netns {
-            id: id.into(),
-            netns: net.netns.clone(),
-            source,
-        }),
-        Err(_) => Err(PodError::Netns {
-            id: id.into(),
-            netns: net.netns.clone(),
-            source: std::io::Error::other("VM start thread panicked"),
-        }),
-    }
-}
-
-/// A thread that waits for the VM's end and tells the returned receiver how it ended.
-fn watch_exit(id: &str, vm: &Arc<RunningVm>) -> Result<watch::Receiver<Option<VmExit>>, PodError> {
-    let (exit_tx, exit) = watch::channel(None);
-    let vm = vm.clone();
-    std::thread::Builder::new()
-        .name(format!("pod-{id}-wait"))
-        .stack_size(vpod_vmm::THREAD_STACK_SIZE)
-        .spawn(move || {
-            let e = vm.wait();
-            let _ = exit_tx.send(Some(e));
-        })
-        .map_err(|source| PodError::Io {
-            id: id.into(),
-            op: "spawn the VM waiter".into(),
-            source,
-        })?;
-    Ok(exit)
 }
 
 /// A client that is never used: `Pod` holds one until the agent answers,

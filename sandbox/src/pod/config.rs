@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::ephemeral::DEFAULT_EPHEMERAL_BYTES;
 use crate::net::PodNet;
 use crate::sizing::VmSize;
+use crate::vmm_process::VmmProcessConfig;
 
 /// virtio-blk serial of the pod's ephemeral disk.
 pub const EPHEMERAL_SERIAL: &str = "eph";
@@ -56,6 +57,8 @@ pub struct PodConfig {
     pub boot_timeout: Duration,
     /// The netns CNI made for the pod: the VM's tap goes there.
     pub net: Option<PodNet>,
+    /// How its VMM process is started and jailed.
+    pub vmm: VmmProcessConfig,
 }
 
 impl PodConfig {
@@ -85,6 +88,7 @@ impl PodConfig {
             spare_slots: DEFAULT_SPARE_SLOTS,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             net: None,
+            vmm: VmmProcessConfig::default(),
         }
     }
 }
@@ -94,8 +98,10 @@ impl PodConfig {
 pub struct BootTimes {
     /// The state directory, the ephemeral disk (mkfs) and the slot files.
     pub disk: Duration,
-    /// The VMM building and starting the VM.
+    /// The VMM process: spawn, jail, building and starting the VM.
     pub vm_start: Duration,
+    /// Of which the jail's setup inside the VMM.
+    pub jail: Duration,
     /// From the VM's start to the agent's READY call and a connected client.
     pub ready: Duration,
     /// The guest mounting its ephemeral disk.

@@ -102,10 +102,10 @@ pub enum PodError {
         /// The pod.
         id: String,
         /// Why.
-        source: vpod_vmm::BuildError,
+        source: crate::vmm_process::VmProcessError,
     },
     /// The VM ended while it booted.
-    #[error("pod {id}: the VM ended before its agent was ready ({exit:?}); console: {console}")]
+    #[error("pod {id}: the VM ended before its agent was ready ({exit}); console: {console}")]
     EarlyExit {
         /// The pod.
         id: String,
@@ -228,7 +228,7 @@ pub enum PodError {
         /// The pod.
         id: String,
         /// Why.
-        source: vpod_vmm::VmOpError,
+        source: crate::vmm_process::VmProcessError,
     },
 }
 

@@ -22,9 +22,15 @@ const SLOT_PLACEHOLDER_BYTES: usize = 4096;
 pub mod paths {
     use std::path::{Path, PathBuf};
 
+    /// The directory of the VM's vsock sockets: the only directory of the host a jailed VMM sees
+    /// (owned by its uid).
+    pub fn vsock_dir(dir: &Path) -> PathBuf {
+        dir.join("vsock")
+    }
+
     /// The VMM's vsock socket: how the host reaches the agent.
     pub fn vsock(dir: &Path) -> PathBuf {
-        dir.join("vsock.sock")
+        vsock_dir(dir).join("vsock.sock")
     }
 
     /// The guest's console output.
@@ -41,6 +47,15 @@ pub mod paths {
     pub fn slot(dir: &Path, n: usize) -> PathBuf {
         dir.join(format!("slot-{n}.img"))
     }
+}
+
+/// Hands `path` to the pod's VMM uid (its vsock directory and the host's sockets in it).
+pub(crate) fn give_to(id: &str, path: &Path, uid: u32) -> Result<(), PodError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid)).map_err(|source| PodError::Io {
+        id: id.into(),
+        op: format!("chown {} to the VMM's uid {uid}", path.display()),
+        source,
+    })
 }
 
 /// Removes the directories it holds when dropped.
@@ -154,5 +169,6 @@ pub(crate) fn prepare(cfg: &PodConfig) -> Result<(DirGuard, Vec<DiskConfig>, Vec
         });
     }
     write_private_file(id, &paths::console(&cfg.dir), b"")?;
+    make_private_dir(id, &paths::vsock_dir(&cfg.dir))?;
     Ok((cleanup, disks, slots))
 }

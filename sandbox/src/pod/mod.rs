@@ -1,9 +1,9 @@
-//! A running pod: its microVM (in this process, through vpod-vmm), its
+//! A running pod: its microVM (a jailed `vpod-vmm` process, [`VmProcess`]), its
 //! state directory and the front of its agent, through which every container operation goes.
 //!
 //! ```text
 //! PodConfig ──boot──► Pod { vm, agent } ──create/start/attach/stdin/exec/...──► vpod-init
-//!                      │ state dir: slot-N.img, vsock.sock, console.log
+//!                      │ state dir: slot-N.img, vsock/vsock.sock, console.log, jail/
 //!                      │ disk dir:  ephemeral.img (a real disk, not the tmpfs of /run)
 //!                      └ Drop: stops the VM, deletes both dirs
 //! ```
@@ -30,7 +30,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use vpod_vmm::{RunningVm, VmExit};
+use vpod_vmm::VmExit;
+
+use crate::vmm_process::VmProcess;
 
 pub use agent::{CreateOptions, PodAgent};
 pub use config::{
@@ -50,7 +52,7 @@ pub struct Pod {
     id: String,
     dir: PathBuf,
     ephemeral_dir: Option<PathBuf>,
-    vm: Arc<RunningVm>,
+    vm: VmProcess,
     exit: watch::Receiver<Option<VmExit>>,
     agent: PodAgent,
     slots: Slots,
@@ -88,9 +90,17 @@ impl Pod {
         self.exit.borrow().clone()
     }
 
-    /// The VMM's counters.
-    pub fn vm_metrics(&self) -> vpod_vmm::VmMetrics {
-        self.vm.metrics()
+    /// The VMM's counters (asked of its process).
+    pub fn vm_metrics(&self) -> Result<vpod_vmm::VmMetrics, PodError> {
+        self.vm.metrics().map_err(|source| PodError::Vm {
+            id: self.id.clone(),
+            source,
+        })
+    }
+
+    /// The VMM process: its pid, its start report.
+    pub fn vmm(&self) -> &VmProcess {
+        &self.vm
     }
 
     /// Puts an image disk into a free slot (a container created after boot).

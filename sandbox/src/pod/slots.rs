@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use vpod_vmm::RunningVm;
+use crate::vmm_process::VmProcess;
 
 use super::config::ImageDisk;
 use super::error::PodError;
@@ -28,7 +28,7 @@ impl Slots {
     pub(crate) fn attach(
         &self,
         pod: &str,
-        vm: &RunningVm,
+        vm: &VmProcess,
         img: &ImageDisk,
     ) -> Result<(), PodError> {
         let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -85,6 +85,7 @@ pub struct Vcpu {
     exit: Arc<ExitSignal>,
     stop: Arc<AtomicBool>,
     counters: Arc<VmCounters>,
+    filter: Option<seccompiler::BpfProgram>,
 }
 
 /// What every vCPU shares: the buses its exits reach, the VM's exit signal, the stop flag and
@@ -101,6 +102,8 @@ pub struct VcpuContext {
     pub stop: Arc<AtomicBool>,
     /// Exit counters.
     pub counters: Arc<VmCounters>,
+    /// The seccomp filter each vCPU thread installs before its first KVM_RUN.
+    pub filter: Option<seccompiler::BpfProgram>,
 }
 
 impl Vcpu {
@@ -114,6 +117,7 @@ impl Vcpu {
             exit: ctx.exit.clone(),
             stop: ctx.stop.clone(),
             counters: ctx.counters.clone(),
+            filter: ctx.filter.clone(),
         }
     }
 
@@ -164,6 +168,14 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // Before the guest runs a single instruction on this thread.
+        if let Err(e) = crate::threads::apply_filter(self.filter.take().as_ref()) {
+            self.exit.signal(ExitEvent::Error(format!(
+                "vCPU {}: installing its seccomp filter: {e}",
+                self.index
+            )));
+            return;
+        }
         KVM_RUN.with(|p| p.set(self.fd.get_kvm_run() as *mut kvm_run));
         self.counters.mark_first_run();
         while !self.stop.load(Ordering::SeqCst) {

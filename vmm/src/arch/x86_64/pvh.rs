@@ -61,19 +61,29 @@ pub struct BootInfo {
     pub start_info: GuestAddress,
 }
 
-/// Loads the kernel, initrd and command line, and writes the PVH start info.
+/// Opens the kernel for [`load`].
+pub fn open_kernel(path: &Path) -> Result<File, BootError> {
+    File::open(path).map_err(|e| BootError::OpenKernel(path.display().to_string(), e))
+}
+
+/// Opens the initrd for [`load`].
+pub fn open_initrd(path: &Path) -> Result<File, BootError> {
+    File::open(path).map_err(|e| BootError::OpenInitrd(path.display().to_string(), e))
+}
+
+/// Loads the kernel, initrd and command line, and writes the PVH start info. The files are
+/// opened by the caller ([`open_kernel`], [`open_initrd`]): a jailed VMM opens them before it
+/// enters its jail.
 pub fn load(
     mem: &GuestMemory,
-    kernel: &Path,
-    initrd: Option<&Path>,
+    kernel_file: &mut File,
+    initrd: Option<&mut File>,
     cmdline: &Cmdline,
 ) -> Result<BootInfo, BootError> {
-    let mut kernel_file =
-        File::open(kernel).map_err(|e| BootError::OpenKernel(kernel.display().to_string(), e))?;
     let loaded = Elf::load(
         mem,
         None,
-        &mut kernel_file,
+        kernel_file,
         Some(GuestAddress(HIGH_MEMORY_START)),
     )
     .map_err(|e| BootError::NotPvh(describe_loader_error(e)))?;
@@ -87,7 +97,7 @@ pub fn load(
     };
 
     let initrd_range = match initrd {
-        Some(path) => Some(load_initrd(mem, path, loaded.kernel_end)?),
+        Some(file) => Some(load_initrd(mem, file, loaded.kernel_end)?),
         None => None,
     };
 
@@ -138,12 +148,10 @@ fn low_ram_end(mem: &GuestMemory) -> u64 {
     last.min(MEM_32BIT_GAP_START)
 }
 
-fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64) -> Result<(u64, u64), BootError> {
-    let mut file =
-        File::open(path).map_err(|e| BootError::OpenInitrd(path.display().to_string(), e))?;
+fn load_initrd(mem: &GuestMemory, file: &mut File, kernel_end: u64) -> Result<(u64, u64), BootError> {
     let size = file
         .metadata()
-        .map_err(|e| BootError::OpenInitrd(path.display().to_string(), e))?
+        .map_err(|e| BootError::OpenInitrd("(open file)".into(), e))?
         .len();
     let top = low_ram_end(mem);
     let addr = top
@@ -152,7 +160,7 @@ fn load_initrd(mem: &GuestMemory, path: &Path, kernel_end: u64) -> Result<(u64, 
         .filter(|a| *a >= kernel_end)
         .ok_or(BootError::InitrdTooBig { size, kernel_end })?;
     let len = usize::try_from(size).map_err(|_| BootError::InitrdTooBig { size, kernel_end })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
+    mem.read_exact_volatile_from(GuestAddress(addr), file, len)
         .map_err(|e| BootError::LoadInitrd(e.to_string()))?;
     Ok((addr, size))
 }
@@ -231,14 +239,14 @@ mod tests {
             .unwrap();
         let m = mem(64 << 20);
         let cl = Cmdline::new(CMDLINE_MAX_SIZE).unwrap();
-        let e = load(&m, f.as_path(), None, &cl).unwrap_err();
+        let e = load(&m, &mut open_kernel(f.as_path()).unwrap(), None, &cl).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("not a PVH vmlinux: not an ELF file"),
             "{e}"
         );
         let empty = vmm_sys_util::tempfile::TempFile::new().unwrap();
-        let e = load(&m, empty.as_path(), None, &cl).unwrap_err();
+        let e = load(&m, &mut open_kernel(empty.as_path()).unwrap(), None, &cl).unwrap_err();
         assert!(e.to_string().starts_with("not a PVH vmlinux"), "{e}");
     }
 
@@ -263,14 +271,14 @@ mod tests {
         let m = mem(64 << 20);
         let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
         f.as_file().write_all(&[7u8; 5000]).unwrap();
-        let (addr, size) = load_initrd(&m, f.as_path(), 32 << 20).unwrap();
+        let (addr, size) = load_initrd(&m, &mut open_initrd(f.as_path()).unwrap(), 32 << 20).unwrap();
         assert_eq!(size, 5000);
         assert_eq!(addr, (64 << 20) - 8192);
         let b: u8 = m.read_obj(GuestAddress(addr + 4999)).unwrap();
         assert_eq!(b, 7);
         // Doesn't fit above a kernel ending at 63.999 MiB.
         assert!(matches!(
-            load_initrd(&m, f.as_path(), (64 << 20) - 4096),
+            load_initrd(&m, &mut open_initrd(f.as_path()).unwrap(), (64 << 20) - 4096),
             Err(BootError::InitrdTooBig { .. })
         ));
     }

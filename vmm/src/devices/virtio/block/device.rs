@@ -1,6 +1,8 @@
 //! The virtio-blk device: config space, features, activation and queue processing.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
@@ -64,10 +66,35 @@ impl DiskFile {
             .write(!read_only)
             .open(path)
             .map_err(|e| BlockError::Open(path.to_path_buf(), e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| BlockError::Open(path.to_path_buf(), e))?
-            .len();
+        Self::from_file(file, path, read_only, id)
+    }
+
+    /// A disk on a file opened already (`path` only names it in errors and logs); a writable disk
+    /// needs a file opened for writing.
+    pub fn from_file(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        id: Option<&str>,
+    ) -> Result<Self, BlockError> {
+        let open_err = |e| BlockError::Open(path.to_path_buf(), e);
+        // SAFETY: F_GETFL on an fd we own; no memory is passed.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        if flags < 0 {
+            return Err(open_err(std::io::Error::last_os_error()));
+        }
+        if !read_only && flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return Err(open_err(std::io::Error::other(
+                "a writable disk on a file opened read-only",
+            )));
+        }
+        let meta = file.metadata().map_err(open_err)?;
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(open_err(std::io::Error::other(
+                "not a regular file or block device",
+            )));
+        }
+        let len = meta.len();
         let mut id_bytes = [0u8; 20];
         let src = id.map(str::as_bytes).unwrap_or_default();
         let n = src.len().min(20);

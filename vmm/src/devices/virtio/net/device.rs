@@ -90,7 +90,11 @@ impl Net {
     /// A virtio-net device on the tap interface `tap_name` (created if it doesn't exist, which
     /// needs CAP_NET_ADMIN). With `mac`, the guest's NIC gets that address (VIRTIO_NET_F_MAC).
     pub fn new(tap_name: &str, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
-        let tap = Tap::open(tap_name)?;
+        Self::with_tap(Tap::open(tap_name)?, mac)
+    }
+
+    /// A device on a tap opened already (a jailed VMM opens it before it enters its jail).
+    pub fn with_tap(tap: Tap, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_NET_F_CSUM)
             | (1 << VIRTIO_NET_F_GUEST_CSUM)

@@ -1,7 +1,10 @@
-//! `vpod-vmm`: boot one microVM from the command line.
+//! `vpod-vmm`: boot one microVM from the command line, or (`--control-fd N`) as one pod's jailed
+//! VMM process driven by its host over a control channel (`controlled.rs`).
 //!
 //! Exit status: 0 guest poweroff (or stopped by SIGTERM/SIGINT), 1 VMM error, 2 usage error,
 //! 3 guest reboot, 4 guest panic.
+
+mod controlled;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +21,13 @@ use vpod_vmm::{Console, DiskConfig, NetConfig, VmConfig, VmExit, Vmm, VsockConfi
     about = "Boot a PVH vmlinux in a KVM microVM"
 )]
 struct Args {
+    /// Driven by the host at the other end of this inherited SOCK_SEQPACKET socket (the VM comes
+    /// in its Launch message; every other option is ignored).
+    #[arg(long, conflicts_with = "kernel")]
+    control_fd: Option<i32>,
     /// Uncompressed ELF vmlinux with a PVH entry point.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "control_fd")]
+    kernel: Option<PathBuf>,
     /// initramfs (cpio, optionally compressed).
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -112,7 +119,7 @@ fn parse_console(s: &str) -> Result<Console, String> {
 }
 
 /// Blocks SIGTERM/SIGINT in this (and every later) thread; a dedicated thread waits for them.
-fn block_stop_signals() -> libc::sigset_t {
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset initialise a local sigset; pthread_sigmask only changes this
     // thread's mask (inherited by threads spawned later).
     unsafe {
@@ -133,8 +140,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    if let Some(fd) = args.control_fd {
+        return controlled::run(fd, started);
+    }
+    let Some(kernel) = args.kernel else {
+        eprintln!("vpod-vmm: --kernel is required");
+        return ExitCode::from(2);
+    };
     let config = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         verbose_kernel: args.verbose_kernel,
@@ -182,14 +196,19 @@ fn main() -> ExitCode {
             );
         }
     }
-    match outcome {
-        VmExit::Poweroff | VmExit::Stopped => ExitCode::SUCCESS,
-        VmExit::Reboot => ExitCode::from(3),
-        VmExit::Panic => ExitCode::from(4),
-        VmExit::Error(e) => {
-            eprintln!("vpod-vmm: error: {e}");
-            ExitCode::from(1)
-        }
+    if let VmExit::Error(e) = &outcome {
+        eprintln!("vpod-vmm: error: {e}");
+    }
+    ExitCode::from(exit_code(&outcome))
+}
+
+/// The process's exit status for a VM's end (see the module docs).
+pub(crate) fn exit_code(exit: &VmExit) -> u8 {
+    match exit {
+        VmExit::Poweroff | VmExit::Stopped => 0,
+        VmExit::Reboot => 3,
+        VmExit::Panic => 4,
+        VmExit::Error(_) | VmExit::Killed(_) => 1,
     }
 }
 
