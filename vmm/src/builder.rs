@@ -214,7 +214,7 @@ pub fn build(
     files: HostFiles,
     opts: &StartOptions,
 ) -> Result<RunningVm, BuildError> {
-    config.validate()?;
+    config.check_limits()?;
     let started = opts.started;
     let HostFiles {
         mut kernel,

@@ -122,6 +122,12 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_file(initrd, "initrd")?;
         }
+        self.check_limits()
+    }
+
+    /// [`validate`](Self::validate) without the files: what the builder checks once they are open
+    /// (a jailed VMM no longer sees their paths).
+    pub fn check_limits(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus);
         }

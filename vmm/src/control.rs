@@ -328,10 +328,7 @@ mod tests {
     fn closed_and_garbage_are_errors() {
         let (a, b) = pair().unwrap();
         nix::sys::socket::send(a.as_raw_fd(), b"{not json", MsgFlags::empty()).unwrap();
-        assert!(matches!(
-            b.recv::<HostMessage>(),
-            Err(ControlError::Bad(_))
-        ));
+        assert!(matches!(b.recv::<HostMessage>(), Err(ControlError::Bad(_))));
         drop(a);
         assert!(matches!(b.recv::<HostMessage>(), Err(ControlError::Closed)));
         assert!(matches!(

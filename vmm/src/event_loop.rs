@@ -102,10 +102,6 @@ impl EventLoop {
             .name("vmm-events".into())
             .stack_size(crate::threads::THREAD_STACK_SIZE)
             .spawn(move || {
-                if let Err(e) = crate::threads::apply_filter(filter.as_ref()) {
-                    let _ = tx.send(Err(format!("installing its seccomp filter: {e}")));
-                    return;
-                }
                 let stop = stopper.stop.clone();
                 let mut em = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
                     Ok(em) => em,
@@ -120,6 +116,11 @@ impl EventLoop {
                         inner,
                         stop: stop.clone(),
                     }));
+                }
+                // Once its epoll set exists: from here on it only waits, reads and writes.
+                if let Err(e) = crate::threads::apply_filter(filter.as_ref()) {
+                    let _ = tx.send(Err(format!("installing its seccomp filter: {e}")));
+                    return;
                 }
                 let _ = tx.send(Ok(()));
                 while !stop.load(Ordering::SeqCst) {

@@ -45,9 +45,9 @@ impl std::fmt::Display for VmExit {
             VmExit::Panic => f.write_str("the guest kernel panicked"),
             VmExit::Stopped => f.write_str("stopped by the host"),
             VmExit::Error(e) => write!(f, "VMM error: {e}"),
-            VmExit::Killed(s) if *s == libc::SIGSYS => f.write_str(
-                "VMM killed by seccomp (SIGSYS: a syscall off its thread's allow-list)",
-            ),
+            VmExit::Killed(s) if *s == libc::SIGSYS => {
+                f.write_str("VMM killed by seccomp (SIGSYS: a syscall off its thread's allow-list)")
+            }
             VmExit::Killed(s) => write!(f, "VMM killed by signal {s}"),
         }
     }

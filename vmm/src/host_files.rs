@@ -33,11 +33,7 @@ impl HostFiles {
     pub fn open(config: &VmConfig) -> Result<Self, BuildError> {
         config.validate()?;
         let kernel = pvh::open_kernel(&config.kernel)?;
-        let initrd = config
-            .initrd
-            .as_deref()
-            .map(pvh::open_initrd)
-            .transpose()?;
+        let initrd = config.initrd.as_deref().map(pvh::open_initrd).transpose()?;
         let disks = config
             .disks
             .iter()

@@ -40,9 +40,9 @@ pub mod threads;
 pub mod vstate;
 
 pub use builder::{BuildError, StartOptions, Vmm};
-pub use host_files::HostFiles;
 pub use config::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use exit::VmExit;
+pub use host_files::HostFiles;
 pub use metrics::VmMetrics;
 pub use running::{RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT};
 pub use threads::{ThreadFilters, THREAD_STACK_SIZE};

@@ -104,6 +104,17 @@ const COMMON: &[Allowed] = list![
     SYS_statx,
     SYS_lseek,
     SYS_getrandom,
+    // Descriptor flags and close-on-exec copies (std's fd handling; a swapped disk's access mode).
+    SYS_fcntl(ArgRule::Eq(
+        1,
+        &[
+            libc::F_GETFD as u64,
+            libc::F_SETFD as u64,
+            libc::F_GETFL as u64,
+            libc::F_SETFL as u64,
+            libc::F_DUPFD_CLOEXEC as u64
+        ]
+    )),
     SYS_exit,
     SYS_exit_group,
 ];
@@ -115,7 +126,8 @@ const MAIN: &[Allowed] = list![
     // fd with a swap (its access mode checked with F_GETFL).
     SYS_recvmsg,
     SYS_sendmsg,
-    SYS_fcntl(ArgRule::Eq(1, &[libc::F_GETFL as u64])),
+    SYS_poll,
+    SYS_ppoll,
     SYS_openat,
     SYS_unlink,
     SYS_unlinkat,

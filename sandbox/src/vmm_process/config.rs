@@ -68,7 +68,10 @@ impl VmmProcessConfig {
             return b.clone();
         }
         if let Ok(exe) = std::env::current_exe() {
-            let dirs = exe.parent().into_iter().chain(exe.parent().and_then(Path::parent));
+            let dirs = exe
+                .parent()
+                .into_iter()
+                .chain(exe.parent().and_then(Path::parent));
             for dir in dirs {
                 let candidate = dir.join(VMM_BINARY);
                 if candidate.is_file() {
@@ -96,7 +99,8 @@ mod tests {
         assert_eq!(c.cgroup_parent, None);
         assert_eq!(c.uid_range.first, 200000);
         assert!(c.jail);
-        assert!(serde_json::from_value::<VmmProcessConfig>(serde_json::json!({"jial": false}))
-            .is_err());
+        assert!(
+            serde_json::from_value::<VmmProcessConfig>(serde_json::json!({"jial": false})).is_err()
+        );
     }
 }

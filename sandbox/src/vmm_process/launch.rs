@@ -71,10 +71,7 @@ pub(super) fn jail_spec(
         lease.uid(),
         lease.gid(),
     );
-    spec.binds = vec![
-        Bind::kvm(),
-        Bind::rw(&launch.vsock_dir, JAIL_VSOCK_DIR),
-    ];
+    spec.binds = vec![Bind::kvm(), Bind::rw(&launch.vsock_dir, JAIL_VSOCK_DIR)];
     if let Some(v) = &mut vm.vsock {
         let name = v
             .uds_path
@@ -174,7 +171,14 @@ pub(super) fn spawn(
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

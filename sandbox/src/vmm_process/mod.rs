@@ -307,11 +307,14 @@ fn supervise(
             Err(_) => break,
         }
         match ctl.recv::<VmmMessage>() {
-            Ok((VmmMessage::Started {
-                jail_setup_us,
-                process_to_started_us,
-                pid_in_jail,
-            }, _)) => {
+            Ok((
+                VmmMessage::Started {
+                    jail_setup_us,
+                    process_to_started_us,
+                    pid_in_jail,
+                },
+                _,
+            )) => {
                 let _ = started.try_send(Ok(StartReport {
                     pid,
                     pid_in_jail,
@@ -388,6 +391,9 @@ mod tests {
             VmExit::Killed(9)
         );
         let e = end_of(None, Ok(ExitStatus::from_raw(1 << 8)));
-        assert!(matches!(&e, VmExit::Error(m) if m.contains("status 1")), "{e:?}");
+        assert!(
+            matches!(&e, VmExit::Error(m) if m.contains("status 1")),
+            "{e:?}"
+        );
     }
 }

@@ -148,7 +148,11 @@ fn low_ram_end(mem: &GuestMemory) -> u64 {
     last.min(MEM_32BIT_GAP_START)
 }
 
-fn load_initrd(mem: &GuestMemory, file: &mut File, kernel_end: u64) -> Result<(u64, u64), BootError> {
+fn load_initrd(
+    mem: &GuestMemory,
+    file: &mut File,
+    kernel_end: u64,
+) -> Result<(u64, u64), BootError> {
     let size = file
         .metadata()
         .map_err(|e| BootError::OpenInitrd("(open file)".into(), e))?
@@ -271,14 +275,19 @@ mod tests {
         let m = mem(64 << 20);
         let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
         f.as_file().write_all(&[7u8; 5000]).unwrap();
-        let (addr, size) = load_initrd(&m, &mut open_initrd(f.as_path()).unwrap(), 32 << 20).unwrap();
+        let (addr, size) =
+            load_initrd(&m, &mut open_initrd(f.as_path()).unwrap(), 32 << 20).unwrap();
         assert_eq!(size, 5000);
         assert_eq!(addr, (64 << 20) - 8192);
         let b: u8 = m.read_obj(GuestAddress(addr + 4999)).unwrap();
         assert_eq!(b, 7);
         // Doesn't fit above a kernel ending at 63.999 MiB.
         assert!(matches!(
-            load_initrd(&m, &mut open_initrd(f.as_path()).unwrap(), (64 << 20) - 4096),
+            load_initrd(
+                &m,
+                &mut open_initrd(f.as_path()).unwrap(),
+                (64 << 20) - 4096
+            ),
             Err(BootError::InitrdTooBig { .. })
         ));
     }
