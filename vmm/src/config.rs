@@ -122,6 +122,9 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_file(initrd, "initrd")?;
         }
+        for disk in &self.disks {
+            check_file(&disk.path, "disk")?;
+        }
         self.check_limits()
     }
 
@@ -148,7 +151,6 @@ impl VmConfig {
             ));
         }
         for disk in &self.disks {
-            check_file(&disk.path, "disk")?;
             if let Some(id) = &disk.id {
                 if id.len() > 20 {
                     return Err(ConfigError::DiskIdTooLong(id.clone()));
