@@ -10,6 +10,7 @@ use std::path::Path;
 
 pub mod containerd;
 pub mod cri;
+pub mod jail;
 
 use sha2::Digest as _;
 

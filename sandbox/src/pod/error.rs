@@ -97,7 +97,7 @@ pub enum PodError {
         source: EphemeralError,
     },
     /// The VMM refused the VM.
-    #[error("pod {id}: start the VM: {source}")]
+    #[error("pod {id}: its VMM: {source}")]
     Vm {
         /// The pod.
         id: String,
