@@ -185,3 +185,47 @@ fn an_unpack_limit_too_small_fails_the_build_naming_it() {
     ));
     let _ = std::fs::remove_dir_all(&t);
 }
+
+/// `vpod run`'s `--vmm-*` flags (and their env vars) are checked before anything else: a bad
+/// value is a usage error (status 2) naming the flag and what is wrong.
+#[test]
+fn bad_vmm_flags_are_usage_errors_saying_why() {
+    let root = std::env::temp_dir().join(format!("vpod-cli-vmm-{}", std::process::id()));
+    let usage_error = |o: &Output, words: &[&str]| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        for w in words {
+            assert!(err.contains(w), "{w:?} not in: {err}");
+        }
+    };
+    let run = |flags: &[&str]| vpod(&root, &[&["run"], flags, &["img"]].concat());
+    usage_error(
+        &run(&["--vmm-uid-range", "100000"]),
+        &["--vmm-uid-range", "expected FIRST:COUNT"],
+    );
+    usage_error(
+        &run(&["--vmm-uid-range", "0:65536"]),
+        &["--vmm-uid-range", "uid 0 is root"],
+    );
+    usage_error(
+        &run(&["--vmm-uid-range", "4294967000:65536"]),
+        &["--vmm-uid-range", "past the last uid"],
+    );
+    usage_error(
+        &run(&["--vmm-seccomp", "strict"]),
+        &["--vmm-seccomp", "enforce, log or off"],
+    );
+    usage_error(
+        &run(&["--vmm-cgroup-parent", "../x"]),
+        &["--vmm-cgroup-parent", "without `..`"],
+    );
+    usage_error(
+        &run(&["--vmm-cgroup-parent", "vpod", "--vmm-no-cgroup"]),
+        &["--vmm-no-cgroup"],
+    );
+    let o = vpod_env(&root, &["run", "img"], &[("VPOD_VMM_UID_RANGE", "1:0")]);
+    usage_error(&o, &["--vmm-uid-range", "COUNT must be at least 1"]);
+    let o = vpod_env(&root, &["run", "img"], &[("VPOD_VMM_SECCOMP", "loud")]);
+    usage_error(&o, &["--vmm-seccomp"]);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vpod_images::UnpackLimits;
+use vpod_sandbox::VmmProcessConfig;
 
 /// Where a pod's state dirs go.
 const STATE_ROOT: &str = "/run/vpod/shim";
@@ -96,6 +97,9 @@ pub struct ShimConfig {
     pub max_image_size_mib: u64,
     /// Most entries (files, dirs, links) those layers may hold together.
     pub max_image_entries: u64,
+    /// How each pod's VMM process is started and jailed: the `[vmm]` table. TOML has no null:
+    /// `cgroup_parent = ""` means no cgroup of its own.
+    pub vmm: VmmProcessConfig,
 }
 
 impl Default for ShimConfig {
@@ -117,6 +121,7 @@ impl Default for ShimConfig {
                 .collect(),
             max_image_size_mib: MAX_IMAGE_SIZE_MIB,
             max_image_entries: UnpackLimits::DEFAULT.max_entries,
+            vmm: VmmProcessConfig::default(),
         }
     }
 }
@@ -156,7 +161,7 @@ impl ShimConfig {
     }
 
     fn parse(text: &str, origin: &str) -> Result<ShimConfig, ConfigError> {
-        let c: ShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut c: ShimConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.into(),
             source: Box::new(e),
         })?;
@@ -186,6 +191,10 @@ impl ShimConfig {
         if c.max_image_entries == 0 {
             return Err(invalid("max_image_entries must be at least 1"));
         }
+        if c.vmm.cgroup_parent.as_deref() == Some(Path::new("")) {
+            c.vmm.cgroup_parent = None;
+        }
+        check_vmm(&c.vmm).map_err(|what| invalid(&what))?;
         Ok(c)
     }
 
@@ -213,6 +222,42 @@ impl ShimConfig {
             ..UnpackLimits::DEFAULT
         }
     }
+}
+
+/// What a `[vmm]` table must hold beyond its types: a uid range the lease can take ids from
+/// (no uid 0, inside u32), a cgroup parent below the cgroup mount, absolute state dirs (the shim
+/// runs in whatever directory containerd starts it in).
+fn check_vmm(v: &VmmProcessConfig) -> Result<(), String> {
+    let r = v.uid_range;
+    if r.first == 0 || r.count == 0 || r.first.checked_add(r.count - 1).is_none() {
+        return Err(format!(
+            "vmm.uid_range {{ first = {}, count = {} }}: needs first >= 1, count >= 1 and \
+             first + count - 1 <= {}",
+            r.first,
+            r.count,
+            u32::MAX
+        ));
+    }
+    if let Some(p) = &v.cgroup_parent {
+        let below = p
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !below {
+            return Err(format!(
+                "vmm.cgroup_parent {}: a relative path without `..` (below the cgroup mount)",
+                p.display()
+            ));
+        }
+    }
+    for (key, dir) in [
+        ("vmm.lease_dir", Some(&v.lease_dir)),
+        ("vmm.jail_root", v.jail_root.as_ref()),
+    ] {
+        if let Some(d) = dir.filter(|d| !d.is_absolute()) {
+            return Err(format!("{key} {}: not an absolute path", d.display()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -293,6 +338,95 @@ mod tests {
         assert!(e.to_string().contains("default_memory_mib"), "{e}");
         let e = ShimConfig::resolve("runtimeoptions.v1.Options", b"\xff\xff").unwrap_err();
         assert!(matches!(e, ConfigError::Options { .. }), "{e}");
+    }
+
+    /// The `[vmm]` table is `VmmProcessConfig` as it is: each key set, the rest defaults.
+    #[test]
+    fn the_vmm_table_sets_the_vmm_process() {
+        use vpod_jail::ids::IdRange;
+        use vpod_vmm::control::SeccompMode;
+        let c = ShimConfig::parse(
+            "kernel = \"/k\"\n\
+             [vmm]\n\
+             binary = \"/opt/vpod/vpod-vmm\"\n\
+             uid_range = { first = 200000000, count = 1000 }\n\
+             lease_dir = \"/run/vpod/leases\"\n\
+             cgroup_parent = \"vpod.slice/pods\"\n\
+             jail_root = \"/var/lib/vpod/jails\"\n\
+             seccomp = \"log\"\n\
+             memory_overhead_mib = 96\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(
+            c.vmm,
+            VmmProcessConfig {
+                binary: Some("/opt/vpod/vpod-vmm".into()),
+                jail: true,
+                uid_range: IdRange {
+                    first: 200_000_000,
+                    count: 1000
+                },
+                lease_dir: "/run/vpod/leases".into(),
+                cgroup_parent: Some("vpod.slice/pods".into()),
+                jail_root: Some("/var/lib/vpod/jails".into()),
+                seccomp: SeccompMode::Log,
+                memory_overhead_mib: 96,
+            }
+        );
+        // A partial table keeps the other keys' defaults; "" is no cgroup of its own.
+        let c = ShimConfig::parse("[vmm]\njail = false\ncgroup_parent = \"\"", "t").unwrap();
+        assert_eq!(
+            c.vmm,
+            VmmProcessConfig {
+                jail: false,
+                cgroup_parent: None,
+                ..VmmProcessConfig::default()
+            }
+        );
+        // No table: the defaults.
+        let d = ShimConfig::parse("default_vcpus = 2", "t").unwrap();
+        assert_eq!(d.vmm, VmmProcessConfig::default());
+        assert_eq!(d.vmm.uid_range, IdRange::default());
+        assert_eq!(d.vmm.cgroup_parent, Some(PathBuf::from("vpod")));
+        assert_eq!(d.vmm.seccomp, SeccompMode::Enforce);
+    }
+
+    #[test]
+    fn bad_vmm_tables_are_errors_naming_the_key() {
+        for (body, key) in [
+            ("[vmm]\njial = false", "jial"),
+            ("[vmm]\nseccomp = \"loud\"", "loud"),
+            ("[vmm]\nuid_range = { first = 5 }", "count"),
+            (
+                "[vmm]\nuid_range = { first = 0, count = 10 }",
+                "vmm.uid_range",
+            ),
+            (
+                "[vmm]\nuid_range = { first = 1, count = 0 }",
+                "vmm.uid_range",
+            ),
+            (
+                "[vmm]\nuid_range = { first = 4294967295, count = 2 }",
+                "vmm.uid_range",
+            ),
+            (
+                "[vmm]\ncgroup_parent = \"/sys/fs/cgroup/x\"",
+                "vmm.cgroup_parent",
+            ),
+            (
+                "[vmm]\ncgroup_parent = \"vpod/../system.slice\"",
+                "vmm.cgroup_parent",
+            ),
+            ("[vmm]\nlease_dir = \"uids\"", "vmm.lease_dir"),
+            ("[vmm]\njail_root = \"jails\"", "vmm.jail_root"),
+            ("[vmm]\nmemory_overhead_mib = -1", "memory_overhead_mib"),
+        ] {
+            let e =
+                ShimConfig::resolve("runtimeoptions.v1.Options", &options("", body)).unwrap_err();
+            assert!(e.to_string().contains(key), "{body}: {e}");
+        }
     }
 
     /// Issue 12 item 14: the unpacked size of a container image is bounded, configurably.

@@ -7,6 +7,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::config::ShimConfig;
 use crate::pod::pod_id;
@@ -38,6 +39,15 @@ pub struct PodMarker {
     /// The dir the shim makes pod ephemeral dirs in (its config's `ephemeral_dir`).
     #[serde(default = "default_ephemeral_root")]
     pub ephemeral_root: PathBuf,
+    /// The parent of the pod's VMM cgroup, `<cgroup mount>/<this>/<pod id>` (`[vmm]
+    /// cgroup_parent` of a jailing shim); `None`: no cgroup made, or a shim that ran its VMM in
+    /// its own process.
+    #[serde(default)]
+    pub vmm_cgroup_parent: Option<PathBuf>,
+    /// Where the pod's jail root `<this>/<pod id>` is (`[vmm] jail_root` of a jailing shim);
+    /// `None`: in the state dir, or no jail.
+    #[serde(default)]
+    pub vmm_jail_root: Option<PathBuf>,
 }
 
 fn default_state_root() -> PathBuf {
@@ -76,6 +86,8 @@ impl PodMarker {
             rootfs_cache: cfg.rootfs_cache.clone(),
             state_root: cfg.state_dir.clone(),
             ephemeral_root: cfg.ephemeral_dir.clone(),
+            vmm_cgroup_parent: cfg.vmm.cgroup_parent.clone().filter(|_| cfg.vmm.jail),
+            vmm_jail_root: cfg.vmm.jail_root.clone().filter(|_| cfg.vmm.jail),
         }
     }
 
@@ -135,6 +147,8 @@ pub enum Refused {
     Mode(u32),
     #[error("lstat: {0}")]
     Stat(String),
+    #[error("rmdir: {0}")]
+    Rmdir(String),
 }
 
 /// Absolute, below some parent, no `..`.
@@ -230,17 +244,34 @@ pub fn pod_dir(dir: &Path, root: &Path, name: &str) -> Result<Option<PathBuf>, R
     Ok(Some(dir))
 }
 
-/// `delete` after the shim died: removes the pod's state and ephemeral dirs
-/// and the shim's half-built rootfs disks, unless the shim still runs.
-/// `bundle` is the task's bundle, which containerd names after the task id;
-/// the task is in `namespace`. Only what [`pod_dir`] finds to be this
-/// pod's is removed; anything else the marker names is left and logged.
+/// Where the sandbox makes the VMMs' cgroups (`vpod_sandbox::vmm_process`).
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+/// How long `delete` waits for a left VMM, killed through `cgroup.kill`, to leave its cgroup.
+const CGROUP_EMPTY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `delete` after the shim died: removes the pod's VMM cgroup, state and
+/// ephemeral dirs, its jail root when it was elsewhere, and the shim's
+/// half-built rootfs disks, unless the shim still runs. `bundle` is the
+/// task's bundle, which containerd names after the task id; the task is in
+/// `namespace`. Only what [`pod_dir`] finds to be this pod's is removed;
+/// anything else the marker names is left and logged. The cgroup and the jail
+/// root go only at the delete of the pod's own task (the one whose id the pod
+/// id is made of, [`pod_id`]), whose bundle names them.
 ///
-/// Nothing else is left on the host: the VMM and its threads lived in the
-/// shim's process and died with it, and the tap it opened in the pod's netns
-/// (CNI's, removed by CNI) was not persistent: it went away when its last fd
-/// closed. The marker itself stays: containerd removes the bundle.
+/// The VMM process itself dies with the shim (the parent-death signals of the
+/// jail's waiter and of the VMM; the VMM also ends when its control channel
+/// closes); a VMM still in its cgroup whose process tree has no live owner
+/// ([`orphaned`]) is killed through `cgroup.kill` (cgroup v2). The tap it
+/// opened in the pod's netns (CNI's, removed by CNI) was not persistent: it
+/// went away when its last fd closed; its uid lease is a lock that ended with
+/// it. The marker itself stays: containerd removes the bundle.
 pub fn clean_after_dead_shim(bundle: &Path, namespace: &str) -> Cleanup {
+    clean_after_dead_shim_in(bundle, namespace, Path::new(CGROUP_MOUNT))
+}
+
+/// [`clean_after_dead_shim`] with the VMM cgroups under `cgroup_mount`.
+fn clean_after_dead_shim_in(bundle: &Path, namespace: &str, cgroup_mount: &Path) -> Cleanup {
     let Some(m) = PodMarker::read(bundle) else {
         return Cleanup::NoMarker;
     };
@@ -256,6 +287,24 @@ pub fn clean_after_dead_shim(bundle: &Path, namespace: &str) -> Cleanup {
     };
     let name = pod_dir_name(namespace, id);
     let mut removed = Vec::new();
+    // This bundle is the pod's own task's: the VMM's cgroup first (a VMM still there holds the
+    // pod's files open), its jail root if outside the state dir.
+    let pod = pod_id(id);
+    if m.state_dir == m.state_root.join(&name) && !pod.is_empty() {
+        if let Some(parent) = &m.vmm_cgroup_parent {
+            match remove_vmm_cgroup(cgroup_mount, parent, &pod) {
+                Ok(dirs) => removed.extend(dirs),
+                Err(why) => log::warn!("delete: the VMM cgroup of pod {pod} left: {why}"),
+            }
+        }
+        if let Some(root) = &m.vmm_jail_root {
+            match remove_jail_root(root, &pod) {
+                Ok(Some(d)) => removed.push(d),
+                Ok(None) => {}
+                Err(why) => log::warn!("delete: {} left alone: {why}", root.join(&pod).display()),
+            }
+        }
+    }
     for (dir, root) in [
         (&m.state_dir, &m.state_root),
         (&m.ephemeral_dir, &m.ephemeral_root),
@@ -285,6 +334,140 @@ pub fn clean_after_dead_shim(bundle: &Path, namespace: &str) -> Cleanup {
         Err(_) => {}
     }
     Cleanup::Cleaned(removed)
+}
+
+/// Removes the VMM cgroup of `pod` under `parent` (relative, no `..`) in the hierarchy mounted
+/// at `mount` (each controller's on v1); returns the dirs removed. A cgroup still holding
+/// processes is emptied through `cgroup.kill` (v2) only when they are [`orphaned`]; otherwise
+/// (v1, a live owner: another pod of the same id) it is left and the error says why.
+pub fn remove_vmm_cgroup(mount: &Path, parent: &Path, pod: &str) -> Result<Vec<PathBuf>, String> {
+    use std::path::Component;
+    let below = parent
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    let one = Path::new(pod).components().count() == 1
+        && matches!(
+            Path::new(pod).components().next(),
+            Some(Component::Normal(_))
+        );
+    if !below || !one {
+        return Err(format!(
+            "parent {} or name {pod:?} is not below the cgroup mount",
+            parent.display()
+        ));
+    }
+    let spec = vpod_jail::CgroupSpec {
+        root: mount.into(),
+        parent: parent.into(),
+        name: pod.into(),
+        memory_max: None,
+        pids_max: None,
+        version: None,
+    };
+    let mut removed = Vec::new();
+    for dir in vpod_jail::cgroup_dirs(&spec).map_err(|e| e.to_string())? {
+        if remove_cgroup_dir(&dir).map_err(|why| format!("{}: {why}", dir.display()))? {
+            removed.push(dir);
+        }
+    }
+    Ok(removed)
+}
+
+/// `rmdir` of one cgroup dir (`false`: there was none), killing its orphaned processes first.
+fn remove_cgroup_dir(dir: &Path) -> Result<bool, String> {
+    let deadline = Instant::now() + CGROUP_EMPTY_TIMEOUT;
+    let mut killed = false;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && !killed => {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .map_err(|r| format!("rmdir: {e}; cgroup.procs: {r}"))?;
+                let pids: Vec<u32> = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                if pids.is_empty() {
+                    // Busy with cgroups below it, which the VMM can't make: not the VMM's.
+                    return Err(format!("rmdir: {e}, with no process of its own in it"));
+                }
+                if let Some(owned) = pids.iter().find(|&&p| !orphaned(p)) {
+                    return Err(format!(
+                        "process {owned} in it has a live owner (another pod of this id?)"
+                    ));
+                }
+                let kill = dir.join("cgroup.kill");
+                if !kill.exists() {
+                    return Err(format!(
+                        "processes {pids:?} left in it and no cgroup.kill (cgroup v1)"
+                    ));
+                }
+                std::fs::write(&kill, "1").map_err(|k| format!("cgroup.kill: {k}"))?;
+                killed = true;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(format!("rmdir: {e}")),
+        }
+    }
+}
+
+/// The parent of `pid` (`/proc/PID/stat` field 4), if it exists.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid`, a process in a VMM cgroup, is left over from a dead owner: it or its parent
+/// (the jail's waiter) was handed to init. A live pod's VMM has its waiter's owner (a shim, a
+/// `vpod` supervisor) between it and init; so does a VMM orphaned under a subreaper, which is
+/// then left alone too. A process gone already counts as orphaned (nothing to spare).
+pub fn orphaned(pid: u32) -> bool {
+    match parent_pid(pid) {
+        None | Some(0) | Some(1) => true,
+        Some(waiter) => matches!(parent_pid(waiter), None | Some(0) | Some(1)),
+    }
+}
+
+/// Removes the empty jail root `<root>/<pod>` (a mount point on the host; the jail's tmpfs
+/// lived in the VMM's mount namespace) when `root` is a trusted chain ([`trusted_chain`]);
+/// `None` when it is gone already.
+fn remove_jail_root(root: &Path, pod: &str) -> Result<Option<PathBuf>, Refused> {
+    if !plain(&root.join(pod)) || Path::new(pod).components().count() != 1 {
+        return Err(Refused::NotPlain);
+    }
+    let root = match std::fs::canonicalize(root) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Refused::UntrustedParent {
+                path: root.to_owned(),
+                why: e.to_string(),
+            })
+        }
+    };
+    trusted_chain(&root)?;
+    let dir = root.join(pod);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_symlink() => return Err(Refused::Symlink),
+        Ok(m) if !m.is_dir() => return Err(Refused::NotDir),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Refused::Stat(e.to_string())),
+    }
+    // rmdir: only an empty dir goes.
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => Ok(Some(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Refused::Rmdir(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -383,5 +566,167 @@ mod tests {
             (m.state_root, m.ephemeral_root),
             (d.state_dir, d.ephemeral_dir)
         );
+        // Its shim ran the VMM in its own process: no cgroup, no jail root.
+        assert_eq!((m.vmm_cgroup_parent, m.vmm_jail_root), (None, None));
+    }
+
+    /// A stand-in cgroup v2 mount (`cgroup.controllers` at its root) under `base`.
+    fn fake_v2(base: &Path) -> PathBuf {
+        let mount = base.join("cgroup");
+        std::fs::create_dir_all(&mount).unwrap();
+        std::fs::write(mount.join("cgroup.controllers"), "memory pids\n").unwrap();
+        mount
+    }
+
+    /// The VMM cgroup `<parent>/<pod>` goes, on v2 and on v1 (one per controller); missing is
+    /// no error; a parent or name that leaves the mount, or no cgroup fs, is refused.
+    #[test]
+    fn the_vmm_cgroup_is_removed() {
+        let base = std::env::temp_dir().join(format!("vpod-shim-cg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mount = fake_v2(&base);
+        let parent = Path::new("vpod/pods");
+        assert_eq!(remove_vmm_cgroup(&mount, parent, "p1"), Ok(Vec::new()));
+        let dir = mount.join("vpod/pods/p1");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            remove_vmm_cgroup(&mount, parent, "p1"),
+            Ok(vec![dir.clone()])
+        );
+        assert!(!dir.exists() && mount.join("vpod/pods").exists());
+        // Not empty (a stand-in's file; a real cgroup is EBUSY with processes): an error naming it.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("x"), "").unwrap();
+        let e = remove_vmm_cgroup(&mount, parent, "p1").unwrap_err();
+        assert!(e.contains("p1") && e.contains("rmdir"), "{e}");
+        for (parent, pod) in [
+            ("../vpod", "p1"),
+            ("/sys/fs/cgroup", "p1"),
+            ("vpod", "a/b"),
+            ("vpod", ".."),
+            ("vpod", ""),
+        ] {
+            let e = remove_vmm_cgroup(&mount, Path::new(parent), pod).unwrap_err();
+            assert!(e.contains("not below"), "{parent} {pod}: {e}");
+        }
+
+        let v1 = base.join("v1");
+        for c in ["memory", "pids"] {
+            std::fs::create_dir_all(v1.join(c).join("vpod/p2")).unwrap();
+            std::fs::write(v1.join(c).join("cgroup.procs"), "").unwrap();
+        }
+        assert_eq!(
+            remove_vmm_cgroup(&v1, Path::new("vpod"), "p2"),
+            Ok(vec![v1.join("memory/vpod/p2"), v1.join("pids/vpod/p2")])
+        );
+        let none = base.join("none");
+        std::fs::create_dir_all(&none).unwrap();
+        let e = remove_vmm_cgroup(&none, Path::new("vpod"), "p2").unwrap_err();
+        assert!(e.contains(none.to_str().unwrap()), "{e}");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A process whose owner lives is not orphaned; one handed to init, or gone, is.
+    #[test]
+    fn only_processes_without_a_live_owner_are_orphaned() {
+        // sleep (the "VMM") under sh (the "waiter") under this process (the "shim").
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(sh.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let sleep: u32 = line.trim().parse().unwrap();
+        assert_eq!(parent_pid(sleep), Some(sh.id()));
+        assert!(!orphaned(sleep));
+        assert!(!orphaned(sh.id()));
+        // SAFETY: kill takes plain integers; `sleep` is sh's child, not yet reaped.
+        unsafe { libc::kill(sleep as libc::pid_t, libc::SIGKILL) };
+        sh.wait().unwrap();
+        // Reaped: gone.
+        assert!(orphaned(sleep));
+        // The ancestor of this process that init adopted (or started) is.
+        let mut a = std::process::id();
+        while let Some(p) = parent_pid(a).filter(|&p| p > 1) {
+            a = p;
+        }
+        assert!(orphaned(a), "{a}");
+    }
+
+    /// `delete` of the pod's own task removes its VMM cgroup and outside jail root; that of
+    /// another task of the pod (whose bundle holds the same marker) leaves them.
+    #[test]
+    fn delete_removes_the_dead_pods_vmm_cgroup_and_jail_root() {
+        let base = std::env::temp_dir().join(format!("vpod-shim-vmmclean-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mount = fake_v2(&base);
+        let cfg = ShimConfig {
+            state_dir: base.join("state"),
+            ephemeral_dir: base.join("ephemeral"),
+            rootfs_cache: base.join("rootfs"),
+            vmm: vpod_sandbox::VmmProcessConfig {
+                jail_root: Some(base.join("jails")),
+                ..Default::default()
+            },
+            ..ShimConfig::default()
+        };
+        let id = "Sandbox-0123456789abcdef";
+        let pod = pod_id(id);
+        let mut m = PodMarker::for_pod(&cfg, "k8s.io", id);
+        assert_eq!(m.vmm_cgroup_parent, Some(PathBuf::from("vpod")));
+        assert_eq!(m.vmm_jail_root, Some(base.join("jails")));
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        m.shim_pid = dead.id();
+        dead.wait().unwrap();
+        let cgroup = mount.join("vpod").join(&pod);
+        let jail = base.join("jails").join(&pod);
+        for d in [&cgroup, &jail] {
+            private_dir(d);
+        }
+
+        // Another task's bundle: the pod's VMM pieces stay.
+        let other = base.join("bundles/c1");
+        private_dir(&other);
+        m.write(&other).unwrap();
+        assert_eq!(
+            clean_after_dead_shim_in(&other, "k8s.io", &mount),
+            Cleanup::Cleaned(Vec::new())
+        );
+        assert!(cgroup.exists() && jail.exists());
+
+        let own = base.join("bundles").join(id);
+        private_dir(&own);
+        m.write(&own).unwrap();
+        assert_eq!(
+            clean_after_dead_shim_in(&own, "k8s.io", &mount),
+            Cleanup::Cleaned(vec![cgroup.clone(), jail.clone()])
+        );
+        assert!(!cgroup.exists() && !jail.exists());
+        // A jail root that isn't empty is left (only an empty mount point goes).
+        private_dir(&jail);
+        std::fs::write(jail.join("f"), "").unwrap();
+        assert!(matches!(
+            remove_jail_root(&base.join("jails"), &pod),
+            Err(Refused::Rmdir(_))
+        ));
+        // Unjailed or without a cgroup: the marker names none.
+        let m = PodMarker::for_pod(
+            &ShimConfig {
+                vmm: vpod_sandbox::VmmProcessConfig {
+                    jail: false,
+                    ..cfg.vmm.clone()
+                },
+                ..cfg.clone()
+            },
+            "k8s.io",
+            id,
+        );
+        assert_eq!((m.vmm_cgroup_parent, m.vmm_jail_root), (None, None));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -118,6 +118,7 @@ impl PodSlot {
             spare_slots: slots,
             hostname: hostname.unwrap_or_else(|| pid.clone()),
             net,
+            vmm: cfg.vmm.clone(),
             ..PodConfig::new(&pid, b.state_dir, &cfg.kernel, &cfg.initrd)
         })
         .await

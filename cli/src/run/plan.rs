@@ -76,6 +76,7 @@ pub fn plan(args: &RunArgs, store: &Store, id: &str, vm_dir: &Path) -> Result<Pl
             path: disk.path,
         }],
         spare_slots: 0,
+        vmm: args.vmm.config(),
         ..PodConfig::new(id, vm_dir, &args.kernel, &args.initrd)
     };
     Ok(Plan { pod, container })
