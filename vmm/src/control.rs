@@ -165,10 +165,9 @@ impl Control {
     /// # Safety
     /// `fd` must be an open `SOCK_SEQPACKET` socket owned by nobody else.
     pub unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller's promise.
-        Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        }
+        // SAFETY: the caller promises `fd` is open and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self { fd }
     }
 
     /// Another handle on the same socket (e.g. one for a reader thread).

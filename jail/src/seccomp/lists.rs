@@ -58,7 +58,8 @@ pub const KVM_GET_SREGS: u64 = ior(KVMIO, 0x83, 312);
 pub const KVM_GET_STATS_FD: u64 = io(KVMIO, 0xCE);
 /// `FIONBIO`: std's `set_nonblocking` on accepted vsock streams.
 pub const FIONBIO: u64 = 0x5421;
-/// `TUNSETOFFLOAD`: the net device sets the offloads the guest accepted (on activation).
+/// `TUNSETOFFLOAD`: the net device sets the offloads the guest accepted (on activation, from the
+/// vCPU thread whose MMIO write activates it, and on later feature changes).
 pub const TUNSETOFFLOAD: u64 = iow(b'T' as u64, 208, 4);
 
 macro_rules! list {
@@ -160,9 +161,10 @@ const EVENT_LOOP: &[Allowed] = list![
 
 /// A vCPU thread.
 const VCPU: &[Allowed] = list![
+    // TUNSETOFFLOAD: the driver's DRIVER_OK write activates the net device on this thread.
     SYS_ioctl(ArgRule::Eq(
         1,
-        &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_STATS_FD]
+        &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_STATS_FD, TUNSETOFFLOAD]
     )),
     SYS_pread64,
 ];

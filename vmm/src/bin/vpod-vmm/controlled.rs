@@ -118,6 +118,16 @@ fn start(
                 std::io::Error::last_os_error()
             ));
         }
+    } else if launch.jail.is_some() {
+        // No pod network: an empty netns of its own, so the jailed VMM can't reach the host's
+        // interfaces or its abstract unix sockets (they are per network namespace).
+        // SAFETY: unshare only changes this (still single-threaded) process's namespaces.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "a network namespace of its own: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     let files = HostFiles::open(&launch.vm).map_err(|e| e.to_string())?;
     let mut jail_setup = Duration::ZERO;
