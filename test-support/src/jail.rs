@@ -54,7 +54,8 @@ pub fn uid(pid: u32) -> u32 {
     f.split_whitespace().next().unwrap().parse().unwrap()
 }
 
-/// Asserts what a jailed VMM must be; `netns`: the pod's network namespace file, if it has one.
+/// Asserts what a jailed VMM must be; `netns`: the pod's network namespace file, if it has one
+/// (without one, the VMM must have an empty one of its own, not the host's).
 /// Returns its cgroup v2 directory when the host has the unified hierarchy.
 pub fn assert_jailed(pid: u32, netns: Option<&Path>) -> Option<PathBuf> {
     let status = |k: &str| field(pid, k).unwrap_or_else(|| panic!("{k} of {pid}"));
@@ -74,18 +75,27 @@ pub fn assert_jailed(pid: u32, netns: Option<&Path>) -> Option<PathBuf> {
         let its = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
         assert_ne!(ours, its, "{ns} namespace shared with the host");
     }
-    if let Some(path) = netns {
-        use std::os::unix::fs::MetadataExt;
-        let want = std::fs::metadata(path).unwrap().ino();
-        let its = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .unwrap()
-            .ino();
-        assert_eq!(
-            its,
-            want,
-            "the VMM is not in the pod's netns {}",
-            path.display()
-        );
+    use std::os::unix::fs::MetadataExt;
+    let its = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .unwrap()
+        .ino();
+    match netns {
+        Some(path) => {
+            let want = std::fs::metadata(path).unwrap().ino();
+            assert_eq!(
+                its,
+                want,
+                "the VMM is not in the pod's netns {}",
+                path.display()
+            );
+        }
+        None => {
+            let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+            assert_ne!(
+                its, ours,
+                "a VMM without a pod network shares the host's netns"
+            );
+        }
     }
     let mut listed: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
