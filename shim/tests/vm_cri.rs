@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use vpod_test_support::containerd::{Containerd, CRI_NAMESPACE, RUNC, VPOD};
 use vpod_test_support::cri::{self, v1, Cri};
-use vpod_test_support::Entry;
+use vpod_test_support::{jail, Entry};
 
 const IMAGE: &str = "docker.io/library/vpod-busybox:1";
 
@@ -64,6 +64,16 @@ async fn wait_log(
 }
 
 /// The pod's network namespace path, from the sandbox's verbose status.
+/// The shim's pod id for a sandbox id (shim/src/pod.rs `pod_id`).
+fn vpod_shim_pod_id(sandbox: &str) -> String {
+    sandbox
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .map(|c| c.to_ascii_lowercase())
+        .take(32)
+        .collect()
+}
+
 async fn pod_netns(client: &mut Cri, pod: &str) -> String {
     let s = client
         .runtime
@@ -248,6 +258,12 @@ async fn run_pod(c: &Containerd, client: &mut Cri, handler: &str) -> PodRun {
             .output()
             .unwrap();
         assert!(tap.status.success(), "no tap in {netns}");
+        // The pod's VMM is its own jailed process, in the pod's netns, its cgroup holding the
+        // guest's RAM (the shim names the pod after the first 32 characters of the sandbox id).
+        let vmm = jail::vmm_of(&vpod_shim_pod_id(&pod_id));
+        if let Some(cg) = jail::assert_jailed(vmm, Some(Path::new(&netns))) {
+            jail::assert_cgroup_holds_guest(&cg, 64, 16);
+        }
     }
 
     let ip = client.pod_ip(&pod_id).await.unwrap();

@@ -164,7 +164,13 @@ const VCPU: &[Allowed] = list![
     // TUNSETOFFLOAD: the driver's DRIVER_OK write activates the net device on this thread.
     SYS_ioctl(ArgRule::Eq(
         1,
-        &[KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_STATS_FD, TUNSETOFFLOAD]
+        &[
+            KVM_RUN,
+            KVM_GET_REGS,
+            KVM_GET_SREGS,
+            KVM_GET_STATS_FD,
+            TUNSETOFFLOAD
+        ]
     )),
     SYS_pread64,
 ];
