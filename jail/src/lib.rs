@@ -3,7 +3,8 @@
 //! Two halves:
 //! - the host starts the `vpod-vmm` binary with [`spawn::configure`] (or
 //!   [`spawn::command_pre_exec`]): new mount, IPC, UTS and PID namespaces, fds passed in;
-//! - the VMM calls [`enter`] first thing in `main` with the [`JailSpec`] the host gave it (JSON),
+//! - the VMM calls [`enter`] while still single-threaded, once it has read the [`JailSpec`] the
+//!   host sent it (`vpod_vmm::control::Launch`) and opened the host files it needs,
 //!   and, once its threads exist, applies the [`seccomp`] list of each thread.
 //!
 //! What [`enter`] does, in this order: the pod's cgroup is created and limited, then the fork
