@@ -14,6 +14,9 @@
 //! init, init until the listener is bound). VM exits until agent-ready are read, for both VMMs alike,
 //! from the VM's KVM debugfs dir while it still runs; RSS from /proc. Table on stdout, JSON in
 //! `target/bench/boot.json`.
+//!
+//! The jail's stage (`boot/jail.rs`): the same boots through the VMM process pods use, jailed and
+//! not, interleaved with the above; on the host, that process's start jailed and not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,9 @@ use vpod_agent_api::pb::{BootTimesRequest, PingRequest, ShutdownKind, ShutdownRe
 use vpod_agent_api::ready::ReadyError;
 use vpod_agent_api::{AgentClient, ReadyListener, AGENT_VSOCK_PORT};
 use vpod_benches::{out_dir, qemu_microvm, row, vsock_ready, workspace, Stats};
+
+#[path = "boot/jail.rs"]
+mod jail;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a VMM that never announces itself is checked for having exited.
@@ -75,6 +81,9 @@ struct Boot {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Inner {
     vpod: Vec<Boot>,
+    /// Through the VMM process (vpod-sandbox's VmProcess), jailed and not.
+    jailed: Vec<jail::ProcessBoot>,
+    not_jailed: Vec<jail::ProcessBoot>,
     qemu: Vec<Boot>,
     qemu_error: Option<String>,
 }
@@ -201,7 +210,7 @@ where
 /// Counters and RSS at agent-ready (read first, while nothing else has touched the VM), then
 /// the guest's boot stages over a fresh agent connection.
 async fn measured<F, Fut>(
-    child: &mut Child,
+    pid: u32,
     ready_ms: f64,
     connect: F,
 ) -> Result<(Boot, AgentClient<vpod_agent_api::AgentChannel>), String>
@@ -209,7 +218,6 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<AgentClient<vpod_agent_api::AgentChannel>>>,
 {
-    let pid = child.id();
     let exits = kvm_debugfs_counters(pid);
     let (rss_kib, guest_rss_kib) = rss(pid);
     let mut client = None;
@@ -283,7 +291,7 @@ async fn boot_vpod(f: &Files, dir: &Path, i: usize) -> Result<Boot, String> {
         .map_err(|e| format!("spawn vpod-vmm: {e}"))?;
     let res = async {
         let ready_ms = until_ready(&mut child, t0, ready.wait(READY_TIMEOUT)).await?;
-        let (mut b, mut c) = measured(&mut child, ready_ms, || ping_uds(&uds)).await?;
+        let (mut b, mut c) = measured(child.id(), ready_ms, || ping_uds(&uds)).await?;
         let _ = c
             .shutdown(ShutdownRequest {
                 kind: ShutdownKind::Poweroff as i32,
@@ -317,7 +325,7 @@ async fn boot_qemu(f: &Files, i: usize) -> Result<Boot, String> {
         .map_err(|e| format!("spawn qemu: {e}"))?;
     let res = async {
         let ready_ms = until_ready(&mut child, t0, ready).await?;
-        measured(&mut child, ready_ms, || ping_vsock(cid))
+        measured(child.id(), ready_ms, || ping_vsock(cid))
             .await
             .map(|(b, _)| b)
     }
@@ -354,12 +362,23 @@ fn inner(out: &Path) {
         .build()
         .unwrap();
     let mut res = Inner::default();
+    // The three ways of starting vpod-vmm alternate, so drift in the test bed hits them alike.
     for i in 0..boots {
         match rt.block_on(boot_vpod(&f, &dir, i)) {
             Ok(b) => res.vpod.push(b),
             Err(e) => {
                 eprintln!("vpod boot {i}: {e}");
                 std::process::exit(1);
+            }
+        }
+        for jailed in [true, false] {
+            match rt.block_on(jail::boot(&f, &dir, i, jailed)) {
+                Ok(b) if jailed => res.jailed.push(b),
+                Ok(b) => res.not_jailed.push(b),
+                Err(e) => {
+                    eprintln!("vpod boot {i} (VMM process, jailed: {jailed}): {e}");
+                    std::process::exit(1);
+                }
             }
         }
     }
@@ -422,6 +441,7 @@ fn main() {
     }
     let f = files();
     let host = host_setup(&f, 10);
+    let host_jail = jail::host_starts(&f, 10);
     let (where_, r): (_, Inner) = vpod_benches::run_inner_as("boot", &workspace());
 
     println!(
@@ -535,7 +555,13 @@ fn main() {
         ratio_p50.map_or("-".into(), |r| format!("{r:.2}")),
         ratio_exits.map_or("-".into(), |r| format!("{r:.2}"))
     );
+    let jail = jail::report(
+        (&r.jailed, &r.not_jailed),
+        (&host_jail.0, &host_jail.1),
+        qemu_total.map(|s| s.p50),
+    );
     let json = serde_json::json!({
+        "jail": jail,
         "vpod": {
             "p50_ms": vpod_total.map(|s| s.p50), "p90_ms": vpod_total.map(|s| s.p90),
             "exits": vpod_exits.map(|s| s.p50),
