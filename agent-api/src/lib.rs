@@ -13,6 +13,7 @@
 mod client;
 pub mod pb;
 pub mod ready;
+pub mod sysctl;
 
 pub use client::{
     call_timeout, connect, connect_with_retry, connect_with_timeout, vsock_handshake, AgentChannel,

@@ -148,13 +148,12 @@ fn forbidden_syscall_vmm() -> PathBuf {
     p
 }
 
-#[test]
-fn a_vmm_killed_by_seccomp_ends_its_pod_with_that_reason() {
-    let env = Env::new("sigsys");
+/// A one-container-image pod of `env`'s busybox, 1 vCPU, 256 MiB, its VMM jailed (defaults).
+fn pod_config(env: &Env, name: &str) -> PodConfig {
     let store = Store::open(&env.root).unwrap();
     let d = store.resolve("busybox:test").unwrap();
     let disk = store.ensure_block_image(&d, FsType::detect()).unwrap().path;
-    let mut cfg = PodConfig {
+    PodConfig {
         vcpus: 1,
         mem_mib: 256,
         ephemeral_bytes: 64 << 20,
@@ -165,19 +164,46 @@ fn a_vmm_killed_by_seccomp_ends_its_pod_with_that_reason() {
         spare_slots: 0,
         boot_timeout: Duration::from_secs(240),
         ..PodConfig::new(
-            "sigsys-pod",
-            env.dir.join("pod"),
+            name,
+            env.dir.join(name),
             guest_file("vmlinux"),
             guest_file("initramfs.cpio"),
         )
-    };
-    cfg.vmm.binary = Some(forbidden_syscall_vmm());
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap();
-    rt.block_on(async {
+        .unwrap()
+}
+
+/// The guest's own poweroff is handled on a vCPU thread, whose teardown (the vsock device
+/// removing its socket) must stay within that thread's seccomp list: it once did not, and every
+/// jailed pod that powered off was reported as killed by seccomp.
+#[test]
+fn a_jailed_pod_that_powers_off_ends_with_poweroff_not_a_seccomp_kill() {
+    let env = Env::new("poweroff");
+    runtime().block_on(async {
+        let pod = Pod::boot(pod_config(&env, "poweroff-pod"))
+            .await
+            .expect("boot");
+        let vmm = jail::vmm_of("poweroff-pod");
+        jail::assert_jailed(vmm, None);
+        let exit = pod.shutdown(Duration::from_secs(120)).await;
+        assert_eq!(exit, vpod_vmm::VmExit::Poweroff);
+        gone("the VMM", || jail::find_vmm("poweroff-pod").is_none());
+    });
+}
+
+#[test]
+fn a_vmm_killed_by_seccomp_ends_its_pod_with_that_reason() {
+    let env = Env::new("sigsys");
+    let mut cfg = pod_config(&env, "sigsys-pod");
+    cfg.vmm.binary = Some(forbidden_syscall_vmm());
+    runtime().block_on(async {
         let pod = Pod::boot(cfg)
             .await
             .expect("the pod boots: the filter is not hit yet");

@@ -49,6 +49,11 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(CONTAINER_INIT_ARG)) {
         vpod_init::container::init::main()
     }
+    if std::env::args_os().nth(1).as_deref()
+        == Some(OsStr::new(vpod_init::container::podns::POD_NS_ARG))
+    {
+        vpod_init::container::podns::main()
+    }
     // PID 1 reaps orphans wherever it runs; only the guest's init (PID 1 on
     // the initramfs) sets the system up and powers it off.
     let pid1 = std::process::id() == 1;

@@ -10,6 +10,8 @@
 //!   filter; its rules are not interpreted one by one.
 //! - the termination log is pushed in as an empty file; what the container
 //!   writes there does not flow back to the host yet.
+//! - sysctls: a container's `linux.sysctl` and the pod's (the sandbox spec's, through
+//!   [`crate::pod::CreateOptions`]) are written in the pod's namespaces in the guest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -281,6 +283,20 @@ pub fn container_plan(
             .unwrap_or_default(),
         shm_size_bytes: 0,
         privileged: false,
+        // A PID namespace by path is the pod's own (the policy let nothing else through):
+        // CRI's NamespaceMode POD, `shareProcessNamespace: true`.
+        share_pid_namespace: linux
+            .and_then(|l| l.namespaces().as_ref())
+            .into_iter()
+            .flatten()
+            .any(|ns| {
+                ns.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && ns.path().is_some()
+            }),
+        sysctls: linux
+            .and_then(|l| l.sysctl().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     };
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(OciError::NoProcess);

@@ -41,6 +41,16 @@ pub enum PolicyError {
     /// The spec is not a Linux container's.
     #[error("the OCI spec has no `linux` section: vpod runs Linux containers only")]
     NotLinux,
+    /// A sysctl outside the pod's own namespaces (`linux.sysctl`).
+    #[error("{0}")]
+    Sysctl(String),
+    /// An AppArmor profile the guest can't enforce (it has no LSM): refused, never ignored.
+    #[error(
+        "AppArmor profile {0:?} (securityContext.appArmorProfile) is refused: a vpod pod's kernel \
+         is its microVM's own, with no AppArmor in it; use Unconfined or RuntimeDefault (the \
+         microVM is the confinement)"
+    )]
+    AppArmor(String),
     /// A mount is refused.
     #[error(transparent)]
     Mount(#[from] MountError),
@@ -55,6 +65,10 @@ pub struct CheckedSpec {
     /// none reaches the guest: privileged means privileged inside the pod's VM only.
     pub host_devices_dropped: usize,
 }
+
+/// The AppArmor profiles a spec may name: none, unconfined, and containerd's RuntimeDefault
+/// (which confines a process on the host's kernel; the microVM is the pod's confinement here).
+const APPARMOR_ALLOWED: &[&str] = &["", "unconfined", "cri-containerd.apparmor.d"];
 
 /// The host namespaces a Kubernetes pod can ask for, in the order they are reported.
 const HOST_NAMESPACES: &[(LinuxNamespaceType, &str, &str, &str)] = &[
@@ -81,6 +95,22 @@ pub fn check_spec(spec: &Spec, mounts: &MountClassifier) -> Result<CheckedSpec, 
         if let Some(path) = ns.path() {
             check_namespace_path(ns.typ(), path, mounts.pod_pid())?;
         }
+    }
+    if let Some((k, v)) = linux
+        .sysctl()
+        .iter()
+        .flatten()
+        .find(|(k, v)| !vpod_agent_api::sysctl::namespaced(k, v))
+    {
+        return Err(PolicyError::Sysctl(vpod_agent_api::sysctl::refusal(k, v)));
+    }
+    if let Some(profile) = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.apparmor_profile().as_deref())
+        .filter(|p| !APPARMOR_ALLOWED.contains(p))
+    {
+        return Err(PolicyError::AppArmor(profile.to_owned()));
     }
     let mounts = spec
         .mounts()
@@ -262,6 +292,36 @@ mod tests {
             let e = check_spec(&spec(&ns, "", ""), &MountClassifier::default()).unwrap_err();
             assert!(e.to_string().contains(field), "{missing}: {e}");
         }
+    }
+
+    #[test]
+    fn non_namespaced_sysctls_and_apparmor_profiles_are_refused_naming_the_field() {
+        let with = |sysctl: &str, apparmor: &str| {
+            let mut s = spec(POD_NS, "", &format!(r#", "sysctl": {{{sysctl}}}"#));
+            let mut p = s.process().clone().unwrap();
+            p.set_apparmor_profile((!apparmor.is_empty()).then(|| apparmor.to_owned()));
+            s.set_process(Some(p));
+            check_spec(&s, &MountClassifier::default())
+        };
+        with(
+            r#""net.core.somaxconn": "1024", "kernel.shm_rmid_forced": "1""#,
+            "",
+        )
+        .unwrap();
+        with("", "unconfined").unwrap();
+        with("", "cri-containerd.apparmor.d").unwrap();
+        let e = with(r#""kernel.panic": "1""#, "").unwrap_err();
+        assert!(
+            e.to_string().contains("securityContext.sysctls")
+                && e.to_string().contains("kernel.panic"),
+            "{e}"
+        );
+        let e = with("", "my-profile").unwrap_err();
+        assert!(
+            e.to_string().contains("securityContext.appArmorProfile")
+                && e.to_string().contains("my-profile"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -101,6 +101,10 @@ pub enum Error {
     /// message, as before the front named the pod and the container.
     #[error("{}", agent_message(.0))]
     Agent(#[source] PodError),
+    /// A kill of a process that exited before the signal reached it: not
+    /// found, as runc's shim answers, so containerd's stop goes on.
+    #[error("process already finished: {0}")]
+    AlreadyFinished(String),
     /// A blocking job of the shim (a rootfs build) died.
     #[error(transparent)]
     Join(#[from] tokio::task::JoinError),
@@ -123,9 +127,10 @@ impl Error {
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
-            Error::TaskNotFound(_) | Error::ExecNotFound { .. } | Error::ExecNotRunning => {
-                Code::NOT_FOUND
-            }
+            Error::TaskNotFound(_)
+            | Error::ExecNotFound { .. }
+            | Error::ExecNotRunning
+            | Error::AlreadyFinished(_) => Code::NOT_FOUND,
             Error::ExecExists(_) => Code::ALREADY_EXISTS,
             Error::Spec { .. }
             | Error::Config(_)

@@ -262,18 +262,21 @@ impl Task for TaskService {
             return Ok(api::Empty::default());
         }
         let c = self.task(&req.id)?;
+        let finished = || Error::AlreadyFinished(format!("container {}", c.id));
         if !c.process.is_running() {
-            return Ok(api::Empty::default());
+            return Err(finished().into());
         }
         if c.is_sandbox() {
             c.process.set_exited(128 + req.signal);
             return Ok(api::Empty::default());
         }
         let pod = self.pod().await?;
-        pod.kill_container(&c.id, req.signal as i32, req.all)
-            .await
-            .map_err(Error::Agent)?;
-        Ok(api::Empty::default())
+        match pod.kill_container(&c.id, req.signal as i32, req.all).await {
+            Ok(()) => Ok(api::Empty::default()),
+            // The process exited in the guest and its exit is on its way here.
+            Err(e) if e.is_not_found() => Err(finished().into()),
+            Err(e) => Err(Error::Agent(e).into()),
+        }
     }
 
     async fn wait(

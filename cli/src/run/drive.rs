@@ -37,7 +37,13 @@ pub async fn run_container(
     tty: bool,
 ) -> Result<ExitStatus, String> {
     let watched = pod
-        .create_container_with(CONTAINER_ID, &c.spec, IMAGE_SERIAL, &c.classifier, c.opts)
+        .create_container_with(
+            CONTAINER_ID,
+            &c.spec,
+            IMAGE_SERIAL,
+            &c.classifier,
+            c.opts.clone(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     let watcher = tokio::spawn(volumes::watch(

@@ -73,6 +73,7 @@ pub fn container(
         opts: CreateOptions {
             stdin: args.interactive,
             privileged: args.privileged,
+            ..Default::default()
         },
     })
 }

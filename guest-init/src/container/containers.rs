@@ -36,6 +36,8 @@ pub struct Container {
     pub(super) output_tx: Mutex<Option<mpsc::Sender<OutputChunk>>>,
     pub(super) stdin: tokio::sync::Mutex<Option<AsyncEnd>>,
     pub(super) pty: Mutex<Option<AsyncEnd>>,
+    /// Signals held until the process handles them (see `kill.rs`), one bit each.
+    pub(super) held_signals: Mutex<u64>,
 }
 
 impl Container {
@@ -112,6 +114,8 @@ pub struct Containers {
     pub(super) volumes: Arc<Volumes>,
     pub(super) cgroup_parent: PathBuf,
     pub(super) log: Arc<AgentLog>,
+    /// The pod's shared IPC (and, when asked, PID) namespace.
+    pub(super) pod_ns: super::podns::PodNamespaces,
 }
 
 /// Whether `id` may name a container (it becomes a path component).
@@ -135,6 +139,7 @@ impl Containers {
             volumes,
             cgroup_parent: PathBuf::from(cgroup::CONTAINERS_CGROUP),
             log,
+            pod_ns: Default::default(),
         }
     }
 

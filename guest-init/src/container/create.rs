@@ -44,6 +44,13 @@ impl Containers {
         if let Some(r) = process.rlimits.iter().find(|r| !known_rlimit(&r.kind)) {
             return Err(invalid(format!("unknown rlimit {:?}", r.kind)));
         }
+        if let Some((k, v)) = req
+            .sysctls
+            .iter()
+            .find(|(k, v)| !vpod_agent_api::sysctl::namespaced(k, v))
+        {
+            return Err(invalid(vpod_agent_api::sysctl::refusal(k, v)));
+        }
         if req.image_disk.is_empty() {
             return Err(invalid("no image_disk".into()));
         }
@@ -87,6 +94,7 @@ impl Containers {
             output_tx: Mutex::new(Some(tx)),
             stdin: tokio::sync::Mutex::new(None),
             pty: Mutex::new(None),
+            held_signals: Mutex::new(0),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.contains_key(&id) {

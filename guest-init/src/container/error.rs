@@ -16,6 +16,10 @@ pub enum ContainerError {
     /// No container has this id.
     #[error("no container {0}")]
     NotFound(String),
+    /// A signal for a container whose process has exited (answered as runc's
+    /// shim does: not found, so a stop racing the exit succeeds).
+    #[error("container {0}: process already finished")]
+    Finished(String),
     /// The container's state does not allow the operation.
     #[error("container {id} is {state}, {what}")]
     State {
@@ -77,7 +81,7 @@ impl From<ContainerError> for tonic::Status {
         match e {
             BadId(_) | Invalid { .. } => tonic::Status::invalid_argument(msg),
             Exists(_) => tonic::Status::already_exists(msg),
-            NotFound(_) => tonic::Status::not_found(msg),
+            NotFound(_) | Finished(_) => tonic::Status::not_found(msg),
             State { .. } | Start { .. } => tonic::Status::failed_precondition(msg),
             Volume {
                 source: VolumeError::Unknown(_),

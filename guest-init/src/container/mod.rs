@@ -1,5 +1,6 @@
-//! Containers in the pod: each one a process tree in its own mount, PID, UTS
-//! and IPC namespaces (the network is the pod's), in its own cgroup, on an
+//! Containers in the pod: each one a process tree in its own mount, UTS and
+//! PID namespaces (the PID namespace is the pod's when it shares one; IPC and
+//! the network are always the pod's, see `podns`), in its own cgroup, on an
 //! overlay of its image's read-only disk and a writable layer on the pod's
 //! ephemeral disk.
 //!
@@ -18,6 +19,7 @@ mod exec;
 pub mod init;
 mod kill;
 mod pipe;
+pub mod podns;
 mod remove;
 pub mod seccomp;
 mod start;

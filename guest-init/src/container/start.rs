@@ -33,6 +33,13 @@ impl Containers {
             }
         };
         let privileged = c.req.privileged;
+        let holder = match self.pod_ns_holder(id) {
+            Ok(h) => h,
+            Err(e) => {
+                c.set_state(State::Created);
+                return Err(e);
+            }
+        };
         let cfg = InitConfig {
             namespaces: Namespaces::New(RootConfig {
                 rootfs: c.rootfs.clone(),
@@ -44,6 +51,14 @@ impl Containers {
                 read_only_rootfs: c.req.read_only_rootfs,
                 shm_size_bytes: c.req.shm_size_bytes,
                 privileged,
+                pod_ns_holder: Some(holder),
+                share_pid: c.req.share_pid_namespace,
+                sysctls: c
+                    .req
+                    .sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             }),
             process: ProcessConfig::new(&p, &p, privileged),
         };

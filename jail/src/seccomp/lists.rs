@@ -173,6 +173,10 @@ const VCPU: &[Allowed] = list![
         ]
     )),
     SYS_pread64,
+    // The vCPU that sees the guest's poweroff may drop the devices' last reference: the vsock
+    // device then removes its listening socket (in the jail, under /vsock only).
+    SYS_unlink,
+    SYS_unlinkat,
 ];
 
 /// The allow-list of `kind`: the common part and its own.

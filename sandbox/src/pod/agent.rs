@@ -30,7 +30,7 @@ use crate::volumes::{fingerprint, HostVolume};
 const STDIN_DEPTH: usize = 16;
 
 /// What a caller says about a container beyond its OCI spec.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateOptions {
     /// Keep the container's stdin open for [`PodAgent::stdin`]: the caller's IO says so, an OCI
     /// spec has no word on it.
@@ -38,6 +38,9 @@ pub struct CreateOptions {
     /// Privileged inside the pod's VM: all capabilities, no seccomp, no masked paths, `/sys`
     /// writable. A CRI notion (`vpod run --privileged`); an OCI spec can't say it.
     pub privileged: bool,
+    /// The pod's sysctls (securityContext.sysctls: CRI puts them on the sandbox's spec, not
+    /// the containers'), under the container's own.
+    pub pod_sysctls: std::collections::BTreeMap<String, String>,
 }
 
 impl CreateOptions {
@@ -47,6 +50,9 @@ impl CreateOptions {
             p.stdin = self.stdin;
         }
         req.privileged = self.privileged;
+        for (k, v) in &self.pod_sysctls {
+            req.sysctls.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
 }
 

@@ -233,6 +233,12 @@ pub enum PodError {
 }
 
 impl PodError {
+    /// Whether the agent answered "not found" (an unknown container, or a
+    /// signal for a process that already exited).
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(tonic::Code::NotFound)
+    }
+
     /// The agent's status code, when the agent answered with an error (for a caller that maps
     /// it, e.g. to a ttrpc code).
     pub fn code(&self) -> Option<tonic::Code> {

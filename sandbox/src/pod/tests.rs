@@ -132,12 +132,22 @@ fn create_options_say_what_a_spec_cannot() {
         process: Some(Default::default()),
         ..Default::default()
     };
+    req.sysctls
+        .insert("net.core.somaxconn".into(), "4096".into());
     CreateOptions {
         stdin: true,
         privileged: true,
+        pod_sysctls: [
+            ("net.core.somaxconn".to_string(), "128".to_string()),
+            ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+        ]
+        .into(),
     }
     .apply(&mut req);
     assert!(req.privileged && req.process.as_ref().unwrap().stdin);
+    // The container's own value wins; the pod's fill in the rest.
+    assert_eq!(req.sysctls["net.core.somaxconn"], "4096");
+    assert_eq!(req.sysctls["kernel.shm_rmid_forced"], "1");
     CreateOptions::default().apply(&mut req);
     assert!(!req.privileged && !req.process.as_ref().unwrap().stdin);
 }

@@ -66,6 +66,8 @@ fn hand_written(process: Process) -> CreateContainerRequest {
         readonly_paths: strings(defaults::READONLY_PATHS),
         shm_size_bytes: 0,
         privileged: false,
+        share_pid_namespace: false,
+        sysctls: Default::default(),
     }
 }
 

@@ -49,6 +49,18 @@ pub struct RootConfig {
     pub shm_size_bytes: u64,
     /// Writable /sys, no masks.
     pub privileged: bool,
+    /// The pod's namespace holder (`container/podns.rs`): its IPC namespace
+    /// is joined, and its PID namespace when `share_pid`; `None` makes both
+    /// new.
+    #[serde(default)]
+    pub pod_ns_holder: Option<i32>,
+    /// Join the pod's PID namespace instead of making one.
+    #[serde(default)]
+    pub share_pid: bool,
+    /// Namespaced sysctls to write once in the pod's namespaces (checked by
+    /// the agent).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// One mount of the container, in the container's namespace.

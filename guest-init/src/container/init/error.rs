@@ -42,6 +42,16 @@ pub enum InitError {
     /// Forking the container process.
     #[error("fork: {0}")]
     Fork(#[source] Errno),
+    /// A pod sysctl (`securityContext.sysctls`) in the pod's namespaces.
+    #[error("sysctl {key}={value} (securityContext.sysctls): {source}")]
+    Sysctl {
+        /// The sysctl's name.
+        key: String,
+        /// The value asked for.
+        value: String,
+        /// The failure.
+        source: io::Error,
+    },
 
     // The root.
     /// A mount(2).

@@ -76,28 +76,49 @@ pub fn main() -> ! {
 /// Unshares new namespaces, or joins a running container's.
 fn enter_namespaces(ns: &Namespaces) -> Result<(), InitError> {
     match ns {
-        Namespaces::New(_) => {
-            let flags = CloneFlags::CLONE_NEWNS
-                | CloneFlags::CLONE_NEWUTS
-                | CloneFlags::CLONE_NEWIPC
-                | CloneFlags::CLONE_NEWPID;
-            unshare(flags).map_err(InitError::Unshare)
-        }
-        Namespaces::Join { pid } => {
-            // mnt last: after it, /proc is the container's.
-            for ns in ["ipc", "uts", "pid", "mnt"] {
-                let path = format!("/proc/{pid}/ns/{ns}");
-                let file = std::fs::File::open(&path)
-                    .map_err(|source| InitError::OpenNamespace { path, source })?;
-                setns(file, CloneFlags::empty()).map_err(|source| InitError::JoinNamespace {
-                    ns,
-                    pid: *pid,
+        Namespaces::New(root) => {
+            let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS;
+            match root.pod_ns_holder {
+                Some(holder) => {
+                    join(holder, "ipc")?;
+                    if root.share_pid {
+                        // Applies to the process forked next: the container's.
+                        join(holder, "pid")?;
+                    } else {
+                        flags |= CloneFlags::CLONE_NEWPID;
+                    }
+                }
+                None => flags |= CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID,
+            }
+            unshare(flags).map_err(InitError::Unshare)?;
+            // /proc is still the guest's; /proc/sys shows this process's IPC
+            // namespace (the pod's) and the guest's network (the pod's too).
+            for (key, value) in &root.sysctls {
+                let path = format!("/proc/sys/{}", key.replace('.', "/"));
+                std::fs::write(&path, value).map_err(|source| InitError::Sysctl {
+                    key: key.clone(),
+                    value: value.clone(),
                     source,
                 })?;
             }
             Ok(())
         }
+        Namespaces::Join { pid } => {
+            // mnt last: after it, /proc is the container's.
+            for ns in ["ipc", "uts", "pid", "mnt"] {
+                join(*pid, ns)?;
+            }
+            Ok(())
+        }
     }
+}
+
+/// setns into namespace `ns` of process `pid`.
+fn join(pid: i32, ns: &'static str) -> Result<(), InitError> {
+    let path = format!("/proc/{pid}/ns/{ns}");
+    let file =
+        std::fs::File::open(&path).map_err(|source| InitError::OpenNamespace { path, source })?;
+    setns(file, CloneFlags::empty()).map_err(|source| InitError::JoinNamespace { ns, pid, source })
 }
 
 /// The container process: returns only with an error.

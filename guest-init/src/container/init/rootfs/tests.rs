@@ -27,6 +27,9 @@ fn root_config(dir: &std::path::Path) -> RootConfig {
         read_only_rootfs: false,
         shm_size_bytes: 0,
         privileged: false,
+        pod_ns_holder: None,
+        share_pid: false,
+        sysctls: Vec::new(),
     }
 }
 
