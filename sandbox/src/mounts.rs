@@ -52,6 +52,9 @@ pub enum MountKind {
     RuntimeFile {
         /// The host file, resolved.
         source: PathBuf,
+        /// It is the container's termination log (`<root>/pods/<uid>/containers/<name>/<id>`):
+        /// what the container writes there is copied back to `source` when it exits.
+        termination_log: bool,
     },
     /// The pod's `/dev/shm`: a guest tmpfs.
     Shm,
@@ -245,12 +248,19 @@ impl MountClassifier {
             return Ok(kind);
         }
         if let Some(rel) = self.kubelet_file(&source, &refuse)? {
+            let termination_log = rel.iter().nth(2).is_some_and(|c| c == "containers");
             let source = self.resolve(&destination, &source, &self.kubelet_root, &rel, true)?;
-            return Ok(MountKind::RuntimeFile { source });
+            return Ok(MountKind::RuntimeFile {
+                source,
+                termination_log,
+            });
         }
         if let Some((dir, rel)) = self.runtime_file(&source, &refuse)? {
             let source = self.resolve(&destination, &source, dir, &rel, true)?;
-            return Ok(MountKind::RuntimeFile { source });
+            return Ok(MountKind::RuntimeFile {
+                source,
+                termination_log: false,
+            });
         }
         Err(refuse(String::new()))
     }
@@ -576,10 +586,11 @@ pub(crate) mod tests {
             format!("{sb}/hostname"),
             format!("{sb}/hosts"),
         ] {
+            let log = src.contains("/containers/");
             assert!(
                 matches!(
                     c.classify(&bind(&src, "/etc/x")),
-                    Ok(MountKind::RuntimeFile { .. })
+                    Ok(MountKind::RuntimeFile { termination_log, .. }) if termination_log == log
                 ),
                 "{src}"
             );

@@ -8,8 +8,8 @@
 //! - seccomp: a spec with a `linux.seccomp` profile (Kubernetes'
 //!   RuntimeDefault, or a Localhost profile) gets the guest's RuntimeDefault
 //!   filter; its rules are not interpreted one by one.
-//! - the termination log is pushed in as an empty file; what the container
-//!   writes there does not flow back to the host yet.
+//! - the termination log is pushed in as the file kubelet made; what the container writes
+//!   there comes back in its exit status and the front writes it to that host file.
 //! - sysctls: a container's `linux.sysctl` and the pod's (the sandbox spec's, through
 //!   [`crate::pod::CreateOptions`]) are written in the pod's namespaces in the guest.
 
@@ -100,6 +100,7 @@ pub fn container_plan(
 
     let mut plan = ContainerPlan::default();
     let mut mounts = Vec::new();
+    let mut termination_message_path = String::new();
     let mut seen = BTreeMap::new();
     for (dest, kind) in &checked.mounts {
         let destination = dest.to_string_lossy().into_owned();
@@ -158,7 +159,13 @@ pub fn container_plan(
                 }
                 mounts.push(volume(vname));
             }
-            MountKind::RuntimeFile { source } => {
+            MountKind::RuntimeFile {
+                source,
+                termination_log,
+            } => {
+                if *termination_log {
+                    termination_message_path = destination.clone();
+                }
                 let cap = crate::volumes::MAX_VOLUME_BYTES;
                 let data =
                     crate::volumes::read_file_capped(source, cap).map_err(|e| OciError::Read {
@@ -297,6 +304,7 @@ pub fn container_plan(
             .unwrap_or_default()
             .into_iter()
             .collect(),
+        termination_message_path,
     };
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(OciError::NoProcess);

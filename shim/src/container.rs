@@ -67,6 +67,8 @@ pub struct Container {
     sandbox: bool,
     /// Its process as containerd sees it.
     pub process: Process,
+    /// The host file kubelet reads its termination message from (a checked mount source).
+    termination_log: std::sync::OnceLock<PathBuf>,
 }
 
 impl Container {
@@ -82,6 +84,7 @@ impl Container {
                 stderr: req.stderr.clone(),
                 terminal: req.terminal,
             }),
+            termination_log: std::sync::OnceLock::new(),
         }
     }
 
@@ -105,7 +108,23 @@ impl Container {
             spec.set_process(Some(p));
         }
         let stdin = self.process.stdio().has_stdin();
-        pod::create_container(pod, &self.id, &spec, serial, &classifier(cfg, &spec), stdin).await?;
+        let classifier = classifier(cfg, &spec);
+        pod::create_container(pod, &self.id, &spec, serial, &classifier, stdin).await?;
+        // The policy passed every mount: the termination log's source is this pod's file.
+        if let Some(log) =
+            spec.mounts()
+                .iter()
+                .flatten()
+                .find_map(|m| match classifier.classify(m) {
+                    Ok(vpod_sandbox::MountKind::RuntimeFile {
+                        source,
+                        termination_log: true,
+                    }) => Some(source),
+                    _ => None,
+                })
+        {
+            let _ = self.termination_log.set(log);
+        }
         // The agent's front, not the pod: copying output never keeps the VM
         // from a clean shutdown.
         let agent = pod.containers().clone();
@@ -144,7 +163,13 @@ pub async fn start(pod: Arc<Pod>, c: Arc<Container>, events: Arc<Publisher>) -> 
     tokio::spawn(async move {
         // A lost answer is 255, as a lost exec's.
         let (code, oom) = match pod.wait_container(&c.id).await {
-            Ok(s) => (s.exit_code as u32, s.oom_killed),
+            Ok(s) => {
+                // Before the exit is published: kubelet reads the file when it hears of it.
+                if let Some(path) = c.termination_log.get() {
+                    write_termination_message(path, &s.termination_message);
+                }
+                (s.exit_code as u32, s.oom_killed)
+            }
             Err(_) => (255, false),
         };
         if oom {
@@ -155,6 +180,26 @@ pub async fn start(pod: Arc<Pod>, c: Arc<Container>, events: Arc<Publisher>) -> 
         events.publish(Event::exit(&c.id, &c.id, &exit)).await;
     });
     Ok(())
+}
+
+/// Writes what the container left in its termination log to kubelet's host file (made by
+/// kubelet: opened without creating and without following a symlink). Nothing written leaves it
+/// as kubelet made it.
+fn write_termination_message(path: &std::path::Path, message: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if message.is_empty() {
+        return;
+    }
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut f| f.write_all(message));
+    if let Err(e) = written {
+        log::warn!("termination message to {}: {e}", path.display());
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,15 @@ impl PodSlot {
             hostname: hostname.unwrap_or_else(|| pid.clone()),
             net,
             vmm: cfg.vmm.clone(),
+            // The sandbox's spec carries the pod's sysctls (containers join its namespaces).
+            sysctls: b
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.sysctl().clone())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             ..PodConfig::new(&pid, b.state_dir, &cfg.kernel, &cfg.initrd)
         })
         .await

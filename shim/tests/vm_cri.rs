@@ -7,20 +7,16 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vpod_test_support::containerd::{Containerd, CRI_NAMESPACE, RUNC, VPOD};
+use vpod_test_support::containerd::{Containerd, RUNC, VPOD};
 use vpod_test_support::cri::{self, v1, Cri};
 use vpod_test_support::{jail, Entry};
 
 const IMAGE: &str = "docker.io/library/vpod-busybox:1";
 
 async fn start(name: &str) -> (Containerd, Cri) {
-    let c = Containerd::start(
+    cri::start_containerd(
         name,
         Path::new(env!("CARGO_BIN_EXE_containerd-shim-vpod-v2")),
-        true,
-    );
-    c.import_busybox(
-        CRI_NAMESPACE,
         IMAGE,
         vec![Entry::File(
             "etc/motd".into(),
@@ -28,39 +24,8 @@ async fn start(name: &str) -> (Containerd, Cri) {
             0o644,
         )],
         serde_json::json!({"Cmd": ["sh"]}),
-    );
-    let mut client = Cri::connect(&c.sock())
-        .await
-        .unwrap_or_else(|e| panic!("CRI connect: {e}\n{}", c.log()));
-    for image in [IMAGE, vpod_test_support::containerd::PAUSE_IMAGE] {
-        if let Err(e) = client.wait_image(image, Duration::from_secs(30)).await {
-            panic!("{e}\n{}", c.log());
-        }
-    }
-    (c, client)
-}
-
-/// Reads a container's CRI log until `done` holds for its (stream, text)
-/// lines, or panics after a minute.
-async fn wait_log(
-    path: &Path,
-    done: impl Fn(&[(String, String)]) -> bool,
-    what: &str,
-) -> Vec<(String, String)> {
-    let t0 = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines = cri::parse_cri_log(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        if done(&lines) {
-            return lines;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{what}: {} has only {lines:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    )
+    .await
 }
 
 /// The pod's network namespace path, from the sandbox's verbose status.
@@ -204,13 +169,14 @@ async fn run_pod(c: &Containerd, client: &mut Cri, handler: &str) -> PodRun {
         }
     }
     let log_dir = Path::new(&pod.log_directory);
-    let app_log = wait_log(
+    let app_log = cri::wait_log(
         &log_dir.join("app/0.log"),
         |l| l.iter().filter(|(_, t)| !t.is_empty()).count() >= 5,
         handler,
     )
     .await;
-    let sidecar_log = wait_log(&log_dir.join("sidecar/0.log"), |l| l.len() >= 2, handler).await;
+    let sidecar_log =
+        cri::wait_log(&log_dir.join("sidecar/0.log"), |l| l.len() >= 2, handler).await;
 
     let exec = client
         .exec_sync(
@@ -464,7 +430,7 @@ async fn host_path_and_host_network_pods_are_refused_naming_the_field() {
         .create_and_start(&pod_id, &pod, &ok)
         .await
         .unwrap_or_else(|s| panic!("{s}\n{}", c.log()));
-    wait_log(
+    cri::wait_log(
         &Path::new(&pod.log_directory).join("ok/0.log"),
         |l| l.iter().any(|(_, t)| t == "still fine"),
         "ok",

@@ -276,3 +276,50 @@ mod tests {
         assert!(parse_cri_log("2026-11-23T19:00:00Z stdin F x").is_err());
     }
 }
+
+/// Reads a container's CRI log until `done` holds for its (stream, text) lines, or panics after
+/// a minute.
+pub async fn wait_log(
+    path: &Path,
+    done: impl Fn(&[(String, String)]) -> bool,
+    what: &str,
+) -> Vec<(String, String)> {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines = parse_cri_log(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if done(&lines) {
+            return lines;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{what}: {} has only {lines:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A private containerd with its CRI plugin (vpod and runc as handlers), busybox imported as
+/// `image` with `extra` files and config `config`, and a CRI client that knows the image and
+/// the pause image.
+pub async fn start_containerd(
+    name: &str,
+    shim: &Path,
+    image: &str,
+    extra: Vec<crate::Entry>,
+    config: serde_json::Value,
+) -> (crate::containerd::Containerd, Cri) {
+    use crate::containerd::{Containerd, CRI_NAMESPACE, PAUSE_IMAGE};
+    let c = Containerd::start(name, shim, true);
+    c.import_busybox(CRI_NAMESPACE, image, extra, config);
+    let mut client = Cri::connect(&c.sock())
+        .await
+        .unwrap_or_else(|e| panic!("CRI connect: {e}\n{}", c.log()));
+    for i in [image, PAUSE_IMAGE] {
+        if let Err(e) = client.wait_image(i, Duration::from_secs(30)).await {
+            panic!("{e}\n{}", c.log());
+        }
+    }
+    (c, client)
+}

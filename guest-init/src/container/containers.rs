@@ -40,7 +40,31 @@ pub struct Container {
     pub(super) held_signals: Mutex<u64>,
 }
 
+/// The most of a termination log that is read (kubelet's own cap).
+pub const MAX_TERMINATION_MESSAGE: u64 = 4096;
+
 impl Container {
+    /// What the process wrote to its termination log (`termination_message_path`, one of its
+    /// mounts): read from the mount's guest source, the first
+    /// [`MAX_TERMINATION_MESSAGE`] bytes; empty if it has none.
+    pub(super) fn termination_message(&self) -> Vec<u8> {
+        use std::io::Read;
+        let want = &self.req.termination_message_path;
+        let Some(src) = self
+            .mounts
+            .iter()
+            .filter(|m| !want.is_empty() && &m.destination == want)
+            .find_map(|m| m.source.as_ref())
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Ok(f) = std::fs::File::open(src) {
+            let _ = f.take(MAX_TERMINATION_MESSAGE).read_to_end(&mut out);
+        }
+        out
+    }
+
     pub(super) fn state(&self) -> State {
         *self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

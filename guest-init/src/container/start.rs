@@ -106,7 +106,8 @@ impl Containers {
             async move {
                 let status = spawned.finish().await;
                 let oom = c.cgroup.oom_kills() > 0;
-                let exit = exit_status(status, oom);
+                let mut exit = exit_status(status, oom);
+                exit.termination_message = c.termination_message();
                 // The namespace's init is gone, so is everything in it; make
                 // sure of it for processes that left the PID namespace.
                 let _ = c.cgroup.kill_all();

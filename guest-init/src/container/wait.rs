@@ -43,6 +43,7 @@ pub(super) fn exit_status(s: InitStatus, oom: bool) -> ExitStatus {
         oom_killed: reason == "OOMKilled",
         finished_boottime_ns: boottime_ns(),
         reason: reason.into(),
+        termination_message: Vec::new(),
     }
 }
 

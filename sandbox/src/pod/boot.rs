@@ -70,6 +70,7 @@ impl Pod {
             exit,
             agent: PodAgent::new(id, placeholder_client()),
             slots: Slots::new(slots),
+            sysctls: cfg.sysctls.clone(),
             boot_times: times,
         };
         // `pod` now owns the cleanup (its Drop stops the VM, removes the dirs).

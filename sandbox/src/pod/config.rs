@@ -59,6 +59,9 @@ pub struct PodConfig {
     pub net: Option<PodNet>,
     /// How its VMM process is started and jailed.
     pub vmm: VmmProcessConfig,
+    /// The pod's namespaced sysctls (securityContext.sysctls; CRI puts them on the sandbox's
+    /// spec), written in the pod's namespaces in the guest for each of its containers.
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 impl PodConfig {
@@ -89,6 +92,7 @@ impl PodConfig {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             net: None,
             vmm: VmmProcessConfig::default(),
+            sysctls: Default::default(),
         }
     }
 }

@@ -23,15 +23,21 @@ impl Pod {
         self.agent.create_container(req).await
     }
 
-    /// Creates a container from its OCI spec ([`super::PodAgent::create_container_with`]).
+    /// Creates a container from its OCI spec ([`super::PodAgent::create_container_with`]), the
+    /// pod's sysctls under the options' own.
     pub async fn create_container_with(
         &self,
         id: &str,
         spec: &Spec,
         image_serial: &str,
         classifier: &MountClassifier,
-        opts: CreateOptions,
+        mut opts: CreateOptions,
     ) -> Result<Vec<(HostVolume, u64)>, PodError> {
+        for (k, v) in &self.sysctls {
+            opts.pod_sysctls
+                .entry(k.clone())
+                .or_insert_with(|| v.clone());
+        }
         self.agent
             .create_container_with(id, spec, image_serial, classifier, opts)
             .await

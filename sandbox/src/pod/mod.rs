@@ -56,6 +56,8 @@ pub struct Pod {
     exit: watch::Receiver<Option<VmExit>>,
     agent: PodAgent,
     slots: Slots,
+    /// The pod's sysctls ([`PodConfig::sysctls`]), for each container it creates.
+    sysctls: std::collections::BTreeMap<String, String>,
     /// How long each stage of the boot took.
     pub boot_times: BootTimes,
 }

@@ -68,6 +68,7 @@ fn hand_written(process: Process) -> CreateContainerRequest {
         privileged: false,
         share_pid_namespace: false,
         sysctls: Default::default(),
+        termination_message_path: String::new(),
     }
 }
 

@@ -1,0 +1,343 @@
+//! Kubernetes behaviours kubelet's pods rely on (issue 15), through Debian's containerd 1.6 and
+//! its CRI plugin with vpod beside runc in the same containerd, on real microVMs in the test bed:
+//! a stop right after the start reaches the process, stopping containers that just exited never
+//! fails, the pod's sysctls and a shared PID namespace reach its containers, and the guest kernel
+//! has what pods do in their own network namespace (bridges, netfilter, ipvs, tun).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vpod_test_support::containerd::{Containerd, RUNC, VPOD};
+use vpod_test_support::cri::{self, v1, Cri};
+
+const IMAGE: &str = "docker.io/library/vpod-busybox:1";
+/// Long enough that a lost SIGTERM shows as a SIGKILL (exit 137) instead of the trap's exit 0,
+/// short enough that a failing run still ends.
+const STOP_TIMEOUT_S: i64 = 30;
+
+async fn start(name: &str) -> (Containerd, Cri) {
+    cri::start_containerd(
+        name,
+        Path::new(env!("CARGO_BIN_EXE_containerd-shim-vpod-v2")),
+        IMAGE,
+        Vec::new(),
+        serde_json::json!({"Cmd": ["sh"]}),
+    )
+    .await
+}
+
+/// A running pod of `handler`, its config (for CreateContainer) and its log directory.
+struct PodRun {
+    id: String,
+    config: v1::PodSandboxConfig,
+    logs: PathBuf,
+}
+
+async fn run_pod(
+    c: &Containerd,
+    client: &mut Cri,
+    handler: &str,
+    name: &str,
+    linux: v1::LinuxPodSandboxConfig,
+) -> PodRun {
+    let uid = format!("{name}-{handler}");
+    let mut config = cri::pod_config(name, &uid, &c.dir.join("pod-logs"));
+    config.linux = Some(linux);
+    let id = client
+        .run_pod(&config, handler)
+        .await
+        .unwrap_or_else(|s| panic!("RunPodSandbox {name} ({handler}): {s}\n{}", c.log()));
+    let logs = PathBuf::from(&config.log_directory);
+    PodRun { id, config, logs }
+}
+
+impl PodRun {
+    async fn start(&self, client: &mut Cri, c: &Containerd, cc: &v1::ContainerConfig) -> String {
+        let name = &cc.metadata.as_ref().unwrap().name;
+        std::fs::create_dir_all(self.logs.join(name)).unwrap();
+        client
+            .create_and_start(&self.id, &self.config, cc)
+            .await
+            .unwrap_or_else(|s| panic!("create+start {name}: {s}\n{}", c.log()))
+    }
+
+    fn log(&self, container: &str) -> PathBuf {
+        self.logs.join(container).join("0.log")
+    }
+}
+
+async fn status(client: &mut Cri, id: &str) -> v1::ContainerStatus {
+    client
+        .runtime
+        .container_status(v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+async fn stop(client: &mut Cri, id: &str) -> Result<(), String> {
+    client
+        .runtime
+        .stop_container(v1::StopContainerRequest {
+            container_id: id.into(),
+            timeout: STOP_TIMEOUT_S,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| s.to_string())
+}
+
+fn texts(lines: &[(String, String)]) -> Vec<String> {
+    lines.iter().map(|(_, t)| t.clone()).collect()
+}
+
+/// StopContainer right after StartContainer returns: the SIGTERM must reach the container's
+/// process even though it installs its handler a moment later (kubelet's graceful stop), so the
+/// trap's exit 0 is the status, not the grace period's SIGKILL. A second stop is OK at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_right_after_the_start_reaches_the_process_and_a_second_stop_is_ok() {
+    let (c, mut client) = start("cri-stop").await;
+    let mut seen: HashMap<&str, Vec<(i32, Vec<String>)>> = HashMap::new();
+    for handler in [VPOD, RUNC] {
+        let pod = run_pod(&c, &mut client, handler, "stopper", Default::default()).await;
+        for i in 0..3 {
+            let name = format!("trap{i}");
+            let cc = cri::container_config(
+                &name,
+                IMAGE,
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'echo got-term; exit 0' TERM; while true; do sleep 0.1; done",
+                ],
+            );
+            let id = pod.start(&mut client, &c, &cc).await;
+            let t0 = Instant::now();
+            stop(&mut client, &id)
+                .await
+                .unwrap_or_else(|s| panic!("StopContainer {name} ({handler}): {s}\n{}", c.log()));
+            let took = t0.elapsed();
+            let st = status(&mut client, &id).await;
+            let log = cri::wait_log(&pod.log(&name), |_| true, &name).await;
+            eprintln!(
+                "{handler} {name}: stopped in {took:?}, exit {} {:?}",
+                st.exit_code,
+                texts(&log)
+            );
+            seen.entry(handler)
+                .or_default()
+                .push((st.exit_code, texts(&log)));
+            // Stopping a stopped container again answers at once.
+            let t1 = Instant::now();
+            stop(&mut client, &id).await.expect("second StopContainer");
+            assert!(t1.elapsed() < Duration::from_secs(STOP_TIMEOUT_S as u64 / 2));
+        }
+        client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+    }
+    for (code, log) in &seen[VPOD] {
+        assert_eq!(
+            (*code, log.as_slice()),
+            (0, &["got-term".to_string()][..]),
+            "vpod: the SIGTERM was lost (runc: {:?})",
+            seen[RUNC]
+        );
+    }
+}
+
+/// Containers that exit on their own while (or just before) they are stopped: StopContainer and
+/// then StopPodSandbox succeed (the shim answers a kill of an exited process as runc's does).
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_containers_that_just_exited_never_fails() {
+    let (c, mut client) = start("cri-exited").await;
+    for handler in [VPOD, RUNC] {
+        let pod = run_pod(&c, &mut client, handler, "quitter", Default::default()).await;
+        for (i, delay_ms) in [0u64, 50, 150, 300].into_iter().enumerate() {
+            let name = format!("quit{i}");
+            let cc = cri::container_config(&name, IMAGE, &["sh", "-c", "sleep 0.1; exit 0"]);
+            let id = pod.start(&mut client, &c, &cc).await;
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            stop(&mut client, &id)
+                .await
+                .unwrap_or_else(|s| panic!("StopContainer {name} ({handler}): {s}\n{}", c.log()));
+            let st = status(&mut client, &id).await;
+            assert_eq!(
+                st.state(),
+                v1::ContainerState::ContainerExited,
+                "{handler} {name}"
+            );
+        }
+        // And a container that exits as the pod stops.
+        let cc = cri::container_config("last", IMAGE, &["sh", "-c", "sleep 0.2"]);
+        pod.start(&mut client, &c, &cc).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        client
+            .stop_and_remove_pod(&pod.id)
+            .await
+            .unwrap_or_else(|s| panic!("StopPodSandbox ({handler}): {s}\n{}", c.log()));
+    }
+}
+
+/// `securityContext.sysctls` (one safe, one unsafe namespaced sysctl, one from each of the pod's
+/// network and IPC namespaces) and `shareProcessNamespace: true`: every container sees the values
+/// and its sibling's processes, as under runc.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_sysctls_and_a_shared_pid_namespace_reach_the_containers() {
+    let (c, mut client) = start("cri-podns").await;
+    let mut outputs = HashMap::new();
+    for handler in [VPOD, RUNC] {
+        let linux = v1::LinuxPodSandboxConfig {
+            sysctls: HashMap::from([
+                ("net.core.somaxconn".to_string(), "1234".to_string()),
+                ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+            ]),
+            security_context: Some(v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(v1::NamespaceOption {
+                    pid: v1::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pod = run_pod(&c, &mut client, handler, "sharing", linux).await;
+        let a = cri::container_config("a", IMAGE, &["sh", "-c", "exec sleep 3133"]);
+        pod.start(&mut client, &c, &a).await;
+        let b = cri::container_config(
+            "b",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                "until ps -o args | grep -q '^sleep 3133'; do sleep 0.2; done; echo saw-sleep; \
+                 echo somaxconn=$(cat /proc/sys/net/core/somaxconn) \
+                 shm_rmid_forced=$(cat /proc/sys/kernel/shm_rmid_forced); \
+                 [ \"$(cat /proc/1/cmdline | tr '\\0' ' ')\" != 'sleep 3133 ' ] && echo pid1-is-not-a; \
+                 exec sleep 2147483647",
+            ],
+        );
+        pod.start(&mut client, &c, &b).await;
+        let log = cri::wait_log(&pod.log("b"), |l| l.len() >= 3, handler).await;
+        outputs.insert(handler, texts(&log));
+        client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+    }
+    assert_eq!(
+        outputs[VPOD],
+        [
+            "saw-sleep",
+            "somaxconn=1234 shm_rmid_forced=1",
+            "pid1-is-not-a"
+        ],
+        "vpod"
+    );
+    assert_eq!(outputs[VPOD], outputs[RUNC], "vpod vs runc");
+}
+
+/// What CNI plugins, service-mesh init containers and network tools do inside the pod's own
+/// network namespace: a container with NET_ADMIN makes a bridge, and the guest kernel has
+/// netfilter (iptables legacy and nft's conntrack, NAT), ipvs and tun built in.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guest_kernel_has_bridges_netfilter_ipvs_and_tun() {
+    let (c, mut client) = start("cri-netkernel").await;
+    let pod = run_pod(&c, &mut client, VPOD, "netadmin", Default::default()).await;
+    let mut cc = cri::container_config(
+        "net",
+        IMAGE,
+        &[
+            "sh",
+            "-c",
+            "brctl addbr br0 && ip link set br0 up && brctl show | grep -q br0 && echo bridge-ok; \
+             for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names /proc/net/nf_conntrack \
+             /proc/net/ip_vs /proc/sys/net/netfilter/nf_conntrack_max /sys/class/misc/tun; do \
+             test -e $f && echo has $f; done; echo done; exec sleep 2147483647",
+        ],
+    );
+    cc.linux = Some(v1::LinuxContainerConfig {
+        security_context: Some(v1::LinuxContainerSecurityContext {
+            capabilities: Some(v1::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    pod.start(&mut client, &c, &cc).await;
+    let log = cri::wait_log(
+        &pod.log("net"),
+        |l| l.iter().any(|(_, t)| t == "done"),
+        "net",
+    )
+    .await;
+    assert_eq!(
+        texts(&log),
+        [
+            "bridge-ok",
+            "has /proc/net/ip_tables_names",
+            "has /proc/net/ip6_tables_names",
+            "has /proc/net/nf_conntrack",
+            "has /proc/net/ip_vs",
+            "has /proc/sys/net/netfilter/nf_conntrack_max",
+            "has /sys/class/misc/tun",
+            "done"
+        ]
+    );
+    client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+}
+
+/// `terminationMessagePath`: kubelet bind-mounts an empty host file of the pod's
+/// (`<root>/pods/<uid>/containers/<name>/<id>`) at the path and reads it when it hears of the
+/// exit. What the container wrote is in that file by the time ContainerStatus says EXITED.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_termination_message_reaches_kubelets_file_before_the_exit_is_reported() {
+    let (c, mut client) = start("cri-termlog").await;
+    for handler in [VPOD, RUNC] {
+        let pod = run_pod(&c, &mut client, handler, "ender", Default::default()).await;
+        let uid = &pod.config.metadata.as_ref().unwrap().uid;
+        let dir = c
+            .kubelet_root()
+            .join("pods")
+            .join(uid)
+            .join("containers/app");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("7c1e0f3a");
+        std::fs::write(&file, "").unwrap();
+        let mut cc = cri::container_config(
+            "app",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                "printf 'goodbye\\nworld' > /dev/termination-log; exit 3",
+            ],
+        );
+        cc.mounts = vec![v1::Mount {
+            container_path: "/dev/termination-log".into(),
+            host_path: file.to_string_lossy().into_owned(),
+            ..Default::default()
+        }];
+        let id = pod.start(&mut client, &c, &cc).await;
+        let t0 = Instant::now();
+        let st = loop {
+            let st = status(&mut client, &id).await;
+            if st.state() == v1::ContainerState::ContainerExited {
+                break st;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "{handler}: no exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Read at once, as kubelet does.
+        let message = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            (st.exit_code, message.as_str()),
+            (3, "goodbye\nworld"),
+            "{handler}"
+        );
+        client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+    }
+}
