@@ -193,6 +193,14 @@ impl Volumes {
             vol.dir.join("..data")
         };
         let p = base.join(sub_path);
+        if vol.empty_dir && !p.exists() {
+            // kubelet makes a missing subPath of an emptyDir as a directory.
+            std::fs::create_dir_all(&p).map_err(|source| VolumeError::Io {
+                volume: name.to_owned(),
+                op: format!("make subPath {sub_path}"),
+                source,
+            })?;
+        }
         // Resolve `..data` now so the mount pins this generation.
         std::fs::canonicalize(&p).map_err(|source| VolumeError::Io {
             volume: name.to_owned(),

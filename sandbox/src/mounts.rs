@@ -14,6 +14,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+mod subpath;
+
 /// kubelet's default `--root-dir`.
 pub const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
 /// containerd's default `root` and `state` dirs: its CRI plugin writes a sandbox's `hosts`,
@@ -55,6 +57,14 @@ pub enum MountKind {
         /// It is the container's termination log (`<root>/pods/<uid>/containers/<name>/<id>`):
         /// what the container writes there is copied back to `source` when it exits.
         termination_log: bool,
+    },
+    /// kubelet's subPath of a volume (`<root>/pods/<uid>/volume-subpaths/...`): a file or
+    /// directory inside one of the kinds above, mounted on its own.
+    SubPath {
+        /// The volume it lies in.
+        volume: Box<MountKind>,
+        /// Its path inside the volume, as the volume shows it.
+        sub_path: PathBuf,
     },
     /// The pod's `/dev/shm`: a guest tmpfs.
     Shm,
@@ -245,6 +255,9 @@ impl MountClassifier {
             reason,
         };
         if let Some(kind) = self.kubelet_volume(&destination, &source, &refuse)? {
+            return Ok(kind);
+        }
+        if let Some(kind) = self.kubelet_subpath(&destination, &source, &refuse)? {
             return Ok(kind);
         }
         if let Some(rel) = self.kubelet_file(&source, &refuse)? {
@@ -572,6 +585,44 @@ pub(crate) mod tests {
                 name: "cache".into()
             }
         );
+    }
+
+    /// A subPath mount (here a hard link: the same inode, as kubelet's bind mount has) maps back
+    /// to its volume and the key's visible name; another pod's, or a file of no volume, is refused.
+    #[test]
+    fn subpath_mounts_map_back_to_their_volume() {
+        let h = Host::new("subpath");
+        let c = h.classifier();
+        let pod = h.pod(UID);
+        let cm = format!("{pod}/volumes/kubernetes.io~configmap/app-config");
+        let ts = format!("{cm}/..2026_12_02_10_00_00.1");
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::write(format!("{ts}/greeting"), "hi").unwrap();
+        std::os::unix::fs::symlink("..2026_12_02_10_00_00.1", format!("{cm}/..data")).unwrap();
+        std::os::unix::fs::symlink("..data/greeting", format!("{cm}/greeting")).unwrap();
+        let sub = format!("{pod}/volume-subpaths/app-config/app");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::hard_link(format!("{ts}/greeting"), format!("{sub}/0")).unwrap();
+        assert_eq!(
+            c.classify(&bind(&format!("{sub}/0"), "/etc/greeting"))
+                .unwrap(),
+            MountKind::SubPath {
+                volume: Box::new(MountKind::ConfigMap {
+                    source: cm.clone().into()
+                }),
+                sub_path: "greeting".into(),
+            }
+        );
+        std::fs::write(format!("{sub}/1"), "not in the volume").unwrap();
+        let e = c
+            .classify(&bind(&format!("{sub}/1"), "/etc/x"))
+            .unwrap_err();
+        assert!(e.to_string().contains("app-config"), "{e}");
+        let other = format!("{}/volume-subpaths/app-config/app/0", h.pod(OTHER));
+        assert!(matches!(
+            c.classify(&bind(&other, "/etc/x")),
+            Err(MountError::HostPath { .. })
+        ));
     }
 
     #[test]

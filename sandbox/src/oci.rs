@@ -118,6 +118,12 @@ pub fn container_plan(
             read_only: ro,
             ..Default::default()
         };
+        // A subPath is its volume's mount, narrowed to the path inside it.
+        let (kind, sub_path) = match kind {
+            MountKind::SubPath { volume, sub_path } => (&**volume, Some(sub_path)),
+            k => (k, None),
+        };
+        let before = mounts.len();
         match kind {
             MountKind::Secret { source } | MountKind::ConfigMap { source } => {
                 let secret = matches!(kind, MountKind::Secret { .. });
@@ -193,7 +199,7 @@ pub fn container_plan(
                 m.sub_path = file;
                 mounts.push(m);
             }
-            MountKind::Shm => {}
+            MountKind::Shm | MountKind::SubPath { .. } => {}
             MountKind::Guest { fs_type } => {
                 // The guest makes /proc, /sys, /dev and friends itself;
                 // only extra tmpfs mounts need asking for.
@@ -215,6 +221,12 @@ pub fn container_plan(
                     });
                 }
             }
+        }
+        if let (Some(sub), Some(m)) = (
+            sub_path,
+            mounts.get_mut(before..).and_then(|m| m.first_mut()),
+        ) {
+            m.sub_path = sub.to_string_lossy().into_owned();
         }
     }
 

@@ -341,3 +341,86 @@ async fn the_termination_message_reaches_kubelets_file_before_the_exit_is_report
         client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
     }
 }
+
+/// Bind-mounts `file` at `target` (made empty first), as kubelet makes a subPath.
+fn bind_mount(file: &Path, target: &Path) {
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(target, "").unwrap();
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(file)
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind {}", file.display());
+}
+
+/// subPath volume mounts: kubelet bind-mounts the file of the volume at
+/// `<root>/pods/<uid>/volume-subpaths/<volume>/<container>/<index>` and hands that; a configMap key
+/// and a secret key each land as a single file, as under runc.
+#[tokio::test(flavor = "multi_thread")]
+async fn subpath_mounts_of_config_maps_and_secrets_are_single_files() {
+    let (c, mut client) = start("cri-subpath").await;
+    let mut outputs = HashMap::new();
+    for handler in [VPOD, RUNC] {
+        let pod = run_pod(&c, &mut client, handler, "subpaths", Default::default()).await;
+        let uid = pod.config.metadata.as_ref().unwrap().uid.clone();
+        let kubelet = c.kubelet_root();
+        let cm = cri::kubelet_volume(
+            &kubelet,
+            &uid,
+            "configmap",
+            "app-config",
+            &[("greeting", "hello"), ("other", "not mounted")],
+            "/unused",
+        );
+        let secret = cri::kubelet_volume(
+            &kubelet,
+            &uid,
+            "secret",
+            "db-pass",
+            &[("password", "s3cret")],
+            "/unused",
+        );
+        let subpaths = kubelet.join("pods").join(&uid).join("volume-subpaths");
+        let targets = [
+            (
+                Path::new(&cm.host_path).join("greeting"),
+                subpaths.join("app-config/app/0"),
+                "/etc/app/greeting",
+            ),
+            (
+                Path::new(&secret.host_path).join("password"),
+                subpaths.join("db-pass/app/1"),
+                "/etc/pw",
+            ),
+        ];
+        let mut cc = cri::container_config(
+            "app",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                "cat /etc/app/greeting; echo; cat /etc/pw; echo; ls /etc/app; exec sleep 2147483647",
+            ],
+        );
+        for (file, target, path) in &targets {
+            bind_mount(file, target);
+            cc.mounts.push(v1::Mount {
+                container_path: (*path).into(),
+                host_path: target.to_string_lossy().into_owned(),
+                readonly: true,
+                ..Default::default()
+            });
+        }
+        pod.start(&mut client, &c, &cc).await;
+        let log = cri::wait_log(&pod.log("app"), |l| l.len() >= 3, handler).await;
+        outputs.insert(handler, texts(&log));
+        client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+        for (_, target, _) in &targets {
+            let _ = std::process::Command::new("umount").arg(target).status();
+        }
+    }
+    assert_eq!(outputs[VPOD], ["hello", "s3cret", "greeting"], "vpod");
+    assert_eq!(outputs[VPOD], outputs[RUNC], "vpod vs runc");
+}
