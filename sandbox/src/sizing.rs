@@ -5,9 +5,11 @@
 //! has, so a pod where any container lacks one gets at least [`DEFAULT_POD_MEM_MIB`] for its
 //! containers. Guest memory is mapped lazily: an idle pod costs what it touched, not its size.
 //! vCPUs: the containers' CPU limits (quota/period) summed and rounded up, at least one, at most
-//! the host's CPUs.
+//! the host's CPUs. A CRI pod is sized from the pod cgroup kubelet made for it (`pod_cgroup.rs`).
 
 use oci_spec::runtime::Spec;
+
+mod pod_cgroup;
 
 /// Guest kernel + vpod-init + headroom for page cache; boots touch about 34 MiB (`make bench-boot`).
 pub const GUEST_OVERHEAD_MIB: u64 = 64;

@@ -5,7 +5,7 @@
 //! (the agent's protocol and its rules live there); the shim maps the front's
 //! `PodError` to its own [`Error`] where it calls it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,20 +31,50 @@ pub fn pod_id(id: &str) -> String {
 /// The pod VM's size. A sandbox boots before its containers are known: the
 /// configured default. A lone container (`ctr run`) with a memory limit is
 /// sized by its limits.
+/// Where cgroup v2 is mounted (kubelet's pod cgroups are read there).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn vm_size(cfg: &ShimConfig, spec: &oci_spec::runtime::Spec, sandbox: bool) -> Result<VmSize> {
     let default = VmSize {
         vcpus: cfg.default_vcpus,
         mem_mib: cfg.default_memory_mib,
     };
     if sandbox {
-        return Ok(default);
+        // kubelet's pod cgroup holds what the pod's containers and its overhead add up to.
+        let pod = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .and_then(|p| {
+                vpod_sandbox::Limits::from_pod_cgroup(&p.to_string_lossy(), Path::new(CGROUP_ROOT))
+            });
+        return Ok(match pod {
+            Some(l) => {
+                let s = VmSize::for_pod(&[l], host_cpus());
+                VmSize {
+                    // An unlimited side keeps the configured default.
+                    vcpus: if l.cpus.is_some() {
+                        s.vcpus
+                    } else {
+                        default.vcpus
+                    },
+                    mem_mib: if l.memory_bytes.is_some() {
+                        s.mem_mib
+                    } else {
+                        default.mem_mib
+                    },
+                }
+            }
+            None => default,
+        });
     }
     let l = vpod_sandbox::Limits::from_spec(spec)?;
     Ok(match l.memory_bytes {
-        Some(_) => VmSize::for_pod(
-            &[l],
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-        ),
+        Some(_) => VmSize::for_pod(&[l], host_cpus()),
         None => default,
     })
 }

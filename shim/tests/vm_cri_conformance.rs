@@ -424,3 +424,84 @@ async fn subpath_mounts_of_config_maps_and_secrets_are_single_files() {
     assert_eq!(outputs[VPOD], ["hello", "s3cret", "greeting"], "vpod");
     assert_eq!(outputs[VPOD], outputs[RUNC], "vpod vs runc");
 }
+
+/// A pod cgroup as kubelet makes it before RunPodSandbox (cgroupfs driver): `memory.max` the sum
+/// of the containers' limits (and the overhead), removed again on drop.
+struct PodCgroup(PathBuf);
+
+impl PodCgroup {
+    fn new(name: &str, memory_max: u64) -> PodCgroup {
+        let dir = Path::new("/sys/fs/cgroup").join(name);
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("memory.max"), memory_max.to_string()).unwrap();
+        PodCgroup(dir)
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A pod whose containers' limits add up to more than the default VM (576 MiB) gets a VM of
+/// the pod cgroup's size: a container with a 1 GiB limit allocates a 500 MB string (about 800 MB resident in busybox awk, which the default VM
+/// can't hold), as under runc.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_vm_is_as_big_as_its_pod_cgroup_says() {
+    let (c, mut client) = start("cri-sizing").await;
+    let mut outputs = HashMap::new();
+    for handler in [VPOD, RUNC] {
+        let cg = PodCgroup::new(&format!("vpodtest-sizing-{handler}"), 1 << 30);
+        let linux = v1::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/vpodtest-sizing-{handler}"),
+            ..Default::default()
+        };
+        let pod = run_pod(&c, &mut client, handler, "big", linux).await;
+        let mut cc = cri::container_config(
+            "eater",
+            IMAGE,
+            &[
+                "sh",
+                "-c",
+                "awk 'BEGIN { s = sprintf(\"%500000000s\", \"\"); print \"held\", length(s) }'; \
+                 exec sleep 2147483647",
+            ],
+        );
+        cc.linux = Some(v1::LinuxContainerConfig {
+            resources: Some(v1::LinuxContainerResources {
+                memory_limit_in_bytes: 1 << 30,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = pod.start(&mut client, &c, &cc).await;
+        let t0 = Instant::now();
+        let log = loop {
+            let text = std::fs::read_to_string(pod.log("eater")).unwrap_or_default();
+            let lines = cri::parse_cri_log(&text).unwrap();
+            if !lines.is_empty() {
+                break lines;
+            }
+            let st = status(&mut client, &id).await;
+            assert_ne!(
+                st.state(),
+                v1::ContainerState::ContainerExited,
+                "{handler}: the container ended ({}, {}) before it held its memory",
+                st.exit_code,
+                st.reason
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(240),
+                "{handler}: nothing held"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        outputs.insert(handler, texts(&log));
+        client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+        drop(cg);
+    }
+    assert_eq!(outputs[VPOD], ["held 500000000"], "vpod");
+    assert_eq!(outputs[VPOD], outputs[RUNC], "vpod vs runc");
+}
