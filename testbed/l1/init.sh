@@ -54,9 +54,20 @@ chroot $R modprobe -a tun veth bridge sch_ingress act_mirred cls_matchall cls_u3
 ip link set lo up 2>/dev/null; hostname testbed-l1
 stage kvm
 
-chroot $R /bin/sh /run/testbed/job.sh </dev/null
+# The job runs with the host's userland as the real root (switch_root, not chroot): a process that
+# joins a container's mount namespace (runc exec) then sees that container's root, and pivot_root
+# works as on a host. Stage two lives in the new root's /run and brings this busybox for the end.
+mkdir -p $R/run/testbed-l1 && cp /bin/busybox $R/run/testbed-l1/busybox
+cat > $R/run/testbed-l1/stage2 <<'STAGE2'
+#!/run/testbed-l1/busybox sh
+B=/run/testbed-l1/busybox
+/bin/sh /run/testbed/job.sh </dev/null
 rc=$?
-echo "$rc" > /res/exit
-stage "exit=$rc"
-sync
-reboot -f
+echo "$rc" > /run/testbed/exit
+read -r u _ < /proc/uptime
+echo "TESTBED_STAGE exit=$rc $u" > /dev/console
+$B sync
+$B reboot -f
+STAGE2
+chmod 755 $R/run/testbed-l1/stage2
+exec switch_root $R /run/testbed-l1/stage2
