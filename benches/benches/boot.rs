@@ -557,7 +557,7 @@ fn main() {
     );
     let jail = jail::report(
         (&r.jailed, &r.not_jailed),
-        (&host_jail.0, &host_jail.1),
+        &host_jail,
         qemu_total.map(|s| s.p50),
     );
     let json = serde_json::json!({

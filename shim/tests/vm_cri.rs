@@ -136,11 +136,8 @@ async fn run_pod(c: &Containerd, client: &mut Cri, handler: &str) -> PodRun {
     );
     app.mounts = vec![secret, config];
     // kubelet's QoS score (BestEffort's) reaches the container process.
-    app.linux = Some(v1::LinuxContainerConfig {
-        resources: Some(v1::LinuxContainerResources {
-            oom_score_adj: 1000,
-            ..Default::default()
-        }),
+    app.linux.as_mut().unwrap().resources = Some(v1::LinuxContainerResources {
+        oom_score_adj: 1000,
         ..Default::default()
     });
     let sidecar = cri::container_config(
@@ -357,7 +354,10 @@ async fn a_two_container_pod_runs_in_a_microvm_through_cri_and_matches_runc() {
         "vpod's ExecSync runs in the container"
     );
     // The test bed's L1 switches its root (no chroot), so runc's exec joins its container.
-    assert!(runc.exec_in_container, "runc's ExecSync runs in its container");
+    assert!(
+        runc.exec_in_container,
+        "runc's ExecSync runs in its container"
+    );
     assert_eq!(vpod.exec, runc.exec, "same ExecSync as runc");
     assert_eq!((vpod.exec_fail, runc.exec_fail), (7, 7));
     assert!(

@@ -43,6 +43,14 @@ async fn run_pod(
 ) -> PodRun {
     let uid = format!("{name}-{handler}");
     let mut config = cri::pod_config(name, &uid, &c.dir.join("pod-logs"));
+    let mut linux = linux;
+    // kubelet's namespaces unless the test asks for others.
+    linux
+        .security_context
+        .get_or_insert_with(|| v1::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::own_pid_namespace()),
+            ..Default::default()
+        });
     config.linux = Some(linux);
     let id = client
         .run_pod(&config, handler)
@@ -169,7 +177,8 @@ async fn stopping_containers_that_just_exited_never_fails() {
             assert_eq!(
                 st.state(),
                 v1::ContainerState::ContainerExited,
-                "{handler} {name}"
+                "{handler} {name}: {st:?}\n{}",
+                c.log()
             );
         }
         // And a container that exits as the pod stops.
@@ -206,9 +215,27 @@ async fn pod_sysctls_and_a_shared_pid_namespace_reach_the_containers() {
             ..Default::default()
         };
         let pod = run_pod(&c, &mut client, handler, "sharing", linux).await;
-        let a = cri::container_config("a", IMAGE, &["sh", "-c", "exec sleep 3133"]);
+        let shared = |mut cc: v1::ContainerConfig| {
+            let sc = cc
+                .linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap();
+            sc.namespace_options = Some(v1::NamespaceOption {
+                pid: v1::NamespaceMode::Pod as i32,
+                ..Default::default()
+            });
+            cc
+        };
+        let a = shared(cri::container_config(
+            "a",
+            IMAGE,
+            &["sh", "-c", "exec sleep 3133"],
+        ));
         pod.start(&mut client, &c, &a).await;
-        let b = cri::container_config(
+        let b = shared(cri::container_config(
             "b",
             IMAGE,
             &[
@@ -220,7 +247,7 @@ async fn pod_sysctls_and_a_shared_pid_namespace_reach_the_containers() {
                  [ \"$(cat /proc/1/cmdline | tr '\\0' ' ')\" != 'sleep 3133 ' ] && echo pid1-is-not-a; \
                  exec sleep 2147483647",
             ],
-        );
+        ));
         pod.start(&mut client, &c, &b).await;
         let log = cri::wait_log(&pod.log("b"), |l| l.len() >= 3, handler).await;
         outputs.insert(handler, texts(&log));
@@ -251,20 +278,20 @@ async fn the_guest_kernel_has_bridges_netfilter_ipvs_and_tun() {
         &[
             "sh",
             "-c",
-            "brctl addbr br0 && ip link set br0 up && brctl show | grep -q br0 && echo bridge-ok; \
-             for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names /proc/net/nf_conntrack \
-             /proc/net/ip_vs /proc/sys/net/netfilter/nf_conntrack_max /sys/class/misc/tun; do \
+            "brctl addbr br0 && ip link set br0 up && ip link show br0 | grep -q UP && echo bridge-ok; \
+             for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names /proc/net/ip_vs /proc/sys/net/netfilter/nf_conntrack_max /sys/class/misc/tun; do \
              test -e $f && echo has $f; done; echo done; exec sleep 2147483647",
         ],
     );
-    cc.linux = Some(v1::LinuxContainerConfig {
-        security_context: Some(v1::LinuxContainerSecurityContext {
-            capabilities: Some(v1::Capability {
-                add_capabilities: vec!["NET_ADMIN".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+    let sc = cc
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.capabilities = Some(v1::Capability {
+        add_capabilities: vec!["NET_ADMIN".into()],
         ..Default::default()
     });
     pod.start(&mut client, &c, &cc).await;
@@ -280,7 +307,6 @@ async fn the_guest_kernel_has_bridges_netfilter_ipvs_and_tun() {
             "bridge-ok",
             "has /proc/net/ip_tables_names",
             "has /proc/net/ip6_tables_names",
-            "has /proc/net/nf_conntrack",
             "has /proc/net/ip_vs",
             "has /proc/sys/net/netfilter/nf_conntrack_max",
             "has /sys/class/misc/tun",
@@ -431,7 +457,12 @@ struct PodCgroup(PathBuf);
 
 impl PodCgroup {
     fn new(name: &str, memory_max: u64) -> PodCgroup {
-        let dir = Path::new("/sys/fs/cgroup").join(name);
+        let root = Path::new("/sys/fs/cgroup");
+        // kubelet's pod cgroups get these controllers (a fresh L1 enables none).
+        for c in ["+memory", "+cpu", "+pids"] {
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), c);
+        }
+        let dir = root.join(name);
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("memory.max"), memory_max.to_string()).unwrap();
@@ -469,11 +500,8 @@ async fn a_pod_vm_is_as_big_as_its_pod_cgroup_says() {
                  exec sleep 2147483647",
             ],
         );
-        cc.linux = Some(v1::LinuxContainerConfig {
-            resources: Some(v1::LinuxContainerResources {
-                memory_limit_in_bytes: 1 << 30,
-                ..Default::default()
-            }),
+        cc.linux.as_mut().unwrap().resources = Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 30,
             ..Default::default()
         });
         let id = pod.start(&mut client, &c, &cc).await;

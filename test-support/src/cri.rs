@@ -187,7 +187,13 @@ pub fn pod_config(name: &str, uid: &str, logs: &Path) -> cri::PodSandboxConfig {
             .to_string_lossy()
             .into_owned(),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(own_pid_namespace()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -203,7 +209,22 @@ pub fn container_config(name: &str, image: &str, args: &[&str]) -> cri::Containe
         image: Some(image_spec(image)),
         command: args.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}/0.log"),
-        linux: Some(cri::LinuxContainerConfig::default()),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(own_pid_namespace()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The namespaces kubelet asks for a pod without `shareProcessNamespace`: the pod's network and
+/// IPC, a PID namespace per container (CRI's zero value, POD, would share one).
+pub fn own_pid_namespace() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        pid: cri::NamespaceMode::Container as i32,
         ..Default::default()
     }
 }

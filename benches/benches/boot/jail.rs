@@ -29,6 +29,9 @@ pub struct ProcessBoot {
     pub process_to_started_ms: f64,
     /// The uid the VMM ran as (0 unjailed).
     pub uid: u32,
+    /// RSS of the jail's waiter (the VMM's parent outside its PID namespace), KiB; 0 unjailed.
+    #[serde(default)]
+    pub waiter_rss_kib: u64,
 }
 
 /// The VMM process settings of one series: the jail on (defaults: enforce, cgroup) or off.
@@ -127,6 +130,7 @@ pub async fn boot(f: &Files, dir: &Path, i: usize, jailed: bool) -> Result<Proce
             }
         };
         let pid = vmm_pid(&proc, jailed);
+        let waiter_rss_kib = if jailed { super::rss(proc.pid()).0 } else { 0 };
         let (mut b, mut c) = measured(pid, ready_ms, || ping_uds(&uds)).await?;
         b.setup_ms = proc
             .metrics()
@@ -144,7 +148,7 @@ pub async fn boot(f: &Files, dir: &Path, i: usize, jailed: bool) -> Result<Proce
             .map_err(|e| e.to_string())?
             .clone();
         match end {
-            Some(vpod_vmm::VmExit::Poweroff) => Ok(b),
+            Some(vpod_vmm::VmExit::Poweroff) => Ok((b, waiter_rss_kib)),
             other => Err(format!("VMM ended {other:?} after poweroff")),
         }
     }
@@ -152,9 +156,10 @@ pub async fn boot(f: &Files, dir: &Path, i: usize, jailed: bool) -> Result<Proce
     drop(proc);
     // The supervisor removes the jail; give it a moment so the next boot's lease is free.
     tokio::time::sleep(CHILD_CHECK).await;
-    let b = res?;
+    let (b, waiter_rss_kib) = res?;
     Ok(ProcessBoot {
         boot: b,
+        waiter_rss_kib,
         spawn_to_started_ms: report.spawn_to_started.as_secs_f64() * 1e3,
         jail_setup_ms: report.jail_setup.as_secs_f64() * 1e3,
         process_to_started_ms: report.process_to_started.as_secs_f64() * 1e3,
@@ -162,22 +167,38 @@ pub async fn boot(f: &Files, dir: &Path, i: usize, jailed: bool) -> Result<Proce
     })
 }
 
+/// The host's own VMM process starts, by how they are jailed.
+#[derive(Debug, Default)]
+pub struct HostStarts {
+    /// Jailed, its cgroup under the default parent.
+    pub jailed: Vec<ProcessBoot>,
+    /// Jailed without a cgroup of its own: the jail's cost apart from the cgroup's (a v1 host
+    /// moves the VMM into its cgroup after the fork, which waits for an RCU grace period; a v2
+    /// host clones it straight in).
+    pub jailed_no_cgroup: Vec<ProcessBoot>,
+    /// Not jailed.
+    pub plain: Vec<ProcessBoot>,
+}
+
 /// On this host's own /dev/kvm (kvm_pvm runs VMM setup, not a stock guest's user space): VMM
-/// process start until "started", jailed or not, `runs` times each, alternating. The VM is
-/// stopped right after it started.
-pub fn host_starts(f: &Files, runs: usize) -> (Vec<ProcessBoot>, Vec<ProcessBoot>) {
+/// process start until "started", jailed (with and without a cgroup) or not, `runs` times
+/// each, interleaved. The VM is stopped right after it started.
+pub fn host_starts(f: &Files, runs: usize) -> HostStarts {
     let dir = std::env::temp_dir().join(format!("vpod-bench-jail-{}", std::process::id()));
-    let (mut jailed, mut plain) = (Vec::new(), Vec::new());
+    let mut out = HostStarts::default();
     for i in 0..runs {
-        for on in [true, false] {
-            let name = format!("host-{}-{i}", if on { "jailed" } else { "process" });
+        for mode in 0..3 {
+            let name = format!("host-{mode}-{i}");
             let Ok((_, vsock_dir)) = pod_dirs(&dir, &name) else {
                 continue;
             };
             let mut vm = VmConfig::new(&f.kernel);
             vm.initrd = Some(f.initrd.clone());
             vm.mem_mib = MEM_MIB;
-            let cfg = process_config(f, on);
+            let mut cfg = process_config(f, mode < 2);
+            if mode == 1 {
+                cfg.cgroup_parent = None;
+            }
             match start(&cfg, &dir, &name, vm, vsock_dir, &[]) {
                 Ok((proc, _)) => {
                     let r = proc.report();
@@ -194,6 +215,7 @@ pub fn host_starts(f: &Files, runs: usize) -> (Vec<ProcessBoot>, Vec<ProcessBoot
                         jail_setup_ms: r.jail_setup.as_secs_f64() * 1e3,
                         process_to_started_ms: r.process_to_started.as_secs_f64() * 1e3,
                         uid: r.uid,
+                        waiter_rss_kib: 0,
                     };
                     let exit = proc.exit();
                     drop(proc);
@@ -202,10 +224,10 @@ pub fn host_starts(f: &Files, runs: usize) -> (Vec<ProcessBoot>, Vec<ProcessBoot
                     while exit.borrow().is_none() && Instant::now() < deadline {
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    if on {
-                        jailed.push(b)
-                    } else {
-                        plain.push(b)
+                    match mode {
+                        0 => out.jailed.push(b),
+                        1 => out.jailed_no_cgroup.push(b),
+                        _ => out.plain.push(b),
                     }
                 }
                 Err(e) => eprintln!("bench boot: host VMM process start ({name}): {e}"),
@@ -213,14 +235,14 @@ pub fn host_starts(f: &Files, runs: usize) -> (Vec<ProcessBoot>, Vec<ProcessBoot
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    (jailed, plain)
+    out
 }
 
 /// The jail's table (stdout) and its JSON: in-VM boots through the VMM process jailed and not,
 /// and the host's own starts.
 pub fn report(
     vm: (&[ProcessBoot], &[ProcessBoot]),
-    host: (&[ProcessBoot], &[ProcessBoot]),
+    host: &HostStarts,
     qemu_p50_ms: Option<f64>,
 ) -> serde_json::Value {
     use vpod_benches::{row, stats_row, Stats};
@@ -270,10 +292,17 @@ pub fn report(
     );
     let vm_jailed = series("in the VM, jailed", vm.0);
     let vm_plain = series("in the VM, not jailed", vm.1);
-    let host_jailed = series("host, jailed", host.0);
-    let host_plain = series("host, not jailed", host.1);
+    let host_jailed = series("host, jailed", &host.jailed);
+    let host_no_cg = series("host, jailed, no cgroup", &host.jailed_no_cgroup);
+    let host_plain = series("host, not jailed", &host.plain);
     let vm_cost = diff(p50(vm.0, &first_run), p50(vm.1, &first_run));
-    let host_cost = diff(p50(host.0, &started), p50(host.1, &started));
+    let host_cost = diff(p50(&host.jailed, &started), p50(&host.plain, &started));
+    let host_cost_no_cg = diff(
+        p50(&host.jailed_no_cgroup, &started),
+        p50(&host.plain, &started),
+    );
+    let cgroup_v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let waiter = p50(vm.0, &|b| Some(b.waiter_rss_kib as f64));
     let jailed_ready = p50(vm.0, &|b| Some(b.boot.ready_ms));
     let ratio = match (jailed_ready, qemu_p50_ms) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -284,10 +313,14 @@ pub fn report(
     });
     let show = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2} {unit}"));
     println!(
-        "jail cost p50: host {} (start -> started; target <= 5 ms), test bed {} (start -> 1st KVM_RUN)",
+        "jail cost p50: host {} (start -> started; target <= 5 ms; this host's cgroups are v{}), \
+         {} without the cgroup; test bed {} (start -> 1st KVM_RUN)",
         show(host_cost, "ms"),
+        if cgroup_v2 { 2 } else { 1 },
+        show(host_cost_no_cg, "ms"),
         show(vm_cost, "ms")
     );
+    println!("jail's waiter RSS p50: {}", show(waiter, "KiB"));
     println!(
         "jailed boot-to-agent / QEMU p50: {} (target <= 0.75); jailed VMM RSS beyond guest p50: {} (target <= 4096 KiB)",
         show(ratio, ""),
@@ -296,9 +329,16 @@ pub fn report(
     serde_json::json!({
         "vm_jailed": { "stats": vm_jailed, "boots": vm.0 },
         "vm_not_jailed": { "stats": vm_plain, "boots": vm.1 },
-        "host_jailed": { "stats": host_jailed, "starts": host.0 },
-        "host_not_jailed": { "stats": host_plain, "starts": host.1 },
-        "jail_cost_p50_ms": { "host_start_to_started": host_cost, "vm_start_to_first_kvm_run": vm_cost },
+        "host_jailed": { "stats": host_jailed, "starts": host.jailed },
+        "host_jailed_no_cgroup": { "stats": host_no_cg, "starts": host.jailed_no_cgroup },
+        "host_not_jailed": { "stats": host_plain, "starts": host.plain },
+        "host_cgroup_version": if cgroup_v2 { 2 } else { 1 },
+        "jail_cost_p50_ms": {
+            "host_start_to_started": host_cost,
+            "host_start_to_started_no_cgroup": host_cost_no_cg,
+            "vm_start_to_first_kvm_run": vm_cost,
+        },
+        "jail_waiter_rss_kib_p50": waiter,
         "jailed_ready_ratio_to_qemu_p50": ratio,
         "jailed_rss_beyond_guest_kib_p50": beyond,
     })
