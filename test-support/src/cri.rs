@@ -278,26 +278,6 @@ pub fn parse_cri_log(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cri_log_lines_are_parsed_and_others_refused() {
-        let l = "2026-11-23T19:00:00.123456789Z stdout F hello world\n\
-                 2026-11-23T19:00:00.2Z stderr F oops";
-        assert_eq!(
-            parse_cri_log(l).unwrap(),
-            vec![
-                ("stdout".into(), "hello world".into()),
-                ("stderr".into(), "oops".into())
-            ]
-        );
-        assert!(parse_cri_log("hello world\n").is_err());
-        assert!(parse_cri_log("2026-11-23T19:00:00Z stdin F x").is_err());
-    }
-}
-
 /// Reads a container's CRI log until `done` holds for its (stream, text) lines, or panics after
 /// a minute.
 pub async fn wait_log(
@@ -343,4 +323,24 @@ pub async fn start_containerd(
         }
     }
     (c, client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_log_lines_are_parsed_and_others_refused() {
+        let l = "2026-11-23T19:00:00.123456789Z stdout F hello world\n\
+                 2026-11-23T19:00:00.2Z stderr F oops";
+        assert_eq!(
+            parse_cri_log(l).unwrap(),
+            vec![
+                ("stdout".into(), "hello world".into()),
+                ("stderr".into(), "oops".into())
+            ]
+        );
+        assert!(parse_cri_log("hello world\n").is_err());
+        assert!(parse_cri_log("2026-11-23T19:00:00Z stdin F x").is_err());
+    }
 }
