@@ -333,6 +333,14 @@ impl MountClassifier {
         Ok(real)
     }
 
+    /// The components of `source` below `<root>/pods` (none when it is not there).
+    fn under_pods<'a>(&self, source: &'a Path) -> Vec<&'a str> {
+        source
+            .strip_prefix(self.kubelet_root.join("pods"))
+            .map(|rest| rest.iter().filter_map(|c| c.to_str()).collect())
+            .unwrap_or_default()
+    }
+
     /// `<root>/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>[/...]`.
     fn kubelet_volume(
         &self,
@@ -340,10 +348,7 @@ impl MountClassifier {
         source: &Path,
         refuse: &dyn Fn(String) -> MountError,
     ) -> Result<Option<MountKind>, MountError> {
-        let Ok(rest) = source.strip_prefix(self.kubelet_root.join("pods")) else {
-            return Ok(None);
-        };
-        let parts: Vec<&str> = rest.iter().filter_map(|c| c.to_str()).collect();
+        let parts = self.under_pods(source);
         let [uid, "volumes", plugin_dir, name, ..] = parts.as_slice() else {
             return Ok(None);
         };

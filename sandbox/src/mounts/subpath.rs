@@ -32,10 +32,7 @@ impl MountClassifier {
         source: &Path,
         refuse: &dyn Fn(String) -> MountError,
     ) -> Result<Option<MountKind>, MountError> {
-        let Ok(rest) = source.strip_prefix(self.kubelet_root.join("pods")) else {
-            return Ok(None);
-        };
-        let parts: Vec<&str> = rest.iter().filter_map(|c| c.to_str()).collect();
+        let parts = self.under_pods(source);
         let [uid, "volume-subpaths", volume, _container, _index] = parts.as_slice() else {
             return Ok(None);
         };
