@@ -244,7 +244,8 @@ impl VmProcess {
         msg: &HostMessage,
         fd: Option<std::os::fd::RawFd>,
     ) -> Result<VmmMessage, VmProcessError> {
-        let ctl = self.ctl.lock().unwrap_or_else(|p| p.into_inner());
+        // One request at a time (the answers lock); the control socket only for the send, so a
+        // stop never waits behind a request whose answer is slow to come.
         let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         // An answer that came after its asker gave up is not this request's.
         while answers.try_recv().is_ok() {}
@@ -253,7 +254,10 @@ impl VmProcess {
             return Err(VmProcessError::Ended(e));
         }
         let fds: Vec<_> = fd.into_iter().collect();
-        ctl.send(msg, &fds)
+        self.ctl
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(msg, &fds)
             .map_err(|e| VmProcessError::Control(e.to_string()))?;
         match answers.recv_timeout(ANSWER_TIMEOUT) {
             Ok(VmmMessage::Refused { error }) => Err(VmProcessError::Refused(error)),
