@@ -134,12 +134,19 @@ impl Pod {
 
     /// The end of a shared pod: [`Pod::shutdown`] when `pod` is its last holder, else
     /// [`Pod::stop_now`], since the other holders (volume watchers) may let go only after the
-    /// caller is gone. Returns how the VM ended when it was shut down.
+    /// caller is gone. Either way it returns once the VMM process is gone and its leftovers (jail
+    /// root, cgroup) are removed, so a caller that exits next leaves nothing. Returns how the VM
+    /// ended when it was shut down.
     pub async fn finish(pod: Arc<Pod>, timeout: Duration) -> Option<VmExit> {
         match Arc::try_unwrap(pod) {
             Ok(p) => Some(p.shutdown(timeout).await),
             Err(still_held) => {
                 still_held.stop_now();
+                // The VMM's end is reported after its cleanup; a stopped VMM that lingers is
+                // killed by its supervisor within its stop grace.
+                let mut rx = still_held.exit.clone();
+                let bound = timeout + crate::vmm_process::STOP_GRACE + Duration::from_secs(2);
+                let _ = tokio::time::timeout(bound, rx.wait_for(|e| e.is_some())).await;
                 None
             }
         }

@@ -36,7 +36,7 @@ pub use launch::{lease, VmmLaunch};
 /// How long a request waits for its answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a VMM told to stop may take before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(TEARDOWN_TIMEOUT.as_secs() + 2);
+pub const STOP_GRACE: Duration = Duration::from_secs(TEARDOWN_TIMEOUT.as_secs() + 2);
 
 /// Why the VMM process could not be started or asked something.
 #[derive(Debug, thiserror::Error)]
