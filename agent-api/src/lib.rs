@@ -13,6 +13,7 @@
 mod client;
 pub mod pb;
 pub mod ready;
+pub mod seccomp;
 pub mod sysctl;
 
 pub use client::{

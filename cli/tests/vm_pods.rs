@@ -530,27 +530,49 @@ fn two_containers_share_localhost_but_not_files() {
         .await
         .unwrap();
         pod.start_container("server").await.unwrap();
-        let client_cmd = "sleep 1; \
-             [ -e /tmp/server-file ] && echo SEES-SERVER-FILE; \
-             for i in 1 2 3 4 5 6 7 8 9 10; do nc 127.0.0.1 8080 && exit 0; sleep 1; done; exit 1";
+        // The server may take a while to listen in a slow test bed: retry for a minute.
+        let client_cmd = "sleep 1; [ -e /tmp/server-file ] && echo SEES-SERVER-FILE; \
+             i=0; while [ $i -lt 60 ]; do nc 127.0.0.1 8080 && exit 0; sleep 1; i=$((i+1)); done; \
+             exit 1";
         pod.create_container(container("client", "img0", &["sh", "-c", client_cmd]))
             .await
             .unwrap();
         let out = attach(&pod, "client").await;
         pod.start_container("client").await.unwrap();
-        let text = drain(out).await;
-        let status = pod.wait_container("client").await.unwrap();
-        assert_eq!(status.exit_code, 0, "client: {text}");
+        let text = within(&env, "the client's output", drain(out)).await;
+        let status = within(&env, "the client's exit", pod.wait_container("client")).await;
+        assert_eq!(status.unwrap().exit_code, 0, "client: {text}");
         assert!(text.contains("hello-over-localhost"), "{text}");
         assert!(!text.contains("SEES-SERVER-FILE"), "{text}");
-        // Each has its own PID namespace: the client is PID 1 of its own.
-        let server = pod.wait_container("server").await.unwrap();
-        assert_eq!(server.exit_code, 0);
+        let server = within(&env, "the server's exit", pod.wait_container("server")).await;
+        assert_eq!(server.unwrap().exit_code, 0);
         pod.remove_container("server").await.unwrap();
         pod.remove_container("client").await.unwrap();
         pod.shutdown(Duration::from_secs(30)).await;
     });
     assert!(!env.dir.join("pod").exists(), "pod dir left behind");
+}
+
+/// `f`, or a panic naming what never came, with the guest's console, after two minutes (what
+/// the test waits for takes seconds; a hang must fail the test, not the test bed's clock).
+async fn within<T>(env: &Env, what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(120), f).await {
+        Ok(v) => v,
+        Err(_) => {
+            let console = std::fs::read_to_string(env.dir.join("pod/console.log"))
+                .unwrap_or_else(|e| format!("(no console: {e})"));
+            let tail: String = console
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("{what} did not come within 120 s; guest console:\n{tail}")
+        }
+    }
 }
 
 #[test]
@@ -618,12 +640,14 @@ fn kubelet_spec(kubelet: &Path, extra_mount: &str) -> oci_spec::runtime::Spec {
     "namespaces": [{{"type": "pid"}}, {{"type": "ipc"}}, {{"type": "uts"}}, {{"type": "mount"}}, {{"type": "network", "path": "/var/run/netns/x"}}],
     "maskedPaths": ["/proc/kcore", "/proc/cmdline"],
     "readonlyPaths": ["/proc/sys"],
-    "seccomp": {{"defaultAction": "SCMP_ACT_ERRNO"}}
+    "seccomp": {seccomp}
   }}
 }}"#,
         secret = vols.join("kubernetes.io~secret/tok").display(),
         empty = vols.join("kubernetes.io~empty-dir/cache").display(),
         hosts = kubelet.join("pods/uid-1/etc-hosts").display(),
+        // A RuntimeDefault profile as containerd puts one in a spec.
+        seccomp = serde_json::to_string(&vpod_sandbox::seccomp::runtime_default()).unwrap(),
     );
     serde_json::from_str(&json).unwrap()
 }

@@ -380,7 +380,7 @@ fn oci_seeds() {
 {{"destination":"/dev/termination-log","type":"bind","source":"{root}/kubelet/pods/uid1/containers/app/0a1b2c3d","options":["rbind"]}}],
 "linux":{{"resources":{{"memory":{{"limit":67108864}},"cpu":{{"quota":50000,"period":100000,"shares":512}},"pids":{{"limit":100}}}},
 "namespaces":[{{"type":"pid"}},{{"type":"ipc"}},{{"type":"uts"}},{{"type":"mount"}},{{"type":"network","path":"/var/run/netns/cni-1"}}],
-"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],"seccomp":{{"defaultAction":"SCMP_ACT_ERRNO"}}}}}}"#
+"maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],"seccomp":{{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{{"names":["read","clone"],"action":"SCMP_ACT_ALLOW","args":[{{"index":0,"value":2114060288,"valueTwo":0,"op":"SCMP_CMP_MASKED_EQ"}}]}}]}}}}}}"#
     );
     write("oci", "pod-container.json", spec.as_bytes());
     let minimal = r#"{"ociVersion":"1.0.2","process":{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}},"root":{"path":"rootfs"},"linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"uts"},{"type":"mount"},{"type":"network"}]}}"#;

@@ -22,6 +22,7 @@ pub mod net;
 pub mod oci;
 pub mod pod;
 pub mod policy;
+pub mod seccomp;
 pub mod sizing;
 pub mod vmm_process;
 pub mod volumes;

@@ -5,9 +5,9 @@
 //! (host namespaces, hostPath) never reaches the guest.
 //!
 //! What is approximated, and why:
-//! - seccomp: a spec with a `linux.seccomp` profile (Kubernetes'
-//!   RuntimeDefault, or a Localhost profile) gets the guest's RuntimeDefault
-//!   filter; its rules are not interpreted one by one.
+//! - seccomp: a spec's `linux.seccomp` (Kubernetes' RuntimeDefault or Localhost profile, as
+//!   containerd renders it) is applied in the guest rule by rule; see [`crate::seccomp`] for the
+//!   few fields that are not read and the notify action that is refused.
 //! - the termination log is pushed in as the file kubelet made; what the container writes
 //!   there comes back in its exit status and the front writes it to that host file.
 //! - sysctls: a container's `linux.sysctl` and the pod's (the sandbox spec's, through
@@ -22,6 +22,8 @@ use vpod_agent_api::pb::{
     Rlimit, SeccompProfile, VolumeFile, VolumeMedium,
 };
 
+use crate::seccomp::SeccompSpecError;
+
 use crate::mounts::{MountClassifier, MountKind};
 use crate::policy::{check_spec, PolicyError};
 use crate::volumes::HostVolume;
@@ -32,6 +34,9 @@ pub enum OciError {
     /// The policy refused the spec.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The spec's seccomp profile can't be applied.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompSpecError),
     /// The spec has no process, or no args for it.
     #[error("the OCI spec has no process to run")]
     NoProcess,
@@ -254,11 +259,10 @@ pub fn container_plan(
             hard: r.hard(),
         })
         .collect();
-    let seccomp = if linux.and_then(|l| l.seccomp().as_ref()).is_some() {
-        SeccompProfile::RuntimeDefault
-    } else {
-        SeccompProfile::Unconfined
-    };
+    let seccomp_rules = linux
+        .and_then(|l| l.seccomp().as_ref())
+        .map(crate::seccomp::from_oci)
+        .transpose()?;
 
     plan.request = CreateContainerRequest {
         id: id.into(),
@@ -275,7 +279,9 @@ pub fn container_plan(
             capabilities: caps,
             rlimits,
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
-            seccomp: seccomp as i32,
+            // With rules set the agent reads those only.
+            seccomp: SeccompProfile::Unconfined as i32,
+            seccomp_rules,
             tty_rows: process
                 .console_size()
                 .as_ref()
@@ -379,7 +385,8 @@ mod tests {
     "namespaces": [{namespaces}],
     "maskedPaths": ["/proc/kcore"],
     "readonlyPaths": ["/proc/sys"],
-    "seccomp": {{"defaultAction": "SCMP_ACT_ERRNO"}}
+    "seccomp": {{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+                 "syscalls": [{{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}}]}}
   }}
 }}"#
         );
@@ -419,7 +426,9 @@ mod tests {
         assert_eq!(p.capabilities, ["CAP_CHOWN", "CAP_KILL"]);
         assert_eq!(p.rlimits[0].kind, "RLIMIT_NOFILE");
         assert!(p.no_new_privileges);
-        assert_eq!(p.seccomp(), SeccompProfile::RuntimeDefault);
+        let rules = p.seccomp_rules.as_ref().expect("the spec's seccomp rules");
+        assert_eq!(rules.default_errno, Some(1));
+        assert_eq!(rules.syscalls[0].names, ["read", "write"]);
         assert_eq!(p.cwd, "/work");
         let l = r.limits.unwrap();
         assert_eq!(

@@ -2,7 +2,8 @@
 //! its CRI plugin with vpod beside runc in the same containerd, on real microVMs in the test bed:
 //! a stop right after the start reaches the process, stopping containers that just exited never
 //! fails, the pod's sysctls and a shared PID namespace reach its containers, and the guest kernel
-//! has what pods do in their own network namespace (bridges, netfilter, ipvs, tun).
+//! has what pods do in their own network namespace (bridges, netfilter, ipvs, tun), and seccomp
+//! profiles apply as written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -540,4 +541,98 @@ async fn a_pod_vm_is_as_big_as_its_pod_cgroup_says() {
     }
     assert_eq!(outputs[VPOD], ["held 500000000"], "vpod");
     assert_eq!(outputs[VPOD], outputs[RUNC], "vpod vs runc");
+}
+
+/// A `Localhost` seccomp profile is applied as written, rule by rule (an errno of its choosing,
+/// a rule on an argument's value), and RuntimeDefault is an allow-list that still refuses
+/// namespaces (a user namespace needs no capability, so only the filter refuses it); the same
+/// outputs as under runc.
+#[tokio::test(flavor = "multi_thread")]
+async fn localhost_seccomp_profiles_apply_as_written_and_runtime_default_still_confines() {
+    let (c, mut client) = start("cri-seccomp").await;
+    let profile = c.dir.join("seccomp-mkdir.json");
+    std::fs::write(
+        &profile,
+        serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                // kill(pid, 0) only: a probe refused, a real signal let through.
+                {"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                 "args": [{"index": 1, "value": 0, "op": "SCMP_CMP_EQ"}]},
+            ],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let script = "grep '^Seccomp:' /proc/self/status | tr -d ' \\t'; \
+                  mkdir /tmp/made 2>&1 || echo mkdir-refused; \
+                  kill -0 $$ 2>/dev/null && echo probe-allowed || echo probe-refused; \
+                  kill -CONT $$ && echo cont-allowed; \
+                  unshare -U true 2>/dev/null && echo unshare-allowed || echo unshare-refused; \
+                  exec sleep 2147483647";
+    let mut outputs = HashMap::new();
+    for handler in [VPOD, RUNC] {
+        let pod = run_pod(&c, &mut client, handler, "filtered", Default::default()).await;
+        for (name, sp) in [
+            (
+                "localhost",
+                v1::SecurityProfile {
+                    profile_type: v1::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: profile.display().to_string(),
+                },
+            ),
+            (
+                "default",
+                v1::SecurityProfile {
+                    profile_type: v1::security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                },
+            ),
+        ] {
+            let mut cc = cri::container_config(name, IMAGE, &["sh", "-c", script]);
+            let sc = cc
+                .linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap();
+            sc.seccomp = Some(sp);
+            pod.start(&mut client, &c, &cc).await;
+            let log = cri::wait_log(&pod.log(name), |l| l.len() >= 5, handler).await;
+            outputs.insert((handler, name), texts(&log));
+        }
+        client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
+    }
+    assert_eq!(
+        outputs[&(VPOD, "localhost")],
+        [
+            "Seccomp:2",
+            "mkdir: can't create directory '/tmp/made': Permission denied",
+            "mkdir-refused",
+            "probe-refused",
+            "cont-allowed",
+            "unshare-allowed",
+        ],
+        "vpod, Localhost profile"
+    );
+    assert_eq!(
+        outputs[&(VPOD, "default")],
+        [
+            "Seccomp:2",
+            "probe-allowed",
+            "cont-allowed",
+            "unshare-refused"
+        ],
+        "vpod, RuntimeDefault"
+    );
+    for name in ["localhost", "default"] {
+        assert_eq!(
+            outputs[&(VPOD, name)],
+            outputs[&(RUNC, name)],
+            "{name}: vpod vs runc"
+        );
+    }
 }

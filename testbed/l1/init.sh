@@ -61,6 +61,26 @@ mkdir -p $R/run/testbed-l1 && cp /bin/busybox $R/run/testbed-l1/busybox
 cat > $R/run/testbed-l1/stage2 <<'STAGE2'
 #!/run/testbed-l1/busybox sh
 B=/run/testbed-l1/busybox
+# A job silent for 5 and 20 minutes gets its processes (state, wait channel) and the newest guest
+# consoles dumped to L1's console, so a hang in CI says where it is stuck.
+dump() {
+  echo "TESTBED_IDLE no job output for ${1}s; processes (pid state wchan args):"
+  for d in /proc/[0-9]*; do
+    a=$($B tr '\0' ' ' < "$d/cmdline" 2>/dev/null | $B head -c 160)
+    [ -n "$a" ] && echo "${d#/proc/} $($B cut -d' ' -f3 "$d/stat" 2>/dev/null) $($B cat "$d/wchan" 2>/dev/null) $a"
+  done
+  for f in $($B find /tmp /run -name console.log 2>/dev/null | $B head -n 4); do
+    echo "== tail $f"; $B tail -n 40 "$f"
+  done
+}
+(
+  last=; quiet=0
+  while $B sleep 60; do
+    now=$($B stat -c %Y /run/testbed/stdout /run/testbed/stderr 2>/dev/null | $B tr '\n' ' ')
+    if [ "$now" = "$last" ]; then quiet=$((quiet + 60)); else quiet=0; last=$now; fi
+    case $quiet in 300|1200) dump $quiet > /dev/console 2>&1;; esac
+  done
+) </dev/null >/dev/null 2>&1 &
 /bin/sh /run/testbed/job.sh </dev/null
 rc=$?
 echo "$rc" > /run/testbed/exit

@@ -157,8 +157,8 @@ fn linux(limits: Limits) -> Value {
         "resources": {"memory": memory, "cpu": cpu},
         "maskedPaths": defaults::MASKED_PATHS,
         "readonlyPaths": defaults::READONLY_PATHS,
-        // A profile asks for the guest's RuntimeDefault filter (see vpod_sandbox::oci).
-        "seccomp": {"defaultAction": "SCMP_ACT_ERRNO"},
+        // Kubernetes' RuntimeDefault: vpod's allow-list, as containerd puts its own in a spec.
+        "seccomp": vpod_sandbox::seccomp::runtime_default(),
     })
 }
 

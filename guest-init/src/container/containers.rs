@@ -38,6 +38,8 @@ pub struct Container {
     pub(super) pty: Mutex<Option<AsyncEnd>>,
     /// Signals held until the process handles them (see `kill.rs`), one bit each.
     pub(super) held_signals: Mutex<u64>,
+    /// The process's seccomp filters (its execs' too), compiled at create.
+    pub(super) seccomp: super::seccomp::Filters,
 }
 
 /// The most of a termination log that is read (kubelet's own cap).

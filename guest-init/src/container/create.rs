@@ -54,6 +54,9 @@ impl Containers {
         if req.image_disk.is_empty() {
             return Err(invalid("no image_disk".into()));
         }
+        // Compiled once here, so a profile the guest can't enforce fails the create.
+        let seccomp = super::seccomp::for_process(process, req.privileged)
+            .map_err(|e| invalid(e.to_string()))?;
         if self.contains(&id) {
             return Err(ContainerError::Exists(id));
         }
@@ -95,6 +98,7 @@ impl Containers {
             stdin: tokio::sync::Mutex::new(None),
             pty: Mutex::new(None),
             held_signals: Mutex::new(0),
+            seccomp,
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.contains_key(&id) {

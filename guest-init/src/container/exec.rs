@@ -30,7 +30,7 @@ impl Containers {
             });
         }
         let base = c.req.process.clone().unwrap_or_default();
-        let mut proc_cfg = ProcessConfig::new(&base, p, c.req.privileged);
+        let mut proc_cfg = ProcessConfig::new(&base, p, c.req.privileged, &c.seccomp);
         proc_cfg.env = base.env.clone();
         proc_cfg.env.extend(p.env.iter().cloned());
         let stdio = Stdio::new(

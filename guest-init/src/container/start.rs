@@ -60,7 +60,7 @@ impl Containers {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             }),
-            process: ProcessConfig::new(&p, &p, privileged),
+            process: ProcessConfig::new(&p, &p, privileged, &c.seccomp),
         };
         let Stdio {
             child,

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use vpod_agent_api::pb::{Process, SeccompProfile};
+use vpod_agent_api::pb::Process;
+
+use crate::container::seccomp::Filters;
 
 /// Everything the container's side needs, decided by the agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,8 +101,9 @@ pub struct ProcessConfig {
     pub rlimits: Vec<(String, u64, u64)>,
     /// Set no_new_privs before exec.
     pub no_new_privileges: bool,
-    /// Install the RuntimeDefault seccomp filter.
-    pub seccomp: bool,
+    /// Seccomp filters to install, in order (none: unconfined).
+    #[serde(default)]
+    pub seccomp: Filters,
     /// `None`: the agent's own.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
@@ -110,7 +113,7 @@ impl ProcessConfig {
     /// The config for the container's main process (`base` == `p`) or an
     /// exec (`p` brings args, env, cwd, tty; identity and confinement are
     /// the container's, `base`).
-    pub fn new(base: &Process, p: &Process, privileged: bool) -> Self {
+    pub fn new(base: &Process, p: &Process, privileged: bool, seccomp: &Filters) -> Self {
         ProcessConfig {
             args: p.args.clone(),
             env: p.env.clone(),
@@ -130,7 +133,7 @@ impl ProcessConfig {
                 .map(|r| (r.kind.clone(), r.soft, r.hard))
                 .collect(),
             no_new_privileges: base.no_new_privileges,
-            seccomp: !privileged && base.seccomp() == SeccompProfile::RuntimeDefault,
+            seccomp: seccomp.clone(),
             oom_score_adj: base.oom_score_adj,
         }
     }

@@ -58,10 +58,10 @@ fn exec_process(p: &ProcessConfig) -> Result<Never, InitError> {
             }
         })?;
     }
-    if p.seccomp {
-        // Installed while still root with CAP_SYS_ADMIN, so it does not need
-        // no_new_privileges (which only applies when the spec asks).
-        seccomp::install_runtime_default()?;
+    if !p.no_new_privileges {
+        // Installed while still root with CAP_SYS_ADMIN, as the kernel requires without
+        // no_new_privs; the filter must then allow what follows (as with runc).
+        seccomp::install(&p.seccomp.programs())?;
     }
 
     let keep = match &p.capabilities {
@@ -141,6 +141,10 @@ fn exec_process(p: &ProcessConfig) -> Result<Never, InitError> {
         .iter()
         .map(|e| CString::new(e.as_str()).map_err(|_| InitError::NulInEnv(e.clone())))
         .collect::<Result<_, _>>()?;
+    if p.no_new_privileges {
+        // As late as possible: a profile need allow no more than execve of what we do.
+        seccomp::install(&p.seccomp.programs())?;
+    }
     let source = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(InitError::Exec {
         path: path.to_string_lossy().into_owned(),
