@@ -601,7 +601,9 @@ async fn localhost_seccomp_profiles_apply_as_written_and_runtime_default_still_c
                 .unwrap();
             sc.seccomp = Some(sp);
             pod.start(&mut client, &c, &cc).await;
-            let log = cri::wait_log(&pod.log(name), |l| l.len() >= 5, handler).await;
+            // The unshare line is the script's last.
+            let done = |l: &[(String, String)]| l.iter().any(|(_, t)| t.starts_with("unshare-"));
+            let log = cri::wait_log(&pod.log(name), done, handler).await;
             outputs.insert((handler, name), texts(&log));
         }
         client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
