@@ -15,8 +15,8 @@ PKGS=(
   docker-registry apache2-utils openssl
   # agent API code generation
   protobuf-compiler
-  # network tests
-  iproute2
+  # network tests; iptables-restore loads the port-forward steering rule in a pod's netns
+  iproute2 iptables
   # the containerd shim's tests: Debian's containerd 1.6 (and ctr), runc beside it
   containerd runc containernetworking-plugins
 )

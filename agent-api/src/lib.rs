@@ -30,4 +30,4 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 
 /// Version of the API served by this build; reported in `Version`. Bumped
 /// whenever RPCs or fields are added.
-pub const API_VERSION: u32 = 2;
+pub const API_VERSION: u32 = 3;

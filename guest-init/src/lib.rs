@@ -15,6 +15,7 @@ pub mod kmsg;
 pub mod log;
 pub mod net;
 pub mod pod;
+pub mod portforward;
 pub mod power;
 pub mod ready;
 pub mod reaper;

@@ -245,6 +245,15 @@ impl vpod_agent_api::Agent for AgentService {
         self.pod.exec(req).await
     }
 
+    type PortForwardStream = RpcStream<vpod_agent_api::pb::PortForwardOutput>;
+
+    async fn port_forward(
+        &self,
+        req: Request<tonic::Streaming<vpod_agent_api::pb::PortForwardInput>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        crate::portforward::port_forward(req).await
+    }
+
     async fn put_volume(
         &self,
         req: Request<PutVolumeRequest>,

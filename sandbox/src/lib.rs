@@ -10,8 +10,8 @@
 //!   agent ([`Pod`], [`PodAgent`]), through which every container operation goes.
 //! - [`oci`]: a container's OCI spec turned into the agent's create request and volumes.
 //! - [`ephemeral`]: the pod's private ext4 disk; [`volumes`]: host dirs pushed into the guest.
-//! - [`net`]: the pod's CNI netns joined to its VM; [`defaults`]: what a container gets when
-//!   nobody says otherwise.
+//! - [`net`]: the pod's CNI netns joined to its VM; [`portforward`]: the netns's loopback
+//!   steered to the guest's; [`defaults`]: what a container gets when nobody says otherwise.
 
 #![warn(missing_docs)]
 
@@ -22,6 +22,7 @@ pub mod net;
 pub mod oci;
 pub mod pod;
 pub mod policy;
+pub mod portforward;
 pub mod seccomp;
 pub mod sizing;
 pub mod vmm_process;

@@ -174,11 +174,17 @@ pub fn inspect(netns: &Path) -> Result<PodNet, NetError> {
     })
 }
 
-/// Brings the tap up and joins it and the veth with tc mirred redirects, both ways.
+/// Brings the tap and `lo` up and joins the tap and the veth with tc mirred redirects, both ways.
 pub fn redirect(net: &PodNet, tap: &str) -> Result<(), NetError> {
     // The VMM makes the tap but leaves it down; a redirect into a down
-    // device drops everything.
-    run_in(&net.netns, "ip", &["link", "set", tap, "up"], None)?;
+    // device drops everything. `lo` for the port-forward listener (CNI's
+    // loopback plugin may not have run).
+    run_in(
+        &net.netns,
+        "ip",
+        &["-batch", "-"],
+        Some(&format!("link set {tap} up\nlink set lo up\n")),
+    )?;
     let mut batch = String::new();
     for (from, to) in [(net.veth.as_str(), tap), (tap, net.veth.as_str())] {
         batch += &format!(

@@ -11,10 +11,10 @@ use oci_spec::runtime::Spec;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use vpod_agent_api::pb::{
-    ContainerInfo, ContainerRef, ContainerStatsResponse, CreateContainerRequest, ExitStatus,
-    KillContainerRequest, Limits, ListContainersRequest, MountEphemeralRequest, Process,
-    PutVolumeRequest, ResizeTtyRequest, ShutdownKind, ShutdownRequest, StopContainerRequest,
-    UpdateContainerRequest,
+    port_forward_input, ContainerInfo, ContainerRef, ContainerStatsResponse,
+    CreateContainerRequest, ExitStatus, KillContainerRequest, Limits, ListContainersRequest,
+    MountEphemeralRequest, PortForwardInput, PortForwardOutput, Process, PutVolumeRequest,
+    ResizeTtyRequest, ShutdownKind, ShutdownRequest, StopContainerRequest, UpdateContainerRequest,
 };
 use vpod_agent_api::{AgentChannel, AgentClient, AGENT_VSOCK_PORT};
 
@@ -266,6 +266,34 @@ impl PodAgent {
             ExecControl::new(&self.id, id, tx),
             Output::exec(&self.id, id, out),
         ))
+    }
+
+    /// Opens a connection to the guest's own `127.0.0.1:port` (the pod's localhost): the input's
+    /// sender (the port already sent) and the connection's output. A port nothing listens on
+    /// fails here. [`crate::portforward::forward`] copies a host connection through it.
+    pub async fn port_forward(
+        &self,
+        port: u16,
+    ) -> Result<
+        (
+            mpsc::Sender<PortForwardInput>,
+            tonic::Streaming<PortForwardOutput>,
+        ),
+        PodError,
+    > {
+        let (tx, rx) = mpsc::channel(INPUT_DEPTH);
+        // The channel is new and has room: the port goes first.
+        let _ = tx.try_send(PortForwardInput {
+            input: Some(port_forward_input::Input::Port(port.into())),
+        });
+        let out = self
+            .client
+            .clone()
+            .port_forward(ReceiverStream::new(rx))
+            .await
+            .map_err(self.pod_err(&format!("port-forward to 127.0.0.1:{port}")))?
+            .into_inner();
+        Ok((tx, out))
     }
 
     /// Sets TTY container `id`'s window size.

@@ -71,6 +71,7 @@ impl Pod {
             agent: PodAgent::new(id, placeholder_client()),
             slots: Slots::new(slots),
             sysctls: cfg.sysctls.clone(),
+            forwarder: None,
             boot_times: times,
         };
         // `pod` now owns the cleanup (its Drop stops the VM, removes the dirs).
@@ -82,9 +83,38 @@ impl Pod {
                 source,
             })?;
         }
+        // The port-forward steering (a thread in the netns, an iptables-restore) while the
+        // guest boots.
+        let steering = cfg.net.as_ref().map(|n| {
+            let netns = n.netns.clone();
+            tokio::task::spawn_blocking(move || crate::portforward::steer(&netns))
+        });
         let t2 = Instant::now();
-        pod.agent = pod.wait_ready(ready, &cfg).await?;
+        let ready = pod.wait_ready(ready, &cfg).await;
+        let listener = match steering {
+            Some(s) => Some(
+                s.await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r.map_err(std::io::Error::other))
+                    .map_err(|source| PodError::PortForward {
+                        id: id.into(),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        pod.agent = ready?;
         pod.boot_times.ready = t2.elapsed();
+        if let Some(l) = listener {
+            pod.forwarder = Some(
+                crate::portforward::Forwarder::start(pod.agent.clone(), l).map_err(|source| {
+                    PodError::PortForward {
+                        id: id.into(),
+                        source,
+                    }
+                })?,
+            );
+        }
         let t3 = Instant::now();
         pod.agent.mount_ephemeral().await?;
         pod.boot_times.ephemeral_mount = t3.elapsed();

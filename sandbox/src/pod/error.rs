@@ -222,6 +222,14 @@ pub enum PodError {
         /// Why.
         source: std::io::Error,
     },
+    /// The netns's loopback could not be steered to the guest's (port-forward).
+    #[error("pod {id}: port-forward: {source}")]
+    PortForward {
+        /// The pod.
+        id: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The VMM could not swap a disk slot's backing file.
     #[error("pod {id}: swap disk slot: {source}")]
     Slot {

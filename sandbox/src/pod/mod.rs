@@ -58,6 +58,8 @@ pub struct Pod {
     slots: Slots,
     /// The pod's sysctls ([`PodConfig::sysctls`]), for each container it creates.
     sysctls: std::collections::BTreeMap<String, String>,
+    /// The netns's steered loopback (a pod with a network): `kubectl port-forward`'s way in.
+    forwarder: Option<crate::portforward::Forwarder>,
     /// How long each stage of the boot took.
     pub boot_times: BootTimes,
 }
@@ -156,6 +158,9 @@ impl Pod {
     /// holders of the pod (watchers, waiters) still have it; what they
     /// then ask fails instead of leaking the VM. Dropping does the same.
     pub fn stop_now(&self) {
+        if let Some(f) = &self.forwarder {
+            f.stop();
+        }
         self.vm.stop();
         remove_dir(&self.dir);
         if let Some(d) = &self.ephemeral_dir {

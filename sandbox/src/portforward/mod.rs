@@ -1,0 +1,159 @@
+//! Port-forward: "localhost in the pod" is the guest's loopback, not the pod netns's.
+//!
+//! containerd's PortForward (what `kubectl port-forward` reaches) dials `localhost:PORT` inside
+//! the pod's netns on the host; with a VM nothing listens there. So each pod with a netns gets a
+//! steering ([`steer`]): one listener of ours on `127.0.0.2` in that netns, and a NAT rule that
+//! sends every TCP connection to `127.0.0.1:*` there to it. The listener reads the port the
+//! caller dialed back from conntrack (`SO_ORIGINAL_DST`) and [`forward`]s the connection over
+//! vsock to the agent, which dials the guest's own `127.0.0.1:PORT`:
+//!
+//! ```text
+//! containerd ─(pod netns) 127.0.0.1:8080 ─DNAT─► 127.0.0.2:L (Forwarder) ─agent PortForward─►
+//!     guest 127.0.0.1:8080 (a container's server)
+//! ```
+//!
+//! The guest's traffic never enters the netns's IP stack (tc redirects the tap to the veth), so
+//! the listener is out of the guest's reach. A port nothing listens on in the guest resets the
+//! caller's connection at once. [`forward`] is also what a CRI server's own streaming uses.
+
+mod steer;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
+use vpod_agent_api::pb::{port_forward_input::Input, PortForwardInput, PortForwardOutput};
+
+use crate::pod::{PodAgent, PodError};
+pub use steer::{steer, SteerError, LISTEN_ADDR};
+
+/// Bytes per message to the guest.
+const CHUNK: usize = 32 * 1024;
+/// Connections forwarded at once per pod; more are closed (each holds a host socket and task).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Copies `conn` both ways through the agent to the guest's `127.0.0.1:port` until both
+/// directions have ended: the caller's EOF becomes a write-side shutdown in the guest, the
+/// guest's EOF a shutdown of `conn`'s write side. Fails (before touching `conn`) when nothing
+/// listens on the port in the guest.
+pub async fn forward<S>(agent: &PodAgent, port: u16, conn: S) -> Result<(), PodError>
+where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    let guest = agent.port_forward(port).await?;
+    pipe(guest, conn).await;
+    Ok(())
+}
+
+/// The copy of [`forward`], once the guest's connection is open.
+async fn pipe<S>(guest: GuestConn, conn: S)
+where
+    S: AsyncRead + AsyncWrite + Send,
+{
+    let (tx, mut out) = guest;
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let up = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = rd.read(&mut buf).await.unwrap_or(0);
+            let input = if n == 0 {
+                Input::CloseWrite(true)
+            } else {
+                Input::Data(buf[..n].to_vec())
+            };
+            let sent = tx.send(PortForwardInput { input: Some(input) }).await;
+            if n == 0 || sent.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async {
+        while let Ok(Some(m)) = out.message().await {
+            if wr.write_all(&m.data).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    // The input stays open (tx lives) until both are done: its end tells the agent to close.
+    tokio::join!(up, down);
+    drop(tx);
+}
+
+/// The guest's side of a connection: its input's sender and its output.
+type GuestConn = (
+    tokio::sync::mpsc::Sender<PortForwardInput>,
+    tonic::Streaming<PortForwardOutput>,
+);
+
+/// A pod's steered loopback: accepts what [`steer`]'s rule sends to its listener and forwards
+/// each connection to the guest. Dropping it closes the listener and every connection, so the
+/// netns is not held.
+#[derive(Debug)]
+pub struct Forwarder {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    /// Serves `listener` (made by [`steer`]) for the pod `agent` fronts. Needs a tokio runtime.
+    pub fn start(agent: PodAgent, listener: std::net::TcpListener) -> std::io::Result<Forwarder> {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let task = tokio::spawn(async move {
+            // Dropped with the task: every connection goes with it.
+            let mut conns = JoinSet::new();
+            loop {
+                let conn = match listener.accept().await {
+                    Ok((c, _)) => c,
+                    Err(e) => {
+                        // EMFILE and the like: wait rather than spin.
+                        tracing::warn!("port-forward accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                while conns.try_join_next().is_some() {}
+                let port = match steer::original_port(&conn) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("port-forward: a connection not steered here: {e}");
+                        continue;
+                    }
+                };
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::warn!(
+                        "port-forward to {port}: {MAX_CONNECTIONS} connections already; closed"
+                    );
+                    continue;
+                }
+                let _ = conn.set_nodelay(true);
+                let agent = agent.clone();
+                conns.spawn(async move {
+                    match agent.port_forward(port).await {
+                        Ok(guest) => pipe(guest, conn).await,
+                        Err(e) => {
+                            // A reset, not an EOF: the caller's copy fails and says so (containerd
+                            // writes it on the port's error stream, as when its own dial fails).
+                            let _ = conn.set_zero_linger();
+                            tracing::info!("{e}");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Forwarder { task })
+    }
+}
+
+impl Forwarder {
+    /// Closes the listener and every connection (also done on drop).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
