@@ -40,6 +40,17 @@ pub enum Error {
         /// The console log file.
         log: String,
     },
+    /// L1 froze while the command ran: no heartbeat on its console for this long, on every
+    /// attempt (a TCG nested-SVM stall, not the command's doing).
+    #[error("L1 froze: no heartbeat for {secs} s, {attempts} attempt(s); console log: {log}")]
+    Stalled {
+        /// How long the console stayed silent.
+        secs: u64,
+        /// Runs tried.
+        attempts: u32,
+        /// The console log file.
+        log: String,
+    },
     /// SIGINT or SIGTERM arrived while the command ran.
     #[error("interrupted; L1 killed; console log: {log}")]
     Interrupted {

@@ -2,7 +2,7 @@
 //! Linux guests.
 //!
 //! ```text
-//! testbed run [--smp N] [--mem MiB] [--timeout S] [--share DIR]... [--if-needed] [--report F] -- CMD ARGS...
+//! testbed run [--smp N] [--mem MiB] [--timeout S] [--stall-timeout S] [--share DIR]... [--if-needed] [--report F] -- CMD ARGS...
 //! testbed probe        # exit 0: host KVM is real (run directly); 1: VM tests need the test bed
 //! testbed build        # build/cache L1's boot files, print their dir
 //! ```
@@ -42,6 +42,10 @@ enum Cmd {
         /// Seconds until L1's init must speak (a hung boot is retried once).
         #[arg(long, default_value_t = 120)]
         boot_timeout: u64,
+        /// Seconds without L1's console heartbeat (every 30 s) after which L1 counts as frozen:
+        /// killed, and the command run again once.
+        #[arg(long, default_value_t = 240)]
+        stall_timeout: u64,
         /// Host dir shared read-write at the same path (repeatable; default: the working dir).
         #[arg(long = "share")]
         shares: Vec<PathBuf>,
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
             mem,
             timeout,
             boot_timeout,
+            stall_timeout,
             shares,
             if_needed,
             keep,
@@ -127,6 +132,7 @@ fn main() -> ExitCode {
             opts.mem_mib = mem;
             opts.timeout = Duration::from_secs(timeout);
             opts.boot_timeout = Duration::from_secs(boot_timeout);
+            opts.stall_timeout = Duration::from_secs(stall_timeout);
             opts.shares = shares;
             opts.keep = keep;
             match run::run(&opts) {

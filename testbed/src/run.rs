@@ -25,6 +25,9 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Until L1's init speaks; a boot that hangs this long is retried once.
     pub boot_timeout: Duration,
+    /// A running L1 whose console heartbeat (every 30 s) stops this long is frozen: it is killed
+    /// and the command run again, once.
+    pub stall_timeout: Duration,
     /// Host dirs L1 sees read-write at the same path (the working dir is added when none is given).
     pub shares: Vec<PathBuf>,
     /// Keep the run dir (console log, job script) even on success.
@@ -52,6 +55,7 @@ impl RunOptions {
             mem_mib: 3072,
             timeout: Duration::from_secs(1800),
             boot_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(240),
             shares: Vec::new(),
             keep: false,
             runs_dir,
@@ -148,6 +152,14 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, Error> {
                 );
                 continue;
             }
+            Err(Error::Stalled { secs, log, .. }) if attempts < 2 && Instant::now() < deadline => {
+                eprintln!(
+                    "testbed: L1 froze (no console heartbeat for {secs} s; console: {log}); \
+                     running the command again"
+                );
+                keep_console(&run_dir, attempts);
+                continue;
+            }
             Err(e) => return Err(e),
             Ok(mut out) => {
                 out.timings.attempts = attempts;
@@ -158,6 +170,14 @@ pub fn run(opts: &RunOptions) -> Result<Outcome, Error> {
             }
         }
     }
+}
+
+/// Keeps a frozen attempt's console beside the next one's (`console.log.N`).
+fn keep_console(run_dir: &Path, attempt: u32) {
+    let _ = fs::rename(
+        run_dir.join("console.log"),
+        run_dir.join(format!("console.log.{attempt}")),
+    );
 }
 
 /// Tails a file that another process appends to.
@@ -330,9 +350,14 @@ fn attempt(
         }
     };
 
+    let mut heard = Instant::now();
     let exited = loop {
         pump(&mut out_tail, &mut err_tail);
-        console.feed(&con_tail.read_new());
+        let said = con_tail.read_new();
+        if !said.is_empty() {
+            heard = Instant::now();
+        }
+        console.feed(&said);
         if let Ok(Some(status)) = child.try_wait() {
             break status;
         }
@@ -346,6 +371,18 @@ fn attempt(
             kill(&mut child);
             return Err(Error::NoBoot {
                 secs: opts.boot_timeout.as_secs(),
+                attempts: attempt,
+                log,
+            });
+        }
+        if console.timings.kvm_s.is_some()
+            && console.timings.exit_s.is_none()
+            && now.duration_since(heard) > opts.stall_timeout
+        {
+            kill(&mut child);
+            pump(&mut out_tail, &mut err_tail);
+            return Err(Error::Stalled {
+                secs: opts.stall_timeout.as_secs(),
                 attempts: attempt,
                 log,
             });

@@ -147,6 +147,42 @@ fn timeout_kills_l1_and_says_so() {
     assert!(kept[0].path().join("console.log").exists());
 }
 
+/// A frozen L1 (here: its heartbeat stopped by the job) is killed and the command run again.
+#[test]
+fn a_frozen_l1_is_killed_and_the_command_run_again() {
+    let runs = tempdir("frozen");
+    let out = run_in(
+        &runs,
+        &runs,
+        &[
+            "run",
+            "--stall-timeout",
+            "45",
+            "--timeout",
+            "600",
+            "--",
+            "sh",
+            "-c",
+            "if [ -e stalled-once ]; then echo second-run; else touch stalled-once; \
+             pkill -STOP -f 'busybox sleep 30' && echo first-run; sleep 1000; fi",
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("first-run") && stdout.contains("second-run"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("L1 froze"), "{stderr}");
+    assert!(
+        qemus_mentioning(&runs).is_empty(),
+        "qemu outlived the test bed"
+    );
+}
+
 #[test]
 fn missing_command_is_an_error_not_a_hang() {
     let runs = tempdir("missing");

@@ -107,12 +107,12 @@ impl Pod {
         pod.boot_times.ready = t2.elapsed();
         if let Some(l) = listener {
             pod.forwarder = Some(
-                crate::portforward::Forwarder::start(pod.agent.clone(), l).map_err(|source| {
-                    PodError::PortForward {
+                crate::portforward::Forwarder::start(id, paths::vsock(&cfg.dir), l).map_err(
+                    |source| PodError::PortForward {
                         id: id.into(),
                         source,
-                    }
-                })?,
+                    },
+                )?,
             );
         }
         let t3 = Instant::now();

@@ -18,6 +18,7 @@
 
 mod steer;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -41,12 +42,12 @@ where
     S: AsyncRead + AsyncWrite + Send,
 {
     let guest = agent.port_forward(port).await?;
-    pipe(guest, conn).await;
+    pipe(port, guest, conn).await;
     Ok(())
 }
 
 /// The copy of [`forward`], once the guest's connection is open.
-async fn pipe<S>(guest: GuestConn, conn: S)
+async fn pipe<S>(port: u16, guest: GuestConn, conn: S)
 where
     S: AsyncRead + AsyncWrite + Send,
 {
@@ -68,9 +69,22 @@ where
         }
     };
     let down = async {
-        while let Ok(Some(m)) = out.message().await {
-            if wr.write_all(&m.data).await.is_err() {
-                return;
+        loop {
+            match out.message().await {
+                Ok(Some(m)) => {
+                    if let Err(e) = wr.write_all(&m.data).await {
+                        tracing::debug!("port-forward to {port}: the caller's side: {e}");
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::warn!(
+                        "port-forward to {port}: the guest's side: {}",
+                        status.message()
+                    );
+                    break;
+                }
             }
         }
         let _ = wr.shutdown().await;
@@ -95,8 +109,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Serves `listener` (made by [`steer`]) for the pod `agent` fronts. Needs a tokio runtime.
-    pub fn start(agent: PodAgent, listener: std::net::TcpListener) -> std::io::Result<Forwarder> {
+    /// Serves `listener` (made by [`steer`]) for pod `id`, whose VMM's vsock socket is `vsock`.
+    /// Each connection gets an agent connection of its own: a forward that stalls (a caller that
+    /// stops reading) then holds only its own HTTP/2 windows, never those of the pod's other
+    /// calls. Needs a tokio runtime.
+    pub fn start(
+        id: &str,
+        vsock: PathBuf,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<Forwarder> {
+        let id = id.to_owned();
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let task = tokio::spawn(async move {
@@ -127,10 +149,14 @@ impl Forwarder {
                     continue;
                 }
                 let _ = conn.set_nodelay(true);
-                let agent = agent.clone();
+                let (id, vsock) = (id.clone(), vsock.clone());
                 conns.spawn(async move {
-                    match agent.port_forward(port).await {
-                        Ok(guest) => pipe(guest, conn).await,
+                    let guest = match PodAgent::connect(&id, &vsock).await {
+                        Ok(agent) => agent.port_forward(port).await,
+                        Err(e) => Err(e),
+                    };
+                    match guest {
+                        Ok(guest) => pipe(port, guest, conn).await,
                         Err(e) => {
                             // A reset, not an EOF: the caller's copy fails and says so (containerd
                             // writes it on the port's error stream, as when its own dial fails).
