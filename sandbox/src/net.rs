@@ -212,18 +212,30 @@ pub fn guest_request(net: &PodNet) -> ConfigureNetworkRequest {
     }
 }
 
+/// A named netns for tests (`ip netns add`), removed on drop.
+#[cfg(test)]
+pub(crate) struct TestNetns(pub String);
+
+#[cfg(test)]
+impl TestNetns {
+    /// Adds netns `name`.
+    pub fn add(name: &str) -> TestNetns {
+        let st = Command::new("ip").args(["netns", "add", name]).status();
+        assert!(st.is_ok_and(|s| s.success()), "ip netns add {name}");
+        TestNetns(name.to_owned())
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A netns set up the way CNI's bridge plugin leaves it; removed on drop.
-    struct TestNetns(String);
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
 
     fn sh(cmd: &str) {
         let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
@@ -234,8 +246,8 @@ mod tests {
     #[test]
     fn a_cni_netns_is_read_and_plumbed_by_name_and_by_path() {
         let name = format!("vpodnettest{}", std::process::id());
-        sh(&format!("ip netns add {name}"));
-        let ns = TestNetns(name.clone());
+        // Set up the way CNI's bridge plugin leaves it.
+        let ns = TestNetns::add(&name);
         sh(&format!(
             "ip -n {n} link add eth0 address 0a:58:0a:59:07:05 type veth peer name vh0 \
              && ip -n {n} link set eth0 up && ip -n {n} link set vh0 up \

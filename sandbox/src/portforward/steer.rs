@@ -116,13 +116,7 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    struct TestNetns(String);
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
+    use crate::net::TestNetns;
 
     #[test]
     fn the_rule_names_the_listener() {
@@ -137,12 +131,7 @@ mod tests {
     #[tokio::test]
     async fn loopback_connections_in_the_netns_reach_the_listener_with_their_port() {
         let name = format!("vpodsteer{}", std::process::id());
-        assert!(Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap()
-            .success());
-        let _ns = TestNetns(name.clone());
+        let _ns = TestNetns::add(&name);
         assert!(Command::new("ip")
             .args(["-n", &name, "link", "set", "lo", "up"])
             .status()
