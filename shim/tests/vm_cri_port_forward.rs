@@ -109,8 +109,8 @@ async fn a_server_on_the_pods_localhost_is_reached_through_port_forward() {
 /// Known to fail about one run in three (so not run by default: `--ignored`): with two ports on
 /// one connection, the refused port's vsock connection ending while the other streams breaks the
 /// other's agent connection ("h2 protocol error: error reading a body from connection"), though
-/// each forward has an agent connection of its own: bytes cross between vsock connections
-/// somewhere (our VMM's muxer or the guest's driver). Kept as the reproducer.
+/// each forward has an agent connection of its own. The cause is not found yet (the VMM's vsock
+/// muxer, the guest's driver or the agent's HTTP/2 server). Kept as the reproducer.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "known vsock cross-connection failure; the reproducer"]
 async fn two_ports_at_once_one_refused_one_streaming() {
