@@ -711,3 +711,77 @@ fn broken_rings_need_reset_and_stop_the_device() {
         assert_eq!(h.em.run_with_timeout(50).unwrap(), 0, "queue {q}: idle");
     }
 }
+
+/// One connection ending (its host side closes, the guest's late packets for it come in) while
+/// another streams guest → host: the streaming one gets every byte, in order, and nothing else.
+#[test]
+fn a_connection_ending_leaves_another_streams_bytes_whole() {
+    let (_dir, uds, mut h) = setup("twoconns");
+    give_rx(&mut h, 32);
+    let (mut a, req_a) = host_connect(&mut h, &uds, 1024);
+    send(
+        &mut h,
+        from_guest(1024, req_a.src_port, VSOCK_OP_RESPONSE),
+        &[],
+    );
+    assert_eq!(read_line(&mut a), format!("OK {}", req_a.src_port));
+    let (mut b, req_b) = host_connect(&mut h, &uds, 1024);
+    send(
+        &mut h,
+        from_guest(1024, req_b.src_port, VSOCK_OP_RESPONSE),
+        &[],
+    );
+    assert_eq!(read_line(&mut b), format!("OK {}", req_b.src_port));
+    let mut a = Some(a);
+    let mut got = Vec::new();
+    let mut sent = Vec::new();
+    // One tx buffer pair, reused: the device is done with a chain once the kick returns.
+    let (tx_hdr, tx_data) = (h.guest.alloc(PKT_HEADER_SIZE as u32), h.guest.alloc(4096));
+    for i in 0..200u32 {
+        let chunk: Vec<u8> = (0..4096u32).map(|j| ((i * 7 + j) % 251) as u8).collect();
+        let mut hdr = from_guest(1024, req_b.src_port, VSOCK_OP_RW);
+        hdr.len = 4096;
+        h.guest.write(tx_hdr, &hdr.to_bytes());
+        h.guest.write(tx_data, &chunk);
+        h.guest.add_chain(
+            TXQ_INDEX,
+            &[
+                (tx_hdr, PKT_HEADER_SIZE as u32, false),
+                (tx_data, 4096, false),
+            ],
+        );
+        h.kick(TXQ_INDEX);
+        sent.extend_from_slice(&chunk);
+        let mut buf = vec![0u8; 4096];
+        b.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("chunk {i}: {e}"));
+        got.extend_from_slice(&buf);
+        if i == 50 {
+            // A's host side goes; the guest answers late, with data and a shutdown for A.
+            drop(a.take());
+            h.run();
+            send(
+                &mut h,
+                from_guest(1024, req_a.src_port, VSOCK_OP_RW),
+                b"late",
+            );
+            let mut sh = from_guest(1024, req_a.src_port, VSOCK_OP_SHUTDOWN);
+            sh.flags = VSOCK_FLAGS_SHUTDOWN_BOTH;
+            send(&mut h, sh, &[]);
+            let pkts = recv(&mut h);
+            assert!(
+                pkts.iter().all(|(p, _)| p.dst_port == 1024
+                    && (p.src_port == req_a.src_port || p.op == VSOCK_OP_CREDIT_UPDATE)),
+                "{pkts:?}"
+            );
+            give_rx(&mut h, 32);
+        }
+    }
+    assert!(got == sent, "B's bytes changed");
+    b.set_nonblocking(true).unwrap();
+    let mut extra = [0u8; 64];
+    assert!(
+        matches!(b.read(&mut extra), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "B got bytes nobody sent it"
+    );
+}
