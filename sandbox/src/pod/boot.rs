@@ -90,7 +90,9 @@ impl Pod {
             tokio::task::spawn_blocking(move || crate::portforward::steer(&netns))
         });
         let t2 = Instant::now();
-        let ready = pod.wait_ready(ready, &cfg).await;
+        // A boot that failed says so first; the steering thread ends on its own.
+        pod.agent = pod.wait_ready(ready, &cfg).await?;
+        pod.boot_times.ready = t2.elapsed();
         let listener = match steering {
             Some(s) => Some(
                 s.await
@@ -103,8 +105,6 @@ impl Pod {
             ),
             None => None,
         };
-        pod.agent = ready?;
-        pod.boot_times.ready = t2.elapsed();
         if let Some(l) = listener {
             pod.forwarder = Some(
                 crate::portforward::Forwarder::start(id, paths::vsock(&cfg.dir), l).map_err(
