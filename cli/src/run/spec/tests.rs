@@ -43,7 +43,8 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// What `vpod run` sent before the spec: containerd's defaults, sorted capabilities aside.
+/// What `vpod run` sent before the spec: containerd's defaults, sorted capabilities aside; the
+/// RuntimeDefault seccomp profile now comes as its rules (the spec's `linux.seccomp`).
 fn hand_written(process: Process) -> CreateContainerRequest {
     let mut caps = strings(defaults::CAPABILITIES);
     caps.sort();
@@ -52,7 +53,8 @@ fn hand_written(process: Process) -> CreateContainerRequest {
         image_disk: "img0".into(),
         process: Some(Process {
             capabilities: caps,
-            seccomp: SeccompProfile::RuntimeDefault as i32,
+            seccomp: SeccompProfile::Unconfined as i32,
+            seccomp_rules: Some(vpod_agent_api::seccomp::runtime_default()),
             ..process
         }),
         hostname: "p1".into(),
