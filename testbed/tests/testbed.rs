@@ -172,10 +172,9 @@ fn a_frozen_l1_is_killed_and_the_command_run_again() {
         String::from_utf8_lossy(&out.stderr),
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("first-run") && stdout.contains("second-run"),
-        "{stdout}"
-    );
+    // "second-run" means the first attempt ran (it left the marker). What a frozen L1 wrote last
+    // may never reach the host (its page cache over 9p goes with it), so "first-run" may be lost.
+    assert!(stdout.contains("second-run"), "{stdout}");
     assert!(stderr.contains("L1 froze"), "{stderr}");
     assert!(
         qemus_mentioning(&runs).is_empty(),
