@@ -112,7 +112,7 @@ async fn a_server_on_the_pods_localhost_is_reached_through_port_forward() {
 /// each forward has an agent connection of its own. The cause is not found yet (the VMM's vsock
 /// muxer, the guest's driver or the agent's HTTP/2 server). Kept as the reproducer.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known vsock cross-connection failure; the reproducer"]
+#[ignore = "known cross-connection failure (cause not found); the reproducer"]
 async fn two_ports_at_once_one_refused_one_streaming() {
     port_forwards(true).await;
 }
