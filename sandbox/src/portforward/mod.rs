@@ -30,6 +30,8 @@ pub use steer::{steer, SteerError, LISTEN_ADDR};
 
 /// Bytes per message to the guest.
 const CHUNK: usize = 32 * 1024;
+/// How long the guest gets to open its side of a connection (vsock connect, agent call, dial).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections forwarded at once per pod; more are closed (each holds a host socket and task).
 pub const MAX_CONNECTIONS: usize = 256;
 
@@ -151,13 +153,23 @@ impl Forwarder {
                 let _ = conn.set_nodelay(true);
                 let (id, vsock) = (id.clone(), vsock.clone());
                 conns.spawn(async move {
-                    let guest = match PodAgent::connect(&id, &vsock).await {
-                        Ok(agent) => agent.port_forward(port).await,
-                        Err(e) => Err(e),
+                    // A guest that never answers the connect costs this connection only.
+                    let open = async {
+                        PodAgent::connect(&id, &vsock)
+                            .await?
+                            .port_forward(port)
+                            .await
                     };
-                    match guest {
-                        Ok(guest) => pipe(port, guest, conn).await,
-                        Err(e) => {
+                    match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+                        Ok(Ok(guest)) => pipe(port, guest, conn).await,
+                        Err(_) => {
+                            let _ = conn.set_zero_linger();
+                            tracing::info!(
+                                "pod {id}: port-forward to {port}: the guest did not answer \
+                                 within {OPEN_TIMEOUT:?}"
+                            );
+                        }
+                        Ok(Err(e)) => {
                             // A reset, not an EOF: the caller's copy fails and says so (containerd
                             // writes it on the port's error stream, as when its own dial fails).
                             let _ = conn.set_zero_linger();
@@ -169,9 +181,7 @@ impl Forwarder {
         });
         Ok(Forwarder { task })
     }
-}
 
-impl Forwarder {
     /// Closes the listener and every connection (also done on drop).
     pub fn stop(&self) {
         self.task.abort();
