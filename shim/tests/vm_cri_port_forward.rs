@@ -106,11 +106,10 @@ async fn a_server_on_the_pods_localhost_is_reached_through_port_forward() {
     port_forwards(false).await;
 }
 
-/// Known to fail about one run in three (so not run by default: `--ignored`): with two ports on
-/// one connection, the refused port's vsock connection ending while the other streams breaks the
-/// other's agent connection ("h2 protocol error: error reading a body from connection"), though
-/// each forward has an agent connection of its own. The cause is not found yet (the VMM's vsock
-/// muxer, the guest's driver or the agent's HTTP/2 server). Kept as the reproducer.
+/// Known to fail about one run in four (so not run by default: `--ignored`): after a request
+/// carrying the big file's port beside a refused one, that copy or one of the next single-port
+/// copies comes back cut ("connection reset", "bytes remaining on stream") or empty. The cause is
+/// not found yet (docs/security.md, known gaps). Kept as the reproducer.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "known cross-connection failure (cause not found); the reproducer"]
 async fn two_ports_at_once_one_refused_one_streaming() {
@@ -184,66 +183,66 @@ async fn port_forwards(two_ports_at_once: bool) {
             }
         };
         // Nothing listening on 9999 (alone, or beside the big file's port on one connection).
-        let (mut got_big, closed_err) = if two_ports_at_once {
+        let mut copies = Vec::new();
+        let closed_err = if two_ports_at_once {
             let r = port_forward(
                 &url(vec![8080, 9999]).await,
                 &[8080, 9999],
                 b"GET /big HTTP/1.0\r\n\r\n",
             )
             .await;
-            let got = body(&r[0].data).unwrap_or_else(|e| panic!("{handler}: {e}"));
-            (got, r[1].error.clone())
+            copies.push(("beside 9999", body(&r[0].data)));
+            r[1].error.clone()
         } else {
             let r = port_forward(&url(vec![9999]).await, &[9999], b"x").await;
-            (Vec::new(), r[0].error.clone())
+            r[0].error.clone()
         };
         // The big file, one port at a time: every copy whole.
-        for i in 0..3 {
-            if i > 0 && got_big != big.as_bytes() {
-                break;
-            }
+        for _ in 0..3 {
             let r = port_forward(
                 &url(vec![8080]).await,
                 &[8080],
                 b"GET /big HTTP/1.0\r\n\r\n",
             )
             .await;
-            got_big = body(&r[0].data).unwrap_or_else(|e| panic!("{handler}: {e}"));
+            copies.push(("alone", body(&r[0].data)));
         }
-        if got_big != big.as_bytes() {
+        let bad: Vec<String> = copies
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, c))| c.as_deref() != Ok(big.as_bytes()))
+            .map(|(i, (what, c))| match c {
+                Ok(b) => format!("copy {i} ({what}): {} of {} bytes", b.len(), big.len()),
+                Err(e) => format!("copy {i} ({what}): {e}"),
+            })
+            .collect();
+        if !bad.is_empty() {
             let log = c.log();
-            let lines: Vec<&str> = log.lines().filter(|l| l.contains("port-forward")).collect();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("port-forward") || l.contains("vpod-vmm"))
+                .collect();
             eprintln!(
-                "{handler}: big file: {} of {} bytes; port-forward log lines:\n{}",
-                got_big.len(),
-                big.len(),
+                "{handler}: {}; port-forward log lines:\n{}",
+                bad.join("; "),
                 lines.join("\n")
             );
         }
         let closed_err = String::from_utf8_lossy(&closed_err).into_owned();
         eprintln!("{handler}: port 9999's error stream: {closed_err}");
-        results.insert(
-            handler,
-            (
-                hello,
-                got_big.len(),
-                got_big == big.as_bytes(),
-                !closed_err.is_empty(),
-            ),
-        );
+        results.insert(handler, (hello, bad, !closed_err.is_empty()));
         client.stop_and_remove_pod(&pod).await.expect("stop pod");
     }
     for handler in [VPOD, RUNC] {
-        let (hello, big_len, big_same, closed_errs) = &results[handler];
+        let (hello, bad, closed_errs) = &results[handler];
         assert_eq!(
             String::from_utf8_lossy(hello),
             "hello-from-the-pod\n",
             "{handler}"
         );
         assert!(
-            *big_same,
-            "{handler}: the big file came back changed ({big_len} of {} bytes)",
-            big.len()
+            bad.is_empty(),
+            "{handler}: the big file came back changed: {bad:?}"
         );
         assert!(
             *closed_errs,

@@ -82,8 +82,10 @@ where
                 Ok(None) => break,
                 Err(status) => {
                     tracing::warn!(
-                        "port-forward to {port}: the guest's side: {}",
-                        status.message()
+                        "port-forward to {port}: the guest's side: {:?}: {}{}",
+                        status.code(),
+                        status.message(),
+                        source_chain(&status)
                     );
                     break;
                 }
@@ -94,6 +96,17 @@ where
     // The input stays open (tx lives) until both are done: its end tells the agent to close.
     tokio::join!(up, down);
     drop(tx);
+}
+
+/// `: cause: its cause...` of `e` (what a transport error's message leaves out).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(&format!(": {cause}"));
+        next = cause.source();
+    }
+    out
 }
 
 /// The guest's side of a connection: its input's sender and its output.
@@ -155,13 +168,14 @@ impl Forwarder {
                 conns.spawn(async move {
                     // A guest that never answers the connect costs this connection only.
                     let open = async {
-                        PodAgent::connect(&id, &vsock)
-                            .await?
-                            .port_forward(port)
-                            .await
+                        let agent = PodAgent::connect(&id, &vsock).await?;
+                        let guest = agent.port_forward(port).await?;
+                        Ok::<_, PodError>((agent, guest))
                     };
                     match tokio::time::timeout(OPEN_TIMEOUT, open).await {
-                        Ok(Ok(guest)) => pipe(port, guest, conn).await,
+                        // The agent's channel lives as long as the copy: its connection is
+                        // the copy's.
+                        Ok(Ok((_agent, guest))) => pipe(port, guest, conn).await,
                         Err(_) => {
                             let _ = conn.set_zero_linger();
                             tracing::info!(

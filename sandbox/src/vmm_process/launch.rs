@@ -164,6 +164,7 @@ pub(super) fn spawn(
         .arg(CONTROL_FD.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .env_clear();
     if let Ok(filter) = std::env::var("VPOD_VMM_LOG") {
         cmd.env("VPOD_VMM_LOG", filter);
@@ -186,8 +187,11 @@ pub(super) fn spawn(
     }
     vpod_jail::spawn::configure(&mut cmd, ns, &pass)
         .map_err(|e| spawn_err(std::io::Error::other(e.to_string())))?;
-    let child = cmd.spawn().map_err(spawn_err)?;
+    let mut child = cmd.spawn().map_err(spawn_err)?;
     drop((ctl_fd, lease_fd));
+    if let Some(stderr) = child.stderr.take() {
+        relay_stderr(&launch.pod_id, stderr);
+    }
     let msg = HostMessage::Launch(Box::new(Launch {
         vm,
         jail: spec,
@@ -203,6 +207,61 @@ pub(super) fn spawn(
     Ok(child)
 }
 
+/// At most this much of one line of the VMM's stderr reaches the log.
+const MAX_LOG_LINE: usize = 1024;
+/// At most this much of the VMM's stderr reaches the log over its life; the rest is read and
+/// dropped, so a VMM (or a guest making it complain) can neither fill the host's log nor block
+/// on a full pipe.
+const MAX_LOG_BYTES: usize = 1 << 20;
+
+/// Sends the VMM's stderr (its `tracing` output: errors by default, more with `VPOD_VMM_LOG`)
+/// to the host's log, line by line, from a thread that ends with the pipe.
+fn relay_stderr(pod: &str, stderr: std::process::ChildStderr) {
+    let id = pod.to_owned();
+    let relay = move || {
+        relay_lines(stderr, MAX_LOG_BYTES, |line| {
+            tracing::warn!("pod {id}: vpod-vmm: {line}")
+        })
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("vmm-stderr".into())
+        .spawn(relay)
+    {
+        tracing::warn!("pod {pod}: the VMM's stderr is not relayed: {e}");
+    }
+}
+
+/// Reads `rd` to its end, handing each line (cut at [`MAX_LOG_LINE`]) to `emit` until `budget`
+/// bytes have been handed, then one notice; the rest is read and dropped.
+fn relay_lines(rd: impl std::io::Read, budget: usize, mut emit: impl FnMut(&str)) {
+    use std::io::{BufRead, Read};
+    let mut rd = std::io::BufReader::new(rd);
+    let mut line = Vec::new();
+    let mut logged = 0usize;
+    loop {
+        line.clear();
+        // Bounded: a longer line is cut here and its rest skipped.
+        match (&mut rd)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') && line.len() == MAX_LOG_LINE {
+            let _ = rd.skip_until(b'\n');
+        }
+        if logged >= budget {
+            continue;
+        }
+        logged += line.len();
+        emit(String::from_utf8_lossy(&line).trim_end());
+        if logged >= budget {
+            emit(&format!("{budget} bytes logged; the rest dropped"));
+        }
+    }
+}
+
 /// A close-on-exec copy of `fd` numbered 64 or more.
 fn high_dup(fd: RawFd) -> std::io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC makes a new descriptor; we own it from here.
@@ -212,4 +271,30 @@ fn high_dup(fd: RawFd) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: `n` was just created and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], budget: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        relay_lines(input, budget, |l| out.push(l.to_owned()));
+        out
+    }
+
+    #[test]
+    fn stderr_lines_are_relayed_cut_and_bounded() {
+        assert_eq!(lines(b"one\ntwo\nlast", 1000), ["one", "two", "last"]);
+        let mut long = vec![b'x'; 3 * MAX_LOG_LINE];
+        long.extend_from_slice(b"\nafter\n");
+        let got = lines(&long, usize::MAX);
+        assert_eq!(got.len(), 2, "a long line is one line, cut");
+        assert_eq!(got[0].len(), MAX_LOG_LINE);
+        assert_eq!(got[1], "after");
+        let many = b"0123456789\n".repeat(100);
+        let got = lines(&many, 25);
+        assert_eq!(got.len(), 4, "three lines, then the notice: {got:?}");
+        assert_eq!(got[3], "25 bytes logged; the rest dropped");
+    }
 }

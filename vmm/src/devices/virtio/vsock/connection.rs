@@ -79,6 +79,9 @@ pub struct Connection {
     /// Host peer closed both directions; the fd is no longer watched (EPOLLHUP can't be masked).
     host_hup: bool,
 
+    /// Why it ended (logged when it is dropped).
+    pub end: &'static str,
+
     /// Whether the muxer has this connection on its rx list.
     pub in_rxq: bool,
     /// What epoll currently watches for this fd (`None`: not registered).
@@ -121,6 +124,7 @@ impl Connection {
             host_readable: false,
             host_eof: false,
             host_hup: false,
+            end: "",
             in_rxq: false,
             registered: None,
         }
@@ -145,9 +149,13 @@ impl Connection {
     }
 
     /// Resets the connection: the guest gets an RST, the host stream gets closed.
-    pub fn kill(&mut self) {
+    pub fn kill(&mut self, why: &'static str) {
         if self.state != ConnState::Dead {
             self.state = ConnState::Dead;
+            // The first cause is the one to tell.
+            if self.end.is_empty() {
+                self.end = why;
+            }
             self.pending = Pending {
                 rst: true,
                 ..Default::default()
@@ -277,7 +285,7 @@ impl Connection {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::debug!(?self.key, "vsock: host read failed: {e}");
-                        self.kill();
+                        self.kill("host read failed");
                         return self.next_rx_inner(buf);
                     }
                 }
@@ -315,6 +323,9 @@ impl Connection {
             (VSOCK_OP_RST, _) => {
                 // The guest dropped the connection: no answer, just close the host side.
                 self.state = ConnState::Dead;
+                if self.end.is_empty() {
+                    self.end = "guest reset";
+                }
                 self.pending = Pending::default();
             }
             (VSOCK_OP_RESPONSE, ConnState::LocalInit) => {
@@ -323,7 +334,7 @@ impl Connection {
                 // A fresh socket has an empty send buffer: this short write can't be partial.
                 match send_nosignal(&self.stream, ok.as_bytes()) {
                     Ok(n) if n == ok.len() => {}
-                    _ => self.kill(),
+                    _ => self.kill("host gone before OK"),
                 }
             }
             (VSOCK_OP_RW, ConnState::Established) => self.guest_data(data),
@@ -336,7 +347,7 @@ impl Connection {
             // RW before the handshake, a second REQUEST, unknown ops: protocol error.
             (op, state) => {
                 tracing::debug!(?self.key, op, ?state, "vsock: unexpected packet, resetting");
-                self.kill();
+                self.kill("unexpected packet");
             }
         }
     }
@@ -344,12 +355,12 @@ impl Connection {
     fn guest_data(&mut self, data: &[u8]) {
         if self.peer_shut & VSOCK_FLAGS_SHUTDOWN_SEND != 0 || self.host_hup {
             // Data after the guest's own SHUTDOWN(SEND), or nobody left to take it.
-            self.kill();
+            self.kill("data after shutdown");
             return;
         }
         if self.tx_buf.len() + data.len() > CONN_BUF_ALLOC as usize {
             tracing::debug!(?self.key, "vsock: guest exceeded its credit, resetting");
-            self.kill();
+            self.kill("guest exceeded its credit");
             return;
         }
         let mut data = data;
@@ -362,7 +373,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     tracing::debug!(?self.key, "vsock: host write failed: {e}");
-                    self.kill();
+                    self.kill("host write failed");
                     return;
                 }
             }
@@ -384,7 +395,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(?self.key, "vsock: host write failed: {e}");
-                    self.kill();
+                    self.kill("host write failed");
                     return;
                 }
             }
@@ -404,7 +415,7 @@ impl Connection {
             }
             if self.peer_shut == VSOCK_FLAGS_SHUTDOWN_BOTH {
                 // The guest closed its socket; Linux waits for our RST to finish the close.
-                self.kill();
+                self.kill("guest shut down both ways");
                 return;
             }
         }
@@ -429,15 +440,18 @@ impl Connection {
             return;
         }
         if set.contains(EventSet::ERROR) {
-            self.kill();
+            self.kill("host socket error");
             self.host_hup = true;
             return;
         }
         if set.contains(EventSet::HANG_UP) {
             self.host_hup = true;
+            if self.end.is_empty() {
+                self.end = "host closed";
+            }
             if self.state == ConnState::LocalInit {
                 // The host gave up before the guest answered.
-                self.kill();
+                self.kill("host gone before the guest answered");
                 return;
             }
             // Nobody will read what the guest still sends; what the host wrote before closing is

@@ -118,6 +118,7 @@ impl Muxer {
 
     fn remove_conn(&mut self, key: ConnKey) {
         if let Some(conn) = self.conns.remove(&key) {
+            tracing::debug!(?key, "vsock: connection closed: {}", conn.end);
             self.fd_to_key.remove(&conn.stream().as_raw_fd());
             let registered = conn.registered.is_some();
             self.graveyard.push((conn.into_stream(), registered));
