@@ -83,7 +83,7 @@ bench: bench-testbed bench-boot bench-images bench-pod bench-cri-containerd
 # finds a crash or a hang (-timeout: one input taking longer than FUZZ_TIMEOUT s). New inputs go
 # to target/fuzz-corpus/<t> (the repo's seeds in fuzz/corpus/<t> are only read), findings to
 # fuzz/artifacts/<t>/, each target's log to target/fuzz-logs/<t>.log.
-FUZZ_TARGETS ?= mmio block net vsock rng oci unpack
+FUZZ_TARGETS ?= mmio block net vsock rng mem oci unpack
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 30
 FUZZ_TIMEOUT ?= 10

@@ -9,7 +9,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use vpod_fuzz::driver::{Addr, Buf, Desc, DriverOp, QueueSetup};
 use vpod_fuzz::enc::{to_bytes, Enc};
 use vpod_fuzz::vsock::{Cid, Hdr, Port, VOp};
-use vpod_fuzz::{block, mmio, net, oci, rng, vsock};
+use vpod_fuzz::{block, mem, mmio, net, oci, rng, vsock};
 
 fn save<T>(target: &str, name: &str, v: &T)
 where
@@ -40,6 +40,51 @@ fn buf(off: u16, len: u16, write: bool) -> Buf {
 
 fn q(size_log2: u8) -> QueueSetup {
     QueueSetup { size_log2 }
+}
+
+fn mem_seeds() {
+    let req = |ty, block, nb, answer| mem::Op::Request {
+        ty,
+        block,
+        nb,
+        raw: None,
+        answer,
+    };
+    save(
+        "mem",
+        "plug-state-unplug",
+        &mem::Input {
+            queue: q(4),
+            ops: vec![
+                mem::Op::Resize { blocks: 8 },
+                req(0, 0, 4, true),
+                req(3, 0, 8, true),
+                req(1, 2, 1, true),
+                req(0, 4, 8, true),
+                req(2, 0, 0, true),
+            ],
+        },
+    );
+    save(
+        "mem",
+        "no-answer-room-and-raw",
+        &mem::Input {
+            queue: q(2),
+            ops: vec![
+                mem::Op::Resize { blocks: 128 },
+                req(0, 127, 1, false),
+                mem::Op::Request {
+                    ty: 0,
+                    block: 0,
+                    nb: 65535,
+                    raw: Some(u64::MAX - 4095),
+                    answer: true,
+                },
+                mem::Op::Driver(DriverOp::AvailIdx { q: 0, idx: 300 }),
+                mem::Op::Driver(DriverOp::Kick { q: 0 }),
+            ],
+        },
+    );
 }
 
 fn rng_seeds() {
@@ -449,6 +494,7 @@ fn unpack_seeds() {
 
 fn main() {
     rng_seeds();
+    mem_seeds();
     block_seeds();
     net_seeds();
     vsock_seeds();

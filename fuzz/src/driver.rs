@@ -261,6 +261,11 @@ impl<D: VirtioDevice + MutEventSubscriber + 'static> Fixture<D> {
         &mut self.h.guest
     }
 
+    /// The device, as the event loop shares it (for the host's side of it).
+    pub fn device(&self) -> &std::sync::Arc<std::sync::Mutex<D>> {
+        &self.h.dev
+    }
+
     /// A few event-loop turns (no waiting), fewer if nothing is ready.
     pub fn run(&mut self) {
         self.h.run_turns(RUN_TURNS);

@@ -5,7 +5,7 @@
 //! a `Vec` each element after a `true` byte, then a `false` byte.
 
 use crate::driver::{Addr, Buf, Desc, DriverOp, QueueSetup};
-use crate::{block, mmio, net, rng, vsock};
+use crate::{block, mem, mmio, net, rng, vsock};
 
 pub trait Enc {
     fn enc(&self, out: &mut Vec<u8>);
@@ -125,6 +125,28 @@ impl Enc for DriverOp {
 }
 
 impl Enc for rng::Input {
+    fn enc(&self, out: &mut Vec<u8>) {
+        fields!(out; self.queue, self.ops);
+    }
+}
+
+impl Enc for mem::Op {
+    fn enc(&self, out: &mut Vec<u8>) {
+        match self {
+            mem::Op::Driver(op) => fields!(out; variant(out, 0, 3), op),
+            mem::Op::Request {
+                ty,
+                block,
+                nb,
+                raw,
+                answer,
+            } => fields!(out; variant(out, 1, 3), ty, block, nb, raw, answer),
+            mem::Op::Resize { blocks } => fields!(out; variant(out, 2, 3), blocks),
+        }
+    }
+}
+
+impl Enc for mem::Input {
     fn enc(&self, out: &mut Vec<u8>) {
         fields!(out; self.queue, self.ops);
     }

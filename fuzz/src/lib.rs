@@ -14,6 +14,7 @@
 pub mod block;
 pub mod driver;
 pub mod enc;
+pub mod mem;
 pub mod mmio;
 pub mod net;
 pub mod oci;

@@ -106,6 +106,29 @@ pub(crate) fn prepare(spec: &CgroupSpec) -> Result<Prepared, JailError> {
     }
 }
 
+/// Changes the memory limit of the pod's cgroup (a VM that grows; see `vpod_vmm`'s virtio-mem).
+pub fn set_memory_max(spec: &CgroupSpec, bytes: u64) -> Result<(), JailError> {
+    match version(spec)? {
+        CgroupVersion::V2 => write(
+            &spec
+                .root
+                .join(&spec.parent)
+                .join(&spec.name)
+                .join("memory.max"),
+            &bytes.to_string(),
+        ),
+        CgroupVersion::V1 => write(
+            &spec
+                .root
+                .join("memory")
+                .join(&spec.parent)
+                .join(&spec.name)
+                .join("memory.limit_in_bytes"),
+            &bytes.to_string(),
+        ),
+    }
+}
+
 impl Prepared {
     /// Moves the calling process in (when it wasn't born there). A migration waits for an RCU
     /// grace period in the kernel (10-20 ms measured), which `CLONE_INTO_CGROUP` avoids.

@@ -44,7 +44,7 @@ pub mod spawn;
 mod spec;
 mod waiter;
 
-pub use cgroup::{dirs as cgroup_dirs, version as cgroup_version};
+pub use cgroup::{dirs as cgroup_dirs, set_memory_max, version as cgroup_version};
 pub use enter::{enter, Entered};
 pub use error::JailError;
 pub use spec::{Bind, CgroupSpec, CgroupVersion, JailSpec, Rlimits};

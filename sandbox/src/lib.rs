@@ -31,7 +31,7 @@ pub mod volumes;
 pub use mounts::{MountClassifier, MountError, MountKind};
 pub use pod::{
     CreateOptions, Exec, ExecControl, ImageDisk, Output, OutputEvent, Pod, PodAgent, PodConfig,
-    PodError, Stdin,
+    PodError, Stdin, DEFAULT_HOTPLUG_MIB, GROW_TIMEOUT,
 };
 pub use policy::{check_spec, CheckedSpec, PolicyError};
 pub use sizing::{Limits, VmSize};

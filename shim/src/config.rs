@@ -79,6 +79,9 @@ pub struct ShimConfig {
     pub default_vcpus: u8,
     /// Memory of such a pod VM, guest overhead included.
     pub default_memory_mib: u32,
+    /// How much a pod VM may grow (virtio-mem) when a container created later has a memory
+    /// limit the VM can't hold; 0: never.
+    pub hotplug_memory_mib: u32,
     /// Size limit of each pod's ephemeral disk.
     pub ephemeral_storage_mib: u64,
     /// Pod state dirs (image slots, VM sockets, console).
@@ -110,6 +113,7 @@ impl Default for ShimConfig {
             initrd: INITRD.into(),
             default_vcpus: size.vcpus,
             default_memory_mib: size.mem_mib,
+            hotplug_memory_mib: vpod_sandbox::DEFAULT_HOTPLUG_MIB,
             ephemeral_storage_mib: EPHEMERAL_MIB,
             state_dir: STATE_ROOT.into(),
             ephemeral_dir: EPHEMERAL_ROOT.into(),

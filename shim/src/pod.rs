@@ -143,6 +143,7 @@ impl PodSlot {
             ephemeral_dir: Some(b.ephemeral_dir),
             vcpus: size.vcpus,
             mem_mib: size.mem_mib,
+            hotplug_mib: cfg.hotplug_memory_mib,
             ephemeral_bytes: cfg.ephemeral_bytes(),
             images: b.images,
             spare_slots: slots,

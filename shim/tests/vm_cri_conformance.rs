@@ -486,16 +486,32 @@ impl Drop for PodCgroup {
 }
 
 /// A pod whose containers' limits add up to more than the default VM (576 MiB) gets a VM of
-/// the pod cgroup's size: a container with a 1 GiB limit allocates a 500 MB string (about 800 MB resident in busybox awk, which the default VM
-/// can't hold), as under runc.
+/// the pod cgroup's size: a container with a 1 GiB limit allocates a 500 MB string (about 800 MB
+/// resident in busybox awk, which the default VM can't hold), as under runc.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pod_vm_is_as_big_as_its_pod_cgroup_says() {
-    let (c, mut client) = start("cri-sizing").await;
+    big_container("cri-sizing", true).await;
+}
+
+/// The same container in a pod kubelet gave no memory limit (the VM boots at the default size):
+/// the VM grows (virtio-mem) before the container is created, so it holds its 800 MB as under
+/// runc.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_vm_grows_when_a_later_container_needs_more() {
+    big_container("cri-grow", false).await;
+}
+
+async fn big_container(name: &str, pod_cgroup: bool) {
+    let (c, mut client) = start(name).await;
     let mut outputs = HashMap::new();
     for handler in [VPOD, RUNC] {
-        let cg = PodCgroup::new(&format!("vpodtest-sizing-{handler}"), 1 << 30);
+        let cg = pod_cgroup.then(|| PodCgroup::new(&format!("vpodtest-sizing-{handler}"), 1 << 30));
         let linux = v1::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/vpodtest-sizing-{handler}"),
+            cgroup_parent: if pod_cgroup {
+                format!("/vpodtest-sizing-{handler}")
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         let pod = run_pod(&c, &mut client, handler, "big", linux).await;
@@ -536,6 +552,10 @@ async fn a_pod_vm_is_as_big_as_its_pod_cgroup_says() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         outputs.insert(handler, texts(&log));
+        if handler == VPOD && !pod_cgroup {
+            let grew = c.log().lines().any(|l| l.contains("grew to"));
+            assert!(grew, "vpod: no growth in the shim's log\n{}", c.log());
+        }
         client.stop_and_remove_pod(&pod.id).await.expect("stop pod");
         drop(cg);
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use linux_loader::cmdline::Cmdline;
-use vm_memory::GuestAddress;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{layout, mptable, pvh};
@@ -21,6 +21,7 @@ use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::serial::{CappedFile, ConsoleOut};
 use crate::devices::legacy::{IrqTrigger, ResetControl, SerialDevice, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mem::{HotplugRegion, Mem};
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::mmio::{MmioError, REG_QUEUE_NOTIFY};
@@ -31,9 +32,9 @@ use crate::event_loop::{EventLoop, EventLoopError, Subscriber};
 use crate::exit::ExitSignal;
 pub use crate::host_files::HostFiles;
 use crate::metrics::VmCounters;
-use crate::running::{DiskSlot, Running, RunningVm};
+use crate::running::{Devices, DiskSlot, MemSlot, Running, RunningVm};
 use crate::threads::ThreadFilters;
-use crate::vstate::memory::{create_guest_memory, MemoryError};
+use crate::vstate::memory::{create_guest_memory, with_hotplug_region, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuContext, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -86,6 +87,9 @@ pub enum BuildError {
     /// The NIC (tap, error).
     #[error("virtio-net on tap {0}: {1}")]
     Net(String, #[source] crate::devices::virtio::net::NetError),
+    /// The hotplug region does not fit.
+    #[error("virtio-mem: {0}")]
+    Hotplug(String),
     /// The vsock device (socket path, error).
     #[error("virtio-vsock on {0}: {1}")]
     Vsock(
@@ -225,7 +229,20 @@ pub fn build(
     } = files;
 
     let vm = Vm::new()?;
-    let mem = create_guest_memory(u64::from(config.mem_mib) << 20)?;
+    // `ram` is what the guest boots with (its memory map); `mem` adds the region a virtio-mem
+    // device plugs from later, which KVM and the devices know from the start.
+    let ram = create_guest_memory(u64::from(config.mem_mib) << 20)?;
+    let hotplug = match config.hotplug_bytes() {
+        0 => None,
+        size => Some(
+            HotplugRegion::after_ram(ram.last_addr().raw_value() + 1, size)
+                .map_err(|e| BuildError::Hotplug(e.to_string()))?,
+        ),
+    };
+    let mem = match &hotplug {
+        Some(r) => with_hotplug_region(&ram, r.addr, r.size)?,
+        None => ram.clone(),
+    };
     vm.map_memory(&mem)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| BuildError::Io("creating exit eventfd", e))?);
@@ -262,6 +279,7 @@ pub fn build(
     let mut mmio = Bus::new();
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut disks = Vec::new();
+    let mut memory = None;
     {
         let mut slots = VirtioSlots {
             vm: &vm,
@@ -290,6 +308,17 @@ pub fn build(
             slots.attach(dev.clone())?;
             subscribers.push(dev);
         }
+        if let Some(region) = hotplug {
+            let dev = Arc::new(Mutex::new(
+                Mem::new(region).map_err(|e| BuildError::Io("creating virtio-mem", e))?,
+            ));
+            let transport = slots.attach(dev.clone())?;
+            subscribers.push(dev.clone());
+            memory = Some(MemSlot {
+                mem: dev,
+                transport,
+            });
+        }
         if config.rng {
             let rng = Arc::new(Mutex::new(
                 Rng::new().map_err(|e| BuildError::Io("creating rng", e))?,
@@ -304,9 +333,9 @@ pub fn build(
         }
     }
 
-    let boot = pvh::load(&mem, &mut kernel, initrd.as_mut(), &cmdline)?;
+    let boot = pvh::load(&ram, &mut kernel, initrd.as_mut(), &cmdline)?;
     drop((kernel, initrd));
-    mptable::setup(&mem, config.vcpus)?;
+    mptable::setup(&ram, config.vcpus)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let ctx = VcpuContext {
@@ -320,7 +349,7 @@ pub fn build(
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for i in 0..config.vcpus {
         let vcpu = Vcpu::new(vm.create_vcpu(i)?, i, &ctx);
-        vcpu.configure(&mem, vm.supported_cpuid(), vm.caps(), config.vcpus, &boot)?;
+        vcpu.configure(&ram, vm.supported_cpuid(), vm.caps(), config.vcpus, &boot)?;
         vcpus.push(vcpu);
     }
 
@@ -348,7 +377,13 @@ pub fn build(
     }
     running.vcpus = handles;
     tracing::debug!("VM started in {:?}", counters.since_start());
-    Ok(RunningVm::new(running, exit, counters, disks, mem))
+    Ok(RunningVm::new(
+        running,
+        exit,
+        counters,
+        Devices { disks, memory },
+        mem,
+    ))
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Guest RAM in MiB (at least [`MIN_MEM_MIB`]).
     pub mem_mib: u32,
+    /// Memory the host may plug in later, in MiB (a virtio-mem device; 0: none). Rounded up to
+    /// 128 MiB; none of it is in use (or costs host memory) until the host asks for it.
+    #[serde(default)]
+    pub hotplug_mib: u32,
     /// Disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
     /// A NIC, if any.
@@ -99,6 +103,7 @@ impl VmConfig {
             verbose_kernel: false,
             vcpus: 1,
             mem_mib: 128,
+            hotplug_mib: 0,
             disks: Vec::new(),
             net: None,
             vsock: None,
@@ -114,6 +119,14 @@ impl VmConfig {
             + usize::from(self.net.is_some())
             + usize::from(self.vsock.is_some())
             + usize::from(self.rng)
+            + usize::from(self.hotplug_mib > 0)
+    }
+
+    /// The hotplug region's size in bytes (0: none): [`VmConfig::hotplug_mib`] rounded up to
+    /// whole Linux memory blocks.
+    pub fn hotplug_bytes(&self) -> u64 {
+        (u64::from(self.hotplug_mib) << 20)
+            .next_multiple_of(crate::devices::virtio::mem::device::REGION_ALIGN)
     }
 
     /// Checks what can be checked before anything is created (files exist, limits, names).
@@ -142,6 +155,11 @@ impl VmConfig {
         }
         if u64::from(self.mem_mib) << 20 > layout::MAX_GUEST_MEM {
             return Err(ConfigError::TooMuchMemory(self.mem_mib));
+        }
+        if (u64::from(self.mem_mib) << 20) + self.hotplug_bytes() > layout::MAX_GUEST_MEM {
+            return Err(ConfigError::TooMuchMemory(
+                self.mem_mib.saturating_add(self.hotplug_mib),
+            ));
         }
         let slots = layout::VIRTIO_MMIO_SLOTS;
         if self.virtio_device_count() > slots {

@@ -82,6 +82,11 @@ pub enum HostMessage {
     },
     /// The counters so far.
     Metrics,
+    /// Ask the guest to plug `bytes` of hotplug memory in all ([`crate::RunningVm::request_hotplug`]).
+    RequestHotplug {
+        /// The total asked, beyond the boot RAM.
+        bytes: u64,
+    },
     /// Stop the VM (the answer is [`VmmMessage::Exited`]).
     Stop,
 }
@@ -116,6 +121,9 @@ pub enum VmmMessage {
     Metrics {
         /// The counters.
         metrics: VmMetrics,
+        /// The hotplug memory's sizes.
+        #[serde(default)]
+        hotplug: crate::HotplugState,
     },
     /// The VM ended; the process exits next.
     Exited {

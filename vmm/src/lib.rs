@@ -44,5 +44,5 @@ pub use config::{Console, DiskConfig, NetConfig, VmConfig, VsockConfig};
 pub use exit::VmExit;
 pub use host_files::HostFiles;
 pub use metrics::VmMetrics;
-pub use running::{RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT};
+pub use running::{HotplugState, RunningVm, StopHandle, VmOpError, TEARDOWN_TIMEOUT};
 pub use threads::{ThreadFilters, THREAD_STACK_SIZE};

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::devices::virtio::block::{Block, BlockError, DiskFile};
+use crate::devices::virtio::mem::{Mem, MemError};
 use crate::devices::virtio::transport::MmioTransport;
 use crate::devices::virtio::GuestMemory;
 use crate::event_loop::EventLoop;
@@ -19,6 +20,18 @@ use crate::vstate::vm::Vm;
 pub(crate) struct DiskSlot {
     pub block: Arc<Mutex<Block>>,
     pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The virtio-mem device, for the host's requests to grow or shrink the guest.
+pub(crate) struct MemSlot {
+    pub mem: Arc<Mutex<Mem>>,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// The devices the host acts on while the VM runs.
+pub(crate) struct Devices {
+    pub disks: Vec<DiskSlot>,
+    pub memory: Option<MemSlot>,
 }
 
 /// The threads and fds of a running VM; torn down once.
@@ -83,6 +96,23 @@ pub enum VmOpError {
     /// Telling the guest about the new capacity.
     #[error("raising the config interrupt: {0}")]
     Interrupt(#[source] std::io::Error),
+    /// The VM was built without room to grow (`hotplug_mib` 0).
+    #[error("the VM has no hotplug memory (built with hotplug_mib 0)")]
+    NoHotplug,
+    /// More than the hotplug region holds.
+    #[error(transparent)]
+    Memory(#[from] MemError),
+}
+
+/// The guest's memory beyond its boot RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct HotplugState {
+    /// Bytes the region holds (0: no hotplug memory).
+    pub region_bytes: u64,
+    /// Bytes the host asked the guest to plug.
+    pub requested_bytes: u64,
+    /// Bytes the guest has plugged.
+    pub plugged_bytes: u64,
 }
 
 /// A running VM. `stop` and `wait` may be called from different threads (share it in an `Arc`).
@@ -92,6 +122,7 @@ pub struct RunningVm {
     exit: Arc<ExitSignal>,
     counters: Arc<VmCounters>,
     disks: Vec<DiskSlot>,
+    memory: Option<MemSlot>,
     _mem: GuestMemory,
 }
 
@@ -100,7 +131,7 @@ impl RunningVm {
         running: Running,
         exit: Arc<ExitSignal>,
         counters: Arc<VmCounters>,
-        disks: Vec<DiskSlot>,
+        devices: Devices,
         mem: GuestMemory,
     ) -> Self {
         Self {
@@ -108,7 +139,8 @@ impl RunningVm {
             outcome: Mutex::new(None),
             exit,
             counters,
-            disks,
+            disks: devices.disks,
+            memory: devices.memory,
             _mem: mem,
         }
     }
@@ -150,6 +182,37 @@ impl RunningVm {
     /// Counters of the run so far (boot timing, exits, device traffic).
     pub fn metrics(&self) -> VmMetrics {
         self.counters.snapshot()
+    }
+
+    /// Asks the guest to plug `bytes` of hotplug memory in all (rounded up to whole blocks;
+    /// less than it has plugged asks it to unplug the rest) and raises the config interrupt its
+    /// driver acts on. Returns the size asked; [`RunningVm::hotplug`] tells what the guest did.
+    pub fn request_hotplug(&self, bytes: u64) -> Result<u64, VmOpError> {
+        let slot = self.memory.as_ref().ok_or(VmOpError::NoHotplug)?;
+        let asked = slot
+            .mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_requested_size(bytes)?;
+        slot.transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .notify_config_change()
+            .map_err(VmOpError::Interrupt)?;
+        Ok(asked)
+    }
+
+    /// The hotplug memory's sizes (all 0 without a virtio-mem device).
+    pub fn hotplug(&self) -> HotplugState {
+        let Some(slot) = &self.memory else {
+            return HotplugState::default();
+        };
+        let mem = slot.mem.lock().unwrap_or_else(|p| p.into_inner());
+        HotplugState {
+            region_bytes: mem.region().size,
+            requested_bytes: mem.requested_size(),
+            plugged_bytes: mem.plugged_size(),
+        }
     }
 
     /// Number of virtio-blk slots, in config order.

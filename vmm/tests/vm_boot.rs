@@ -433,3 +433,54 @@ fn twenty_boots_in_a_row_leave_nothing_behind() {
     );
     assert_eq!(children_of_self(), 0, "child processes left");
 }
+
+/// virtio-mem: a guest booted with 256 MiB gets 256 MiB more when the host asks, onlines it
+/// (MemTotal grows) and the device counts it plugged; what was never asked for stays out.
+#[test]
+fn the_host_plugs_memory_into_a_running_guest() {
+    let _vm = one_vm();
+    let dir = TempDir::new("hotplug");
+    let script = r#"
+total() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+before=$(total)
+echo "MEM_BEFORE $before"
+i=0
+while [ $i -lt 600 ]; do
+  now=$(total)
+  if [ "$now" -gt $((before + 200 * 1024)) ]; then
+    echo "MEM_GREW $before $now"
+    break
+  fi
+  i=$((i + 1)); sleep 0.2
+done
+echo "MEM_AFTER $(total)"
+reboot -f
+"#;
+    let initrd = busybox_initramfs(&dir, script);
+    let console = dir.path("console.log");
+    let mut cfg = base_config(initrd, &console);
+    cfg.hotplug_mib = 1024;
+    let vm = Vmm::start(cfg).expect("VM starts");
+    let t0 = std::time::Instant::now();
+    while !read(&console).contains("MEM_BEFORE") {
+        assert!(
+            t0.elapsed() < AGENT_TIMEOUT,
+            "the guest never started:\n{}",
+            read(&console)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(vm.hotplug().region_bytes, 1 << 30);
+    assert_eq!(vm.request_hotplug(256 << 20).unwrap(), 256 << 20);
+    assert!(
+        vm.request_hotplug(2 << 30).is_err(),
+        "more than the region holds"
+    );
+    let exit = vm.wait();
+    let log = read(&console);
+    assert_eq!(exit, VmExit::Reboot, "console:\n{log}");
+    assert!(log.contains("MEM_GREW"), "MemTotal did not grow:\n{log}");
+    let state = vm.hotplug();
+    assert_eq!(state.requested_bytes, 256 << 20);
+    assert_eq!(state.plugged_bytes, 256 << 20, "console:\n{log}");
+}

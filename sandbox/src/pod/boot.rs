@@ -72,6 +72,7 @@ impl Pod {
             slots: Slots::new(slots),
             sysctls: cfg.sysctls.clone(),
             forwarder: None,
+            memory: super::memory::PodMemory::new(cfg.mem_mib, cfg.hotplug_mib),
             boot_times: times,
         };
         // `pod` now owns the cleanup (its Drop stops the VM, removes the dirs).
@@ -192,6 +193,7 @@ fn vm_config(cfg: &PodConfig, disks: Vec<DiskConfig>) -> VmConfig {
     vm_cfg.initrd = Some(cfg.initrd.clone());
     vm_cfg.vcpus = cfg.vcpus.max(1);
     vm_cfg.mem_mib = cfg.mem_mib;
+    vm_cfg.hotplug_mib = cfg.hotplug_mib;
     vm_cfg.disks = disks;
     vm_cfg.vsock = Some(VsockConfig {
         uds_path: paths::vsock(&cfg.dir),

@@ -45,6 +45,9 @@ pub struct PodConfig {
     pub vcpus: u8,
     /// Memory of the VM.
     pub mem_mib: u32,
+    /// How much more memory the VM may get later, MiB: a container whose limit the VM can't
+    /// hold makes it grow (virtio-mem). 0: never.
+    pub hotplug_mib: u32,
     /// Size of the ephemeral disk (sparse): the pod's ephemeral-storage limit.
     pub ephemeral_bytes: u64,
     /// Image disks attached at boot.
@@ -86,6 +89,7 @@ impl PodConfig {
             initrd: initrd.into(),
             vcpus: size.vcpus,
             mem_mib: size.mem_mib,
+            hotplug_mib: super::memory::DEFAULT_HOTPLUG_MIB,
             ephemeral_bytes: DEFAULT_EPHEMERAL_BYTES,
             images: Vec::new(),
             spare_slots: DEFAULT_SPARE_SLOTS,

@@ -96,6 +96,21 @@ pub enum PodError {
         /// Why.
         source: EphemeralError,
     },
+    /// The VM could not grow to hold a container's memory limit.
+    #[error(
+        "pod {id}: container {container} needs a VM of {need_mib} MiB \
+         (resources.limits.memory of the pod's containers + guest overhead): {why}"
+    )]
+    Grow {
+        /// The pod.
+        id: String,
+        /// The container being created.
+        container: String,
+        /// The VM size its limit needs.
+        need_mib: u64,
+        /// Why it did not grow.
+        why: String,
+    },
     /// The VMM refused the VM.
     #[error("pod {id}: its VMM: {source}")]
     Vm {

@@ -33,6 +33,16 @@ impl Pod {
         classifier: &MountClassifier,
         mut opts: CreateOptions,
     ) -> Result<Vec<(HostVolume, u64)>, PodError> {
+        // The limit as given (a tiny one is the container's own business, as under runc).
+        let limit = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .and_then(|l| u64::try_from(l).ok())
+            .filter(|l| *l > 0);
+        self.reserve_memory(id, limit).await?;
         for (k, v) in &self.sysctls {
             opts.pod_sysctls
                 .entry(k.clone())
@@ -65,7 +75,9 @@ impl Pod {
 
     /// Removes a container ([`super::PodAgent::remove_container`]).
     pub async fn remove_container(&self, id: &str) -> Result<(), PodError> {
-        self.agent.remove_container(id).await
+        self.agent.remove_container(id).await?;
+        self.release_memory(id);
+        Ok(())
     }
 
     /// A container's output ([`super::PodAgent::attach`]).

@@ -22,6 +22,7 @@ mod error;
 mod exec;
 mod files;
 mod front;
+mod memory;
 mod slots;
 mod stdio;
 
@@ -42,6 +43,7 @@ pub use config::{
 pub use error::{ContainerOp, PodError};
 pub use exec::{Exec, ExecControl};
 pub use files::{paths, DIR_MODE, FILE_MODE};
+pub use memory::{DEFAULT_HOTPLUG_MIB, GROW_TIMEOUT};
 pub use stdio::{Output, OutputEvent, Stdin};
 
 use files::remove_dir;
@@ -60,6 +62,8 @@ pub struct Pod {
     sysctls: std::collections::BTreeMap<String, String>,
     /// The netns's steered loopback (a pod with a network): `kubectl port-forward`'s way in.
     forwarder: Option<crate::portforward::Forwarder>,
+    /// Its memory and its containers' limits (a VM that grows).
+    memory: memory::PodMemory,
     /// How long each stage of the boot took.
     pub boot_times: BootTimes,
 }

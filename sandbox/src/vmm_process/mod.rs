@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use vpod_jail::JailSpec;
 use vpod_vmm::control::{Control, HostMessage, VmmMessage};
-use vpod_vmm::{VmExit, VmMetrics, TEARDOWN_TIMEOUT};
+use vpod_vmm::{HotplugState, VmExit, VmMetrics, TEARDOWN_TIMEOUT};
 
 pub use config::{
     VmmProcessConfig, DEFAULT_CGROUP_PARENT, DEFAULT_LEASE_DIR, DEFAULT_MEMORY_OVERHEAD_MIB,
@@ -107,6 +107,11 @@ pub struct VmProcess {
     exit: watch::Receiver<Option<VmExit>>,
     stop_requested: Arc<AtomicBool>,
     report: StartReport,
+    /// The jail's cgroup (its memory limit grows with plugged memory).
+    cgroup: Option<vpod_jail::CgroupSpec>,
+    /// The most hotplug memory ever asked for: the cgroup holds that much beyond its base (never
+    /// less, since a guest gives memory back only when it gets round to unplugging it).
+    grown: std::sync::atomic::AtomicU64,
 }
 
 impl VmProcess {
@@ -124,6 +129,7 @@ impl VmProcess {
             None => (None, launch.vm.clone()),
         };
         let uid = spec.as_ref().map_or(0, |s| s.uid);
+        let cgroup = spec.as_ref().and_then(|s| s.cgroup.clone());
         let (host_end, vmm_end) =
             vpod_vmm::control::pair().map_err(|e| VmProcessError::Control(e.to_string()))?;
         let reader = host_end
@@ -181,6 +187,8 @@ impl VmProcess {
             exit,
             stop_requested,
             report,
+            cgroup,
+            grown: Default::default(),
         })
     }
 
@@ -209,7 +217,38 @@ impl VmProcess {
     /// The VMM's counters so far.
     pub fn metrics(&self) -> Result<VmMetrics, VmProcessError> {
         match self.request(&HostMessage::Metrics, None)? {
-            VmmMessage::Metrics { metrics } => Ok(metrics),
+            VmmMessage::Metrics { metrics, .. } => Ok(metrics),
+            other => Err(VmProcessError::Control(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// The guest's hotplug memory: the region, what was asked, what it plugged.
+    pub fn hotplug(&self) -> Result<HotplugState, VmProcessError> {
+        match self.request(&HostMessage::Metrics, None)? {
+            VmmMessage::Metrics { hotplug, .. } => Ok(hotplug),
+            other => Err(VmProcessError::Control(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks the guest to plug `bytes` of hotplug memory in all. The VMM's cgroup may hold that
+    /// much more first, so what the guest plugs is charged like its boot RAM, never beyond.
+    pub fn request_hotplug(&self, bytes: u64) -> Result<(), VmProcessError> {
+        if let (Some(cg), Some(base)) = (
+            &self.cgroup,
+            self.cgroup.as_ref().and_then(|c| c.memory_max),
+        ) {
+            if bytes > self.grown.load(Ordering::SeqCst) {
+                vpod_jail::set_memory_max(cg, base.saturating_add(bytes))
+                    .map_err(|e| VmProcessError::Control(format!("growing the cgroup: {e}")))?;
+                self.grown.fetch_max(bytes, Ordering::SeqCst);
+            }
+        }
+        match self.request(&HostMessage::RequestHotplug { bytes }, None)? {
+            VmmMessage::Done => Ok(()),
             other => Err(VmProcessError::Control(format!(
                 "unexpected answer {other:?}"
             ))),

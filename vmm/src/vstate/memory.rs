@@ -184,30 +184,45 @@ impl NewBitmap for RegionOwner {
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemory, MemoryError> {
     let mut regions = Vec::new();
     for (start, size) in layout::ram_ranges(mem_bytes) {
-        let len = usize::try_from(size).map_err(|_| MemoryError::TooBig(mem_bytes))?;
-        let mapping = Arc::new(Mapping::new_aligned(len)?);
-        let addr = mapping.addr;
-        // SAFETY: `addr..addr+len` is the mapping just made, kept alive by the `RegionOwner`
-        // stored in the region itself.
-        let region: MmapRegion<RegionOwner> = unsafe {
-            vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
-                len,
-                RegionOwner {
-                    _mapping: Some(mapping),
-                },
-            )
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .with_raw_mmap_pointer(addr)
-        }
-        .build()
-        .map_err(MemoryError::Region)?;
-        let region = GuestRegionMmap::new(region, GuestAddress(start)).ok_or(
-            MemoryError::Collection(format!("region at {start:#x} overflows")),
-        )?;
-        regions.push(region);
+        regions.push(map_region(start, size)?);
     }
     GuestMemory::from_regions(regions).map_err(|e| MemoryError::Collection(e.to_string()))
+}
+
+/// `ram` and, after it, `size` bytes at guest address `start` for memory plugged in later (its
+/// pages cost nothing until the guest touches them).
+pub fn with_hotplug_region(
+    ram: &GuestMemory,
+    start: u64,
+    size: u64,
+) -> Result<GuestMemory, MemoryError> {
+    ram.insert_region(Arc::new(map_region(start, size)?))
+        .map_err(|e| MemoryError::Collection(e.to_string()))
+}
+
+/// One region of guest memory at `start`, mapped by us.
+fn map_region(start: u64, size: u64) -> Result<GuestRegionMmap<RegionOwner>, MemoryError> {
+    let len = usize::try_from(size).map_err(|_| MemoryError::TooBig(size))?;
+    let mapping = Arc::new(Mapping::new_aligned(len)?);
+    let addr = mapping.addr;
+    // SAFETY: `addr..addr+len` is the mapping just made, kept alive by the `RegionOwner`
+    // stored in the region itself.
+    let region: MmapRegion<RegionOwner> = unsafe {
+        vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+            len,
+            RegionOwner {
+                _mapping: Some(mapping),
+            },
+        )
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .with_raw_mmap_pointer(addr)
+    }
+    .build()
+    .map_err(MemoryError::Region)?;
+    GuestRegionMmap::new(region, GuestAddress(start)).ok_or(MemoryError::Collection(format!(
+        "region at {start:#x} overflows"
+    )))
 }
 
 #[cfg(test)]

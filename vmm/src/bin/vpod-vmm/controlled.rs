@@ -198,8 +198,15 @@ fn serve(ctl: &Control, vm: &RunningVm) {
                 forbidden_syscall_test();
                 VmmMessage::Metrics {
                     metrics: vm.metrics(),
+                    hotplug: vm.hotplug(),
                 }
             }
+            HostMessage::RequestHotplug { bytes } => match vm.request_hotplug(bytes) {
+                Ok(_) => VmmMessage::Done,
+                Err(e) => VmmMessage::Refused {
+                    error: e.to_string(),
+                },
+            },
             HostMessage::Stop => {
                 vm.stop();
                 continue;

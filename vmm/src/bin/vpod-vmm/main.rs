@@ -41,6 +41,9 @@ struct Args {
     vcpus: u8,
     #[arg(long, default_value_t = 128)]
     mem_mib: u32,
+    /// MiB the host may plug in later (a virtio-mem device); 0: none.
+    #[arg(long, default_value_t = 0)]
+    hotplug_mib: u32,
     /// PATH[,ro][,id=ID]; repeatable.
     #[arg(long = "disk", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
@@ -138,6 +141,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VPOD_VMM_LOG"))
         .with_writer(std::io::stderr)
+        // A host relays a jailed VMM's stderr into its own log: no colour codes there.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     if let Some(fd) = args.control_fd {
@@ -154,6 +159,7 @@ fn main() -> ExitCode {
         verbose_kernel: args.verbose_kernel,
         vcpus: args.vcpus,
         mem_mib: args.mem_mib,
+        hotplug_mib: args.hotplug_mib,
         disks: args.disks,
         net: args.net.map(|tap| NetConfig { tap, mac: None }),
         vsock: args.vsock,

@@ -1,6 +1,7 @@
 //! Virtio devices (one folder each, same file names) and the virtio-mmio transport.
 pub mod block;
 pub mod device;
+pub mod mem;
 pub mod net;
 pub mod queue;
 pub mod rng;
