@@ -48,9 +48,14 @@ impl Pod {
                 .entry(k.clone())
                 .or_insert_with(|| v.clone());
         }
-        self.agent
+        let created = self
+            .agent
             .create_container_with(id, spec, image_serial, classifier, opts)
-            .await
+            .await;
+        if created.is_err() {
+            self.release_memory(id);
+        }
+        created
     }
 
     /// Starts a container ([`super::PodAgent::start_container`]).
