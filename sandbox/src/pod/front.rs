@@ -42,7 +42,10 @@ impl Pod {
             .and_then(|m| m.limit())
             .and_then(|l| u64::try_from(l).ok())
             .filter(|l| *l > 0);
-        self.reserve_memory(id, limit).await?;
+        if let Err(e) = self.reserve_memory(id, limit).await {
+            self.release_memory(id);
+            return Err(e);
+        }
         for (k, v) in &self.sysctls {
             opts.pod_sysctls
                 .entry(k.clone())
