@@ -295,6 +295,22 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_limit_changes_in_either_hierarchy() {
+        let base = std::env::temp_dir().join(format!("vpod-jail-cg3-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(base.join("memory/vpod/pods/p1")).unwrap();
+        fs::create_dir_all(base.join("vpod/pods/p1")).unwrap();
+        set_memory_max(&spec(&base, Some(CgroupVersion::V1)), 5 << 20).unwrap();
+        let v1 = base.join("memory/vpod/pods/p1/memory.limit_in_bytes");
+        assert_eq!(fs::read_to_string(v1).unwrap(), (5u64 << 20).to_string());
+        set_memory_max(&spec(&base, Some(CgroupVersion::V2)), 7 << 20).unwrap();
+        let v2 = base.join("vpod/pods/p1/memory.max");
+        assert_eq!(fs::read_to_string(v2).unwrap(), (7u64 << 20).to_string());
+        fs::remove_dir_all(&base).unwrap();
+        assert!(set_memory_max(&spec(&base, Some(CgroupVersion::V2)), 1).is_err());
+    }
+
+    #[test]
     fn v2_names_a_missing_controller() {
         // A plain directory tree standing in for a v2 hierarchy that has only `pids`.
         let base = std::env::temp_dir().join(format!("vpod-jail-cg2-{}", std::process::id()));

@@ -60,9 +60,11 @@ impl Containerd {
                 "kernel = \"{}\"\ninitrd = \"{}\"\nstate_dir = \"{d}/shim\"\n\
                  rootfs_cache = \"{d}/rootfs-cache\"\nkubelet_root = \"{d}/kubelet\"\n\
                  ephemeral_dir = \"{d}/shim-ephemeral\"\n\
-                 containerd_dirs = [\"{d}/root\", \"{d}/state\"]\n",
+                 containerd_dirs = [\"{d}/root\", \"{d}/state\"]\n{}",
                 guest_file("vmlinux").display(),
                 guest_file("initramfs.cpio").display(),
+                // Benchmarks compare settings with it (`hotplug_memory_mib = 0`).
+                std::env::var("VPOD_TEST_SHIM_CONFIG").unwrap_or_default(),
             ),
         )
         .unwrap();
