@@ -255,7 +255,20 @@ fn relay_lines(rd: impl std::io::Read, budget: usize, mut emit: impl FnMut(&str)
             continue;
         }
         logged += line.len();
-        emit(String::from_utf8_lossy(&line).trim_end());
+        // The VMM runs guest-facing code: what it writes must not pass for other log lines or
+        // drive an operator's terminal (control characters, escapes).
+        let text: String = String::from_utf8_lossy(&line)
+            .trim_end()
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\t' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        emit(&text);
         if logged >= budget {
             emit(&format!("{budget} bytes logged; the rest dropped"));
         }
@@ -286,6 +299,10 @@ mod tests {
     #[test]
     fn stderr_lines_are_relayed_cut_and_bounded() {
         assert_eq!(lines(b"one\ntwo\nlast", 1000), ["one", "two", "last"]);
+        assert_eq!(
+            lines(b"fake\rline \x1b[2Jx\n", 1000),
+            ["fake\u{fffd}line \u{fffd}[2Jx"]
+        );
         let mut long = vec![b'x'; 3 * MAX_LOG_LINE];
         long.extend_from_slice(b"\nafter\n");
         let got = lines(&long, usize::MAX);
