@@ -11,7 +11,7 @@ use oci_spec::runtime::Spec;
 
 mod pod_cgroup;
 
-/// Guest kernel + vpod-init + headroom for page cache; boots touch about 34 MiB (`make bench-boot`).
+/// Guest kernel + vpod-init + headroom for page cache; boots touch about 38 MiB (`make bench-boot`).
 pub const GUEST_OVERHEAD_MIB: u64 = 64;
 /// Memory for a pod's containers when some container sets no limit.
 pub const DEFAULT_POD_MEM_MIB: u64 = 512;
