@@ -55,12 +55,11 @@ impl Limits {
         let Some(res) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
             return Ok(Limits::default());
         };
-        let memory_bytes = match res.memory().as_ref().and_then(|m| m.limit()) {
-            Some(l) if l > 0 && (l as u64) < MIN_CONTAINER_MIB * MIB => {
-                return Err(SizingError::MemoryTooSmall(l))
+        let memory_bytes = match memory_limit(spec) {
+            Some(l) if l < MIN_CONTAINER_MIB * MIB => {
+                return Err(SizingError::MemoryTooSmall(l as i64))
             }
-            Some(l) if l > 0 => Some(l as u64),
-            _ => None,
+            l => l,
         };
         let cpus = match res.cpu().as_ref().map(|c| (c.quota(), c.period())) {
             Some((Some(quota), period)) if quota > 0 => {
@@ -74,6 +73,18 @@ impl Limits {
         };
         Ok(Limits { memory_bytes, cpus })
     }
+}
+
+/// The memory limit of a container's OCI spec in bytes, as given (`linux.resources.memory.limit`;
+/// zero or negative is "unlimited" in the OCI spec: `None`).
+pub fn memory_limit(spec: &Spec) -> Option<u64> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .and_then(|l| u64::try_from(l).ok())
+        .filter(|l| *l > 0)
 }
 
 /// vCPUs and memory of one pod VM.

@@ -34,14 +34,7 @@ impl Pod {
         mut opts: CreateOptions,
     ) -> Result<Vec<(HostVolume, u64)>, PodError> {
         // The limit as given (a tiny one is the container's own business, as under runc).
-        let limit = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .and_then(|l| u64::try_from(l).ok())
-            .filter(|l| *l > 0);
+        let limit = crate::sizing::memory_limit(spec);
         if let Err(e) = self.reserve_memory(id, limit).await {
             self.release_memory(id);
             return Err(e);
