@@ -78,6 +78,13 @@ enum Cmd {
         force: bool,
         pod: String,
     },
+    /// Serve CRI (kubelet's RuntimeService and ImageService) on a unix socket: vpod's own
+    /// runtime, no containerd. Runs until SIGTERM or SIGINT, then stops every pod.
+    Serve {
+        /// The config file (TOML; see docs/serve.md). The default one may be missing.
+        #[arg(long, default_value = vpod_cri::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Internal: the detached side of `vpod run -d`.
     #[command(name = "__supervise", hide = true)]
     Supervise { record: PathBuf },
@@ -115,9 +122,35 @@ fn pod_cmd(cli: Cli) -> Result<u8, String> {
                 pods::stop(&run_dir, &pod, std::time::Duration::from_secs(time)).await
             }
             Cmd::Rm { force, pod } => pods::rm(&run_dir, &pod, force).await,
+            Cmd::Serve { config } => serve(&config).await,
             Cmd::Image(_) => unreachable!("image commands are handled by run()"),
         }
     })
+}
+
+/// `vpod serve`: the CRI server until a signal.
+async fn serve(config: &std::path::Path) -> Result<u8, String> {
+    let cfg = vpod_cri::ServeConfig::load(config).map_err(|e| e.to_string())?;
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+        tracing::info!("vpod serve: stopping every pod");
+    };
+    vpod_cri::serve(cfg, stop)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(0)
 }
 
 #[derive(Subcommand)]
@@ -390,15 +423,22 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server's log is its operator's record (pods booted, pulls); a command's is its errors.
+    let level = if matches!(cli.cmd, Cmd::Serve { .. }) {
+        "info"
+    } else {
+        "error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VPOD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
-    if !matches!(cli.cmd, Cmd::Supervise { .. }) {
+    if !matches!(cli.cmd, Cmd::Supervise { .. } | Cmd::Serve { .. }) {
         // Pods whose `vpod run` or supervisor was killed: their records go.
         for id in record::collect_garbage(&cli.run_dir) {
             tracing::info!("removed the record of pod {id}: its supervisor is gone");

@@ -773,3 +773,90 @@ fn seccomp_privileged_tty_resize_and_stop_after_grace() {
         pod.shutdown(Duration::from_secs(30)).await;
     });
 }
+
+/// Port-forward below containerd: the sandbox's own path (a vsock connection and agent call per
+/// copy, as the pod's forwarder makes them), big copies beside refused ports, at once and one
+/// after another. Every copy must come back whole; a refused port must fail without touching
+/// the others.
+#[test]
+fn port_forward_copies_stay_whole_beside_refused_ports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LINES: u32 = 200_000;
+    let env = Env::new("fwd");
+    let disk = image_disk(&env);
+    runtime().block_on(async {
+        let pod = boot_with_image(&env, disk).await;
+        let script = format!(
+            "mkdir -p /www && seq 1 {LINES} > /www/big && echo serving \
+             && exec httpd -f -p 127.0.0.1:8080 -h /www"
+        );
+        pod.create_container(container("web", "img0", &["sh", "-c", &script]))
+            .await
+            .unwrap();
+        pod.start_container("web").await.unwrap();
+        let big: String = (1..=LINES).map(|i| format!("{i}\n")).collect();
+        let vsock = pod.dir().join("vsock/vsock.sock");
+        let id = pod.id().to_owned();
+        // One copy of /big through a fresh agent connection: its body, or what went wrong.
+        let copy = |port: u16| {
+            let (id, vsock) = (id.clone(), vsock.clone());
+            async move {
+                let agent = vpod_sandbox::PodAgent::connect(&id, &vsock)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let (mut mine, theirs) = tokio::io::duplex(64 * 1024);
+                let fwd = vpod_sandbox::portforward::forward(&agent, port, theirs);
+                let talk = async {
+                    mine.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+                    let mut got = Vec::new();
+                    let r = mine.read_to_end(&mut got).await;
+                    (got, r)
+                };
+                let (res, (got, r)) = tokio::join!(fwd, talk);
+                res.map_err(|e| format!("forward: {e}"))?;
+                r.map_err(|e| format!("read: {e}"))?;
+                Ok::<_, String>(got)
+            }
+        };
+        // httpd binds right after "serving".
+        let t0 = Instant::now();
+        while copy(8080).await.is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "httpd never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut bad = Vec::new();
+        let mut copies = 0;
+        for round in 0..15 {
+            let (a, b, c) = within(&env, "two copies beside a refused port", async {
+                tokio::join!(copy(8080), copy(9999), copy(8080))
+            })
+            .await;
+            assert!(b.is_err(), "round {round}: port 9999 answered");
+            let d = within(&env, "a copy alone", copy(8080)).await;
+            for (what, r) in [("beside", a), ("beside", c), ("after", d)] {
+                copies += 1;
+                match r.as_ref().map(|g| body(g)) {
+                    Ok(Some(b)) if b == big.as_bytes() => {}
+                    Ok(Some(b)) => bad.push(format!("{round} {what}: {} bytes", b.len())),
+                    Ok(None) => bad.push(format!("{round} {what}: not HTTP")),
+                    Err(e) => bad.push(format!("{round} {what}: {e}")),
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} of {copies} copies broken: {bad:?}",
+            bad.len()
+        );
+        pod.shutdown(Duration::from_secs(30)).await;
+    });
+}
+
+/// The body of an HTTP response, if `resp` is one.
+fn body(resp: &[u8]) -> Option<&[u8]> {
+    let at = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    resp.starts_with(b"HTTP/1.").then(|| &resp[at + 4..])
+}

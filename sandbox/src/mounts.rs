@@ -204,6 +204,15 @@ impl MountClassifier {
         self
     }
 
+    /// Knows `file` as a runtime file of this pod (a CRI server's own resolv.conf): copied in.
+    pub fn with_runtime_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.named.push(MountKind::RuntimeFile {
+            source: file.into(),
+            termination_log: false,
+        });
+        self
+    }
+
     /// The pod's host pid, if known ([`MountClassifier::with_pod_pid`]).
     pub fn pod_pid(&self) -> Option<u32> {
         self.pod_pid
@@ -233,7 +242,9 @@ impl MountClassifier {
             .clone()
             .ok_or_else(|| invalid("a bind mount without a source"))?;
         if let Some(kind) = self.named.iter().find(|k| match k {
-            MountKind::Secret { source: s } | MountKind::ConfigMap { source: s } => *s == source,
+            MountKind::Secret { source: s }
+            | MountKind::ConfigMap { source: s }
+            | MountKind::RuntimeFile { source: s, .. } => *s == source,
             _ => false,
         }) {
             return Ok(kind.clone());

@@ -89,6 +89,11 @@ impl Exec {
         self.control.stdin()
     }
 
+    /// Its input and its output apart (the input stays open while the control lives).
+    pub fn into_parts(self) -> (ExecControl, Output) {
+        (self.control, self.output)
+    }
+
     /// Copies the exec's output (see [`Output::copy_to`]) until the process exits, keeping its
     /// input open meanwhile; returns its exit (`None`: the stream ended without one).
     pub async fn copy_to<O, E>(

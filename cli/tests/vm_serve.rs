@@ -1,0 +1,506 @@
+//! `vpod serve` on real microVMs (issue 16): the project's CRI client against vpod's own CRI
+//! server, no containerd: a pod on a CNI bridge network, its container's output in kubelet's
+//! log format, ExecSync exit codes, the pod's IP reachable from the host, host namespaces
+//! refused naming the field, idempotent Stop/Remove, and nothing left once the pod is removed
+//! or the server stops. Named `vm_*` so cargo's runner sends it through the test bed.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vpod_test_support::cri::{self, v1, Cri};
+use vpod_test_support::{self as common, guest_file};
+
+const IMAGE: &str = "docker.io/library/vpod-busybox:1";
+
+/// One server at a time: the test bed has one CPU, and leftovers are counted host-wide.
+static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A `vpod serve` with its own dirs, CNI network and image store.
+struct Serve {
+    dir: PathBuf,
+    child: Child,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Serve {
+    fn start(name: &str) -> Serve {
+        let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = std::env::temp_dir().join(format!("vpod-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cni")).unwrap();
+        let layout = dir.join("layout");
+        let layer = common::busybox_layer(Vec::new());
+        common::layout(&layout, &[layer], serde_json::json!({"Cmd": ["sh"]}));
+        let store = vpod_images::Store::open(&dir.join("images")).unwrap();
+        vpod_images::import(&store, &layout, Some(IMAGE)).unwrap();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("cni/10-serve.conflist"),
+            serde_json::to_vec(&serde_json::json!({
+                "cniVersion": "0.4.0",
+                "name": "vpodserve",
+                "plugins": [{
+                    "type": "bridge",
+                    "bridge": "vpsrv0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": "10.88.201.0/24"}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": format!("{d}/cni-ipam"),
+                    }
+                }, {"type": "portmap", "capabilities": {"portMappings": true}}]
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("vpod.toml"),
+            format!(
+                "socket = \"{d}/vpod.sock\"\nstate_dir = \"{d}/state\"\ndisk_dir = \"{d}/disks\"\n\
+                 image_root = \"{d}/images\"\nkubelet_root = \"{d}/kubelet\"\n\
+                 kernel = \"{}\"\ninitrd = \"{}\"\ncni_conf_dir = \"{d}/cni\"\n\
+                 cni_bin_dirs = [\"/usr/lib/cni\"]\n",
+                guest_file("vmlinux").display(),
+                guest_file("initramfs.cpio").display(),
+            ),
+        )
+        .unwrap();
+        let child = spawn(&dir);
+        let s = Serve {
+            dir,
+            child,
+            _one: one,
+        };
+        s.wait_socket();
+        s
+    }
+
+    /// Starts the server again on the same dirs (after [`Serve::stop`] or a kill).
+    fn restart(&mut self) {
+        self.child = spawn(&self.dir);
+        self.wait_socket();
+    }
+
+    /// Waits until the server answers (a killed one's socket file may still be there).
+    fn wait_socket(&self) {
+        let answers = || {
+            runtime().block_on(async {
+                let mut c = Cri::connect(&self.sock()).await.ok()?;
+                c.runtime.version(v1::VersionRequest::default()).await.ok()
+            })
+        };
+        let t0 = Instant::now();
+        while answers().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "vpod serve did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("vpod.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and its exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "vpod serve did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the server's pods left: state and disk dirs, netns, VMM processes.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for d in ["state/pods", "disks"] {
+            for e in std::fs::read_dir(self.dir.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                left.push(e.path().display().to_string());
+            }
+        }
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with("vpod-") {
+                left.push(format!("netns {}", e.file_name().to_string_lossy()));
+            }
+        }
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            // One server at a time (ONE): any VMM is this server's.
+            if cmd
+                .split(' ')
+                .next()
+                .is_some_and(|a| a.ends_with("vpod-vmm"))
+            {
+                left.push(format!("process {cmd}"));
+            }
+        }
+        left
+    }
+}
+
+/// `vpod serve --config <dir>/vpod.toml`, its output appended to `<dir>/serve.log`.
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_vpod"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("vpod.toml"))
+        .env("VPOD_LOG", "info,vpod_sandbox=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// GET / from `ip:port`, retried while the server comes up.
+fn http_get(ip: &str, port: u16) -> Result<String, String> {
+    let t0 = Instant::now();
+    loop {
+        let r = (|| {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &format!("{ip}:{port}").parse().unwrap(),
+                Duration::from_secs(5),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })();
+        match r {
+            Ok(out) if out.starts_with("HTTP/1.") => return Ok(out),
+            _ if t0.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            Ok(out) => return Err(format!("not HTTP: {out:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_pod_runs_through_vpods_own_cri_server_and_leaves_nothing() {
+    let mut serve = Serve::start("pod");
+    let log_root = serve.dir.join("pod-logs");
+    runtime().block_on(async {
+        let mut client = Cri::connect(&serve.sock()).await.unwrap();
+        let v = client
+            .runtime
+            .version(v1::VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+            ("vpod", "v1")
+        );
+        let st = client
+            .runtime
+            .status(v1::StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let conds = st.status.unwrap().conditions;
+        assert!(conds.iter().all(|c| c.status), "{conds:?}");
+
+        let img = client
+            .images
+            .image_status(v1::ImageStatusRequest {
+                image: Some(cri::image_spec("vpod-busybox:1")),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .expect("the imported image");
+        assert!(img.repo_tags.contains(&IMAGE.to_string()), "{img:?}");
+        assert!(
+            img.size > 0 && img.uid.as_ref().map(|u| u.value) == Some(0),
+            "{img:?}"
+        );
+        assert!(img.id.starts_with("sha256:"), "{img:?}");
+
+        // Host namespaces: refused before anything boots, naming the field.
+        let mut host_net = cri::pod_config("hostnet", "uid-hostnet", &log_root);
+        host_net
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .as_mut()
+            .unwrap()
+            .namespace_options = Some(v1::NamespaceOption {
+            network: v1::NamespaceMode::Node as i32,
+            pid: v1::NamespaceMode::Container as i32,
+            ..Default::default()
+        });
+        let e = client.run_pod(&host_net, "").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("hostNetwork"), "{e}");
+
+        let config = cri::pod_config("web", "uid-web", &log_root);
+        let pod = client
+            .run_pod(&config, "")
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", serve.log()));
+        std::fs::create_dir_all(Path::new(&config.log_directory).join("web")).unwrap();
+        let script = "mkdir -p /www && echo pod-web > /www/index.html && httpd -p 8080 -h /www \
+                      && echo hello && echo oops >&2 && exec sleep 3600";
+        let cc = cri::container_config("web", IMAGE, &["sh", "-c", script]);
+        let id = client
+            .create_and_start(&pod, &config, &cc)
+            .await
+            .unwrap_or_else(|s| panic!("create+start: {s}\n{}", serve.log()));
+
+        // The log, in kubelet's format, each stream apart.
+        let log = Path::new(&config.log_directory).join("web/0.log");
+        let lines = cri::wait_log(
+            &log,
+            |l| l.iter().any(|(_, t)| t == "hello") && l.iter().any(|(_, t)| t == "oops"),
+            "vpod serve",
+        )
+        .await;
+        assert!(
+            lines.contains(&("stdout".into(), "hello".into())),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&("stderr".into(), "oops".into())),
+            "{lines:?}"
+        );
+
+        // ExecSync: output and exit codes.
+        let (code, out, _) = client
+            .exec_sync(&id, &["sh", "-c", "echo in-pod; exit 3"])
+            .await
+            .unwrap();
+        assert_eq!((code, out.as_str()), (3, "in-pod\n"));
+        let (code, out, _) = client.exec_sync(&id, &["hostname"]).await.unwrap();
+        assert_eq!((code, out.trim()), (0, "web"));
+
+        // The pod's IP is on the CNI network, and the host reaches its server.
+        let ip = client.pod_ip(&pod).await.unwrap();
+        assert!(ip.starts_with("10.88.201."), "pod IP {ip:?}");
+        let page = tokio::task::spawn_blocking(move || http_get(&ip, 8080))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("the pod's web server: {e}\n{}", serve.log()));
+        assert!(page.ends_with("pod-web\n"), "{page}");
+
+        let status = |client: &mut Cri, id: String| {
+            let mut rt = client.runtime.clone();
+            async move {
+                rt.container_status(v1::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+            }
+        };
+        let s = status(&mut client, id.clone()).await;
+        assert_eq!(s.state, v1::ContainerState::ContainerRunning as i32);
+        assert_eq!(s.log_path, log.display().to_string());
+        assert!(
+            s.image_ref.starts_with("sha256:") && s.started_at > s.created_at,
+            "{s:?}"
+        );
+        let listed = client
+            .runtime
+            .list_containers(v1::ListContainersRequest {
+                filter: Some(v1::ContainerFilter {
+                    pod_sandbox_id: pod.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(listed.len(), 1);
+
+        // Stop: the container ends within its grace; a second stop is fine.
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            client
+                .runtime
+                .stop_container(v1::StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 2,
+                })
+                .await
+                .unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "stop took {:?}",
+            t0.elapsed()
+        );
+        let s = status(&mut client, id.clone()).await;
+        assert_eq!(s.state, v1::ContainerState::ContainerExited as i32, "{s:?}");
+        assert!(s.finished_at >= s.started_at && s.exit_code != 0, "{s:?}");
+
+        // Unknown ids: Stop and Remove succeed, Status says NotFound.
+        for unknown in ["0123456789abcdef", "nope"] {
+            client
+                .runtime
+                .stop_container(v1::StopContainerRequest {
+                    container_id: unknown.into(),
+                    timeout: 0,
+                })
+                .await
+                .unwrap();
+            client
+                .runtime
+                .remove_container(v1::RemoveContainerRequest {
+                    container_id: unknown.into(),
+                })
+                .await
+                .unwrap();
+            client.stop_and_remove_pod(unknown).await.unwrap();
+        }
+        let e = client
+            .runtime
+            .container_status(v1::ContainerStatusRequest {
+                container_id: "nope".into(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+
+        client.stop_and_remove_pod(&pod).await.unwrap();
+        client.stop_and_remove_pod(&pod).await.unwrap();
+    });
+    let left = serve.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", serve.log());
+    let st = serve.stop();
+    assert!(st.success(), "vpod serve: {st}\n{}", serve.log());
+    assert!(!serve.sock().exists(), "the socket stays");
+}
+
+#[test]
+fn stopping_the_server_takes_its_pods_down() {
+    let mut serve = Serve::start("stop");
+    let log_root = serve.dir.join("pod-logs");
+    runtime().block_on(async {
+        let mut client = Cri::connect(&serve.sock()).await.unwrap();
+        let config = cri::pod_config("sleeper", "uid-sleeper", &log_root);
+        let pod = client
+            .run_pod(&config, "")
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", serve.log()));
+        let cc = cri::container_config("s", IMAGE, &["sleep", "3600"]);
+        // kubelet makes the log's dir; without it the create fails and leaves nothing.
+        let e = client
+            .create_and_start(&pod, &config, &cc)
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("0.log"), "{e}");
+        std::fs::create_dir_all(Path::new(&config.log_directory).join("s")).unwrap();
+        client
+            .create_and_start(&pod, &config, &cc)
+            .await
+            .unwrap_or_else(|s| panic!("create+start: {s}\n{}", serve.log()));
+    });
+    assert!(!serve.leftovers().is_empty(), "a running pod has its VM");
+    let st = serve.stop();
+    assert!(st.success(), "vpod serve: {st}\n{}", serve.log());
+    let left = serve.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", serve.log());
+}
+
+#[test]
+fn a_killed_server_leaves_nothing_once_it_starts_again() {
+    let mut serve = Serve::start("kill");
+    let log_root = serve.dir.join("pod-logs");
+    let start = |serve: &Serve| {
+        let sock = serve.sock();
+        let log_root = log_root.clone();
+        async move {
+            let mut client = Cri::connect(&sock).await.unwrap();
+            let config = cri::pod_config("victim", "uid-victim", &log_root);
+            let pod = client.run_pod(&config, "").await?;
+            std::fs::create_dir_all(Path::new(&config.log_directory).join("v")).unwrap();
+            let cc = cri::container_config("v", IMAGE, &["sleep", "3600"]);
+            client.create_and_start(&pod, &config, &cc).await?;
+            Ok::<_, tonic::Status>(())
+        }
+    };
+    runtime()
+        .block_on(start(&serve))
+        .unwrap_or_else(|s| panic!("the pod: {s}\n{}", serve.log()));
+    assert!(!serve.leftovers().is_empty(), "a running pod has its VM");
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    serve.restart();
+    let left = serve.leftovers();
+    assert!(
+        left.is_empty(),
+        "left behind after the restart: {left:?}\n{}",
+        serve.log()
+    );
+    // The pod's name and IP are free again: the same pod runs anew.
+    runtime()
+        .block_on(start(&serve))
+        .unwrap_or_else(|s| panic!("the pod again: {s}\n{}", serve.log()));
+    assert!(serve.stop().success(), "{}", serve.log());
+    let left = serve.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", serve.log());
+}
