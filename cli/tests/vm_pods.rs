@@ -782,6 +782,12 @@ fn seccomp_privileged_tty_resize_and_stop_after_grace() {
 fn port_forward_copies_stay_whole_beside_refused_ports() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const LINES: u32 = 200_000;
+    const ROUNDS: usize = 10;
+    // The VMM's stderr reaches the host log: shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let env = Env::new("fwd");
     let disk = image_disk(&env);
     runtime().block_on(async {
@@ -806,7 +812,8 @@ fn port_forward_copies_stay_whole_beside_refused_ports() {
                     .map_err(|e| format!("connect: {e}"))?;
                 let (mut mine, theirs) = tokio::io::duplex(64 * 1024);
                 let fwd = vpod_sandbox::portforward::forward(&agent, port, theirs);
-                let talk = async {
+                // Owns its end: dropped when the answer is read, as a caller closes.
+                let talk = async move {
                     mine.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
                     let mut got = Vec::new();
                     let r = mine.read_to_end(&mut got).await;
@@ -820,7 +827,7 @@ fn port_forward_copies_stay_whole_beside_refused_ports() {
         };
         // httpd binds right after "serving".
         let t0 = Instant::now();
-        while copy(8080).await.is_err() {
+        while within(&env, "the first copy", copy(8080)).await.is_err() {
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
                 "httpd never answered"
@@ -829,13 +836,15 @@ fn port_forward_copies_stay_whole_beside_refused_ports() {
         }
         let mut bad = Vec::new();
         let mut copies = 0;
-        for round in 0..15 {
+        let t0 = Instant::now();
+        for round in 0..ROUNDS {
             let (a, b, c) = within(&env, "two copies beside a refused port", async {
                 tokio::join!(copy(8080), copy(9999), copy(8080))
             })
             .await;
             assert!(b.is_err(), "round {round}: port 9999 answered");
             let d = within(&env, "a copy alone", copy(8080)).await;
+            eprintln!("round {round}: {:?}", t0.elapsed());
             for (what, r) in [("beside", a), ("beside", c), ("after", d)] {
                 copies += 1;
                 match r.as_ref().map(|g| body(g)) {
@@ -848,8 +857,19 @@ fn port_forward_copies_stay_whole_beside_refused_ports() {
         }
         assert!(
             bad.is_empty(),
-            "{} of {copies} copies broken: {bad:?}",
-            bad.len()
+            "{} of {copies} copies broken: {bad:?}; the VM: {:?} {:?}; dmesg: {}; console:\n{}",
+            bad.len(),
+            pod.vm_exit(),
+            std::fs::read_to_string(format!("/proc/{}/status", pod.vmm().pid()))
+                .map(|s| s.lines().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_else(|e| e.to_string()),
+            String::from_utf8_lossy(&Command::new("dmesg").output().map(|o| o.stdout).unwrap_or_default())
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            std::fs::read_to_string(env.dir.join("pod/console.log")).unwrap_or_default()
         );
         pod.shutdown(Duration::from_secs(30)).await;
     });

@@ -26,6 +26,11 @@ struct Serve {
 
 impl Serve {
     fn start(name: &str) -> Serve {
+        Serve::start_with(name, "")
+    }
+
+    /// A server whose config ends with `extra` (TOML).
+    fn start_with(name: &str, extra: &str) -> Serve {
         let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
         let dir = std::env::temp_dir().join(format!("vpod-serve-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -63,7 +68,7 @@ impl Serve {
                 "socket = \"{d}/vpod.sock\"\nstate_dir = \"{d}/state\"\ndisk_dir = \"{d}/disks\"\n\
                  image_root = \"{d}/images\"\nkubelet_root = \"{d}/kubelet\"\n\
                  kernel = \"{}\"\ninitrd = \"{}\"\ncni_conf_dir = \"{d}/cni\"\n\
-                 cni_bin_dirs = [\"/usr/lib/cni\"]\n",
+                 cni_bin_dirs = [\"/usr/lib/cni\"]\n{extra}",
                 guest_file("vmlinux").display(),
                 guest_file("initramfs.cpio").display(),
             ),
@@ -503,4 +508,199 @@ fn a_killed_server_leaves_nothing_once_it_starts_again() {
     assert!(serve.stop().success(), "{}", serve.log());
     let left = serve.leftovers();
     assert!(left.is_empty(), "left behind: {left:?}\n{}", serve.log());
+}
+
+#[test]
+fn pull_image_logs_in_through_a_mirror_and_a_pod_runs_the_pulled_image() {
+    let creds = ("vpod", "s3cret");
+    let reg = vpod_test_support::registry::Registry::start(Some(creds), None);
+    let layout = std::env::temp_dir().join(format!("vpod-serve-pulled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&layout);
+    let layer = common::busybox_layer(vec![common::Entry::File(
+        "etc/pulled".into(),
+        b"pulled from the mirror\n".to_vec(),
+        0o644,
+    )]);
+    common::layout(&layout, &[layer], serde_json::json!({"Cmd": ["cat", "/etc/pulled"]}));
+    runtime().block_on(reg.push_layout(&layout, "library/pulled", "1", Some(creds)));
+    let _ = std::fs::remove_dir_all(&layout);
+    // docker.io is never reached: its mirror answers first.
+    let serve = Serve::start_with(
+        "pull",
+        &format!("[registry.mirrors]\n\"docker.io\" = [\"{}\"]\n", reg.host),
+    );
+    let log_root = serve.dir.join("pod-logs");
+    runtime().block_on(async {
+        let mut client = Cri::connect(&serve.sock()).await.unwrap();
+        let pull = |auth: Option<v1::AuthConfig>| {
+            let mut images = client.images.clone();
+            async move {
+                images
+                    .pull_image(v1::PullImageRequest {
+                        image: Some(cri::image_spec("pulled:1")),
+                        auth,
+                        sandbox_config: None,
+                    })
+                    .await
+            }
+        };
+        let e = pull(None).await.unwrap_err();
+        assert!(e.message().contains("pulled"), "a pull without the login: {e}");
+        let auth = v1::AuthConfig {
+            username: creds.0.into(),
+            password: creds.1.into(),
+            ..Default::default()
+        };
+        let image_ref = pull(Some(auth))
+            .await
+            .unwrap_or_else(|s| panic!("PullImage: {s}\n{}", serve.log()))
+            .into_inner()
+            .image_ref;
+        assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+        let img = client
+            .images
+            .image_status(v1::ImageStatusRequest {
+                image: Some(cri::image_spec(&image_ref)),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .expect("the pulled image");
+        assert_eq!(img.id, image_ref);
+        assert_eq!(img.repo_tags, ["docker.io/library/pulled:1"]);
+        assert_eq!(
+            img.repo_digests,
+            [format!("docker.io/library/pulled@{image_ref}")]
+        );
+        assert!(img.size > 0 && img.uid.as_ref().map(|u| u.value) == Some(0), "{img:?}");
+        let listed = client
+            .images
+            .list_images(v1::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images;
+        assert!(listed.iter().any(|i| i.id == image_ref), "{listed:?}");
+
+        // The pulled image's own command, from its config, through kubelet's image ref.
+        let config = cri::pod_config("puller", "uid-puller", &log_root);
+        let pod = client.run_pod(&config, "").await.unwrap();
+        std::fs::create_dir_all(Path::new(&config.log_directory).join("p")).unwrap();
+        let mut cc = cri::container_config("p", &image_ref, &[]);
+        cc.command.clear();
+        client
+            .create_and_start(&pod, &config, &cc)
+            .await
+            .unwrap_or_else(|s| panic!("create+start: {s}\n{}", serve.log()));
+        let log = Path::new(&config.log_directory).join("p/0.log");
+        cri::wait_log(&log, |l| l.iter().any(|(_, t)| t == "pulled from the mirror"), "serve").await;
+        client.stop_and_remove_pod(&pod).await.unwrap();
+
+        // Removed (twice: the second finds nothing, which is fine).
+        for _ in 0..2 {
+            client
+                .images
+                .remove_image(v1::RemoveImageRequest {
+                    image: Some(cri::image_spec(&image_ref)),
+                })
+                .await
+                .unwrap();
+        }
+        let gone = client
+            .images
+            .image_status(v1::ImageStatusRequest {
+                image: Some(cri::image_spec(&image_ref)),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image;
+        assert!(gone.is_none(), "{gone:?}");
+    });
+}
+
+#[test]
+fn a_host_port_reaches_the_pod_and_twenty_cycles_leave_nothing() {
+    let serve = Serve::start("cycles");
+    let log_root = serve.dir.join("pod-logs");
+    runtime().block_on(async {
+        let mut client = Cri::connect(&serve.sock()).await.unwrap();
+        let mut config = cri::pod_config("hp", "uid-hp", &log_root);
+        config.port_mappings = vec![v1::PortMapping {
+            protocol: v1::Protocol::Tcp as i32,
+            container_port: 8080,
+            host_port: 18080,
+            host_ip: String::new(),
+        }];
+        let pod = client
+            .run_pod(&config, "")
+            .await
+            .unwrap_or_else(|s| panic!("RunPodSandbox: {s}\n{}", serve.log()));
+        std::fs::create_dir_all(Path::new(&config.log_directory).join("web")).unwrap();
+        let script = "mkdir -p /www && echo via-host-port > /www/index.html \
+                      && exec httpd -f -p 8080 -h /www";
+        let cc = cri::container_config("web", IMAGE, &["sh", "-c", script]);
+        client.create_and_start(&pod, &config, &cc).await.unwrap();
+        // The host's own address on the pod network (the bridge's): portmap's DNAT of
+        // locally made connections sends it to the pod.
+        let page = tokio::task::spawn_blocking(|| http_get("10.88.201.1", 18080))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("host port 18080: {e}\n{}", serve.log()));
+        assert!(page.ends_with("via-host-port\n"), "{page}");
+
+        // 20 containers made, run and removed in the pod: none stays.
+        std::fs::create_dir_all(Path::new(&config.log_directory).join("job")).unwrap();
+        for i in 0..20 {
+            let mut cc = cri::container_config("job", IMAGE, &["true"]);
+            cc.metadata.as_mut().unwrap().attempt = i;
+            cc.log_path = format!("job/{i}.log");
+            let id = client.create_and_start(&pod, &config, &cc).await.unwrap();
+            client
+                .runtime
+                .remove_container(v1::RemoveContainerRequest { container_id: id })
+                .await
+                .unwrap();
+        }
+        let left = client
+            .runtime
+            .list_containers(v1::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(left.len(), 1, "{left:?}");
+        client.stop_and_remove_pod(&pod).await.unwrap();
+
+        // 20 pods booted and removed: nothing stays (taps, netns, dirs, VMMs, addresses).
+        for i in 0..20 {
+            let config = cri::pod_config(&format!("cycle{i}"), &format!("uid-{i}"), &log_root);
+            let pod = client
+                .run_pod(&config, "")
+                .await
+                .unwrap_or_else(|s| panic!("pod {i}: {s}\n{}", serve.log()));
+            client.stop_and_remove_pod(&pod).await.unwrap();
+        }
+        let pods = client
+            .runtime
+            .list_pod_sandbox(v1::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(pods.is_empty(), "{pods:?}");
+    });
+    let left = serve.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", serve.log());
+    let ipam: Vec<_> = std::fs::read_dir(serve.dir.join("cni-ipam/vpodserve"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(ipam.is_empty(), "addresses still allocated: {ipam:?}");
 }

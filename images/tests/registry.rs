@@ -6,8 +6,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -15,78 +15,16 @@ use oci_client::{Client, Reference, RegistryOperation};
 use vpod_images::oci::{self, Descriptor, Manifest};
 use vpod_images::{pull, Digest, Error, FsType, RegistryAuth, RegistryConfig, Store};
 
-struct Registry {
-    child: Child,
-    host: String,
-    _dir: TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use vpod_test_support::registry::Registry;
 
 /// Starts docker-registry on a free loopback port; with `user`, behind htpasswd basic auth.
 fn start_registry(user: Option<(&str, &str)>) -> Registry {
-    start_registry_with(user, None)
+    Registry::start(user, None)
 }
 
 /// As [`start_registry`]; `token_auth` is an `auth: token:` section to use instead.
 fn start_registry_with(user: Option<(&str, &str)>, token_auth: Option<String>) -> Registry {
-    let dir = TempDir::new("registry");
-    let port = free_port();
-    let mut cfg = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-         http:\n  addr: 127.0.0.1:{port}\n",
-        dir.path("data").display()
-    );
-    if let Some((u, p)) = user {
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", u, p])
-            .output()
-            .expect("htpasswd (apache2-utils) runs");
-        assert!(out.status.success());
-        std::fs::write(dir.path("htpasswd"), &out.stdout).unwrap();
-        cfg += &format!(
-            "auth:\n  htpasswd:\n    realm: vpod-test\n    path: {}\n",
-            dir.path("htpasswd").display()
-        );
-    }
-    if let Some(t) = token_auth {
-        cfg += &t;
-    }
-    std::fs::write(dir.path("config.yml"), cfg).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.path("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry (Debian package) runs");
-    let host = format!("127.0.0.1:{port}");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(&host).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "docker-registry did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Registry {
-        child,
-        host,
-        _dir: dir,
-    }
+    Registry::start(user, token_auth)
 }
 
 fn plain_client() -> Client {

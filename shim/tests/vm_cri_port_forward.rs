@@ -106,12 +106,11 @@ async fn a_server_on_the_pods_localhost_is_reached_through_port_forward() {
     port_forwards(false).await;
 }
 
-/// Known to fail about one run in four (so not run by default: `--ignored`): after a request
-/// carrying the big file's port beside a refused one, that copy or one of the next single-port
-/// copies comes back cut ("connection reset", "bytes remaining on stream") or empty. The cause is
-/// not found yet (docs/security.md, known gaps). Kept as the reproducer.
+/// Two ports on one connection, one refused beside one streaming the big file, then single-port
+/// copies: every copy whole. (It used to fail one run in four: the VMM's device thread freed
+/// enough to trim its own malloc arena, glibc's first trim made an `openat` that thread's seccomp
+/// list forbids, and the kernel killed the VMM; `vpod_jail::seccomp::one_arena` is the fix.)
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known cross-connection failure (cause not found); the reproducer"]
 async fn two_ports_at_once_one_refused_one_streaming() {
     port_forwards(true).await;
 }

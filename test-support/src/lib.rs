@@ -11,6 +11,7 @@ use std::path::Path;
 pub mod containerd;
 pub mod cri;
 pub mod jail;
+pub mod registry;
 
 use sha2::Digest as _;
 

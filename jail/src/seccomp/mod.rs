@@ -132,6 +132,20 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, SeccompError>
     BpfProgram::try_from(filter).map_err(build)
 }
 
+/// Keeps every thread's allocations on glibc's main arena (`M_ARENA_MAX` = 1). Call it first
+/// thing in `main`, before any thread exists.
+///
+/// Why: glibc gives each other thread an arena of its own (an mmap'd heap), and the first time
+/// one shrinks it reads `/proc/sys/vm/overcommit_memory`, an `openat` that only the main
+/// thread's list allows: a device thread that freed a few MiB was a seccomp kill of the whole
+/// VMM. The main arena trims with `brk`, which every list allows; the VMM's threads allocate
+/// little on their hot paths, so sharing one arena costs no contention that matters. Returns
+/// whether glibc took the setting.
+pub fn one_arena() -> bool {
+    // SAFETY: mallopt only sets an allocator parameter; no memory is touched.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
+}
+
 /// Installs `prog` on the calling thread (and the threads it spawns afterwards).
 pub fn apply(prog: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(prog).map_err(SeccompError::Apply)

@@ -137,6 +137,9 @@ pub(crate) fn block_stop_signals() -> libc::sigset_t {
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // Before any thread exists: a thread's own arena trims with an openat its seccomp list
+    // doesn't allow (vpod_jail::seccomp::one_arena says why).
+    let one_arena = vpod_jail::seccomp::one_arena();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("VPOD_VMM_LOG"))
@@ -144,6 +147,9 @@ fn main() -> ExitCode {
         // A host relays a jailed VMM's stderr into its own log: no colour codes there.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if !one_arena {
+        tracing::warn!("mallopt(M_ARENA_MAX, 1) failed: a thread's heap trim may be a seccomp kill");
+    }
 
     if let Some(fd) = args.control_fd {
         return controlled::run(fd, started);
