@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TESTBED := target/debug/testbed
 
-.PHONY: forbidden-syscall-vmm install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod bench-cri-containerd soak clean-cache
+.PHONY: forbidden-syscall-vmm install deps guest kernel initramfs build testbed test lint demo bench bench-testbed bench-boot bench-images bench-pod bench-cri-containerd bench-cri-serve soak clean-cache
 
 deps:
 	bash scripts/install-deps.sh
@@ -71,12 +71,16 @@ bench-pod: build
 bench-cri-containerd: build
 	$(CARGO) bench -p vpod-benches --bench cri_containerd
 
+# vpod serve vs containerd+vpod vs containerd+runc, alternating (BENCH_RUNS pods each).
+bench-cri-serve: build
+	$(CARGO) bench -p vpod-benches --bench cri_serve
+
 # kill -9 soak (not in CI): SOAK_CYCLES (50) pods, each owner killed at a random moment, leftovers
 # counted (processes, taps, mounts, netns, state dirs, disk images); exits 1 when any are left.
 soak: build
 	$(CARGO) bench -p vpod-benches --bench soak
 
-bench: bench-testbed bench-boot bench-images bench-pod bench-cri-containerd
+bench: bench-testbed bench-boot bench-images bench-pod bench-cri-containerd bench-cri-serve
 
 # Fuzzing (fuzz/: cargo-fuzz targets, libFuzzer; fuzz/README.md). `make fuzz` runs each target
 # for FUZZ_SECONDS, `make fuzz-smoke` (CI) for FUZZ_SMOKE_SECONDS; either fails if any target

@@ -863,12 +863,17 @@ fn port_forward_copies_stay_whole_beside_refused_ports() {
             std::fs::read_to_string(format!("/proc/{}/status", pod.vmm().pid()))
                 .map(|s| s.lines().take(3).collect::<Vec<_>>().join(" "))
                 .unwrap_or_else(|e| e.to_string()),
-            String::from_utf8_lossy(&Command::new("dmesg").output().map(|o| o.stdout).unwrap_or_default())
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .join("\n"),
+            String::from_utf8_lossy(
+                &Command::new("dmesg")
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            )
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .join("\n"),
             std::fs::read_to_string(env.dir.join("pod/console.log")).unwrap_or_default()
         );
         pod.shutdown(Duration::from_secs(30)).await;

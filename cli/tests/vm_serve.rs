@@ -5,199 +5,23 @@
 //! or the server stops. Named `vm_*` so cargo's runner sends it through the test bed.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vpod_test_support as common;
 use vpod_test_support::cri::{self, v1, Cri};
-use vpod_test_support::{self as common, guest_file};
+use vpod_test_support::serve::{self as server, IMAGE};
 
-const IMAGE: &str = "docker.io/library/vpod-busybox:1";
-
-/// One server at a time: the test bed has one CPU, and leftovers are counted host-wide.
-static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// A `vpod serve` with its own dirs, CNI network and image store.
-struct Serve {
-    dir: PathBuf,
-    child: Child,
-    _one: std::sync::MutexGuard<'static, ()>,
-}
+/// A server of this crate's `vpod`.
+struct Serve;
 
 impl Serve {
-    fn start(name: &str) -> Serve {
-        Serve::start_with(name, "")
+    fn start(name: &str) -> server::Serve {
+        server::Serve::start(name, Path::new(env!("CARGO_BIN_EXE_vpod")))
     }
 
-    /// A server whose config ends with `extra` (TOML).
-    fn start_with(name: &str, extra: &str) -> Serve {
-        let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = std::env::temp_dir().join(format!("vpod-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("cni")).unwrap();
-        let layout = dir.join("layout");
-        let layer = common::busybox_layer(Vec::new());
-        common::layout(&layout, &[layer], serde_json::json!({"Cmd": ["sh"]}));
-        let store = vpod_images::Store::open(&dir.join("images")).unwrap();
-        vpod_images::import(&store, &layout, Some(IMAGE)).unwrap();
-        let d = dir.display();
-        std::fs::write(
-            dir.join("cni/10-serve.conflist"),
-            serde_json::to_vec(&serde_json::json!({
-                "cniVersion": "0.4.0",
-                "name": "vpodserve",
-                "plugins": [{
-                    "type": "bridge",
-                    "bridge": "vpsrv0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": "10.88.201.0/24"}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": format!("{d}/cni-ipam"),
-                    }
-                }, {"type": "portmap", "capabilities": {"portMappings": true}}]
-            }))
-            .unwrap(),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("vpod.toml"),
-            format!(
-                "socket = \"{d}/vpod.sock\"\nstate_dir = \"{d}/state\"\ndisk_dir = \"{d}/disks\"\n\
-                 image_root = \"{d}/images\"\nkubelet_root = \"{d}/kubelet\"\n\
-                 kernel = \"{}\"\ninitrd = \"{}\"\ncni_conf_dir = \"{d}/cni\"\n\
-                 cni_bin_dirs = [\"/usr/lib/cni\"]\n{extra}",
-                guest_file("vmlinux").display(),
-                guest_file("initramfs.cpio").display(),
-            ),
-        )
-        .unwrap();
-        let child = spawn(&dir);
-        let s = Serve {
-            dir,
-            child,
-            _one: one,
-        };
-        s.wait_socket();
-        s
-    }
-
-    /// Starts the server again on the same dirs (after [`Serve::stop`] or a kill).
-    fn restart(&mut self) {
-        self.child = spawn(&self.dir);
-        self.wait_socket();
-    }
-
-    /// Waits until the server answers (a killed one's socket file may still be there).
-    fn wait_socket(&self) {
-        let answers = || {
-            runtime().block_on(async {
-                let mut c = Cri::connect(&self.sock()).await.ok()?;
-                c.runtime.version(v1::VersionRequest::default()).await.ok()
-            })
-        };
-        let t0 = Instant::now();
-        while answers().is_none() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "vpod serve did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.join("vpod.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
-    }
-
-    /// SIGTERM, and its exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let t0 = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "vpod serve did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// What the server's pods left: state and disk dirs, netns, VMM processes.
-    fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for d in ["state/pods", "disks"] {
-            for e in std::fs::read_dir(self.dir.join(d))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                left.push(e.path().display().to_string());
-            }
-        }
-        for e in std::fs::read_dir("/run/netns")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with("vpod-") {
-                left.push(format!("netns {}", e.file_name().to_string_lossy()));
-            }
-        }
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            // One server at a time (ONE): any VMM is this server's.
-            if cmd
-                .split(' ')
-                .next()
-                .is_some_and(|a| a.ends_with("vpod-vmm"))
-            {
-                left.push(format!("process {cmd}"));
-            }
-        }
-        left
-    }
-}
-
-/// `vpod serve --config <dir>/vpod.toml`, its output appended to `<dir>/serve.log`.
-fn spawn(dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("serve.log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_vpod"))
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.join("vpod.toml"))
-        .env("VPOD_LOG", "info,vpod_sandbox=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    fn start_with(name: &str, extra: &str) -> server::Serve {
+        server::Serve::start_with(name, Path::new(env!("CARGO_BIN_EXE_vpod")), extra)
     }
 }
 
@@ -475,7 +299,7 @@ fn stopping_the_server_takes_its_pods_down() {
 fn a_killed_server_leaves_nothing_once_it_starts_again() {
     let mut serve = Serve::start("kill");
     let log_root = serve.dir.join("pod-logs");
-    let start = |serve: &Serve| {
+    let start = |serve: &server::Serve| {
         let sock = serve.sock();
         let log_root = log_root.clone();
         async move {
@@ -521,7 +345,11 @@ fn pull_image_logs_in_through_a_mirror_and_a_pod_runs_the_pulled_image() {
         b"pulled from the mirror\n".to_vec(),
         0o644,
     )]);
-    common::layout(&layout, &[layer], serde_json::json!({"Cmd": ["cat", "/etc/pulled"]}));
+    common::layout(
+        &layout,
+        &[layer],
+        serde_json::json!({"Cmd": ["cat", "/etc/pulled"]}),
+    );
     runtime().block_on(reg.push_layout(&layout, "library/pulled", "1", Some(creds)));
     let _ = std::fs::remove_dir_all(&layout);
     // docker.io is never reached: its mirror answers first.
@@ -545,7 +373,10 @@ fn pull_image_logs_in_through_a_mirror_and_a_pod_runs_the_pulled_image() {
             }
         };
         let e = pull(None).await.unwrap_err();
-        assert!(e.message().contains("pulled"), "a pull without the login: {e}");
+        assert!(
+            e.message().contains("pulled"),
+            "a pull without the login: {e}"
+        );
         let auth = v1::AuthConfig {
             username: creds.0.into(),
             password: creds.1.into(),
@@ -574,7 +405,10 @@ fn pull_image_logs_in_through_a_mirror_and_a_pod_runs_the_pulled_image() {
             img.repo_digests,
             [format!("docker.io/library/pulled@{image_ref}")]
         );
-        assert!(img.size > 0 && img.uid.as_ref().map(|u| u.value) == Some(0), "{img:?}");
+        assert!(
+            img.size > 0 && img.uid.as_ref().map(|u| u.value) == Some(0),
+            "{img:?}"
+        );
         let listed = client
             .images
             .list_images(v1::ListImagesRequest::default())
@@ -595,7 +429,12 @@ fn pull_image_logs_in_through_a_mirror_and_a_pod_runs_the_pulled_image() {
             .await
             .unwrap_or_else(|s| panic!("create+start: {s}\n{}", serve.log()));
         let log = Path::new(&config.log_directory).join("p/0.log");
-        cri::wait_log(&log, |l| l.iter().any(|(_, t)| t == "pulled from the mirror"), "serve").await;
+        cri::wait_log(
+            &log,
+            |l| l.iter().any(|(_, t)| t == "pulled from the mirror"),
+            "serve",
+        )
+        .await;
         client.stop_and_remove_pod(&pod).await.unwrap();
 
         // Removed (twice: the second finds nothing, which is fine).

@@ -12,6 +12,7 @@ pub mod containerd;
 pub mod cri;
 pub mod jail;
 pub mod registry;
+pub mod serve;
 
 use sha2::Digest as _;
 

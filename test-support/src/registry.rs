@@ -89,7 +89,13 @@ impl Registry {
 
     /// Pushes the image of the OCI layout `layout` (its index's first manifest, as
     /// [`crate::layout`] writes it) as `repo:tag`, logged in as `user` if given.
-    pub async fn push_layout(&self, layout: &Path, repo: &str, tag: &str, user: Option<(&str, &str)>) {
+    pub async fn push_layout(
+        &self,
+        layout: &Path,
+        repo: &str,
+        tag: &str,
+        user: Option<(&str, &str)>,
+    ) {
         let client = Client::new(ClientConfig {
             protocol: ClientProtocol::Http,
             ..ClientConfig::default()
@@ -99,7 +105,10 @@ impl Registry {
             None => RegistryAuth::Anonymous,
         };
         let r = Reference::with_tag(self.host.clone(), repo.into(), tag.into());
-        client.auth(&r, &auth, RegistryOperation::Push).await.unwrap();
+        client
+            .auth(&r, &auth, RegistryOperation::Push)
+            .await
+            .unwrap();
         let blob = |d: &str| {
             let hex = d.strip_prefix("sha256:").unwrap();
             std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()

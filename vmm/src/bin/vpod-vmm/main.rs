@@ -148,7 +148,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !one_arena {
-        tracing::warn!("mallopt(M_ARENA_MAX, 1) failed: a thread's heap trim may be a seccomp kill");
+        tracing::warn!(
+            "mallopt(M_ARENA_MAX, 1) failed: a thread's heap trim may be a seccomp kill"
+        );
     }
 
     if let Some(fd) = args.control_fd {
