@@ -111,14 +111,25 @@ impl Runtime {
             .and_then(|s| s.status)
             .into_iter()
             .collect();
+        // The pod's status as far as it is known without waiting on its lifecycle lock (the
+        // event is sent from inside those calls): no network.
+        let pod_sandbox_status = self.pod(pod).ok().map(|p| cri::PodSandboxStatus {
+            id: p.id.clone(),
+            metadata: p.config.metadata.clone(),
+            state: super::sandbox::pod_state(&p) as i32,
+            created_at: p.created_at,
+            labels: p.config.labels.clone(),
+            annotations: p.config.annotations.clone(),
+            runtime_handler: p.runtime_handler.clone(),
+            ..Default::default()
+        });
         let _ = self.events.send(cri::ContainerEventResponse {
             container_id: id.into(),
             container_event_type: typ as i32,
             created_at: now_ns(),
-            pod_sandbox_status: None,
+            pod_sandbox_status,
             containers_statuses: statuses,
         });
-        let _ = pod;
     }
 
     pub(super) fn events(&self) -> EventStream {

@@ -76,7 +76,7 @@ impl Runtime {
             }
             Err(e) => {
                 // Nothing of a failed pod stays: not its network, not its entry.
-                self.take_down(&id, &mut run).await;
+                self.take_down(&mut run).await;
                 drop(run);
                 self.pods().remove(&id);
                 Err(e)
@@ -232,7 +232,7 @@ impl Runtime {
     pub(super) async fn stop_pod(&self, entry: &PodEntry) -> Result<()> {
         let mut run = entry.run.lock().await;
         entry.ready.store(false, Ordering::SeqCst);
-        self.take_down(&entry.id, &mut run).await;
+        self.take_down(&mut run).await;
         let containers: Vec<_> = entry
             .containers
             .lock()
@@ -253,14 +253,13 @@ impl Runtime {
     }
 
     /// The VM, then the network: whatever of them is up.
-    async fn take_down(&self, id: &str, run: &mut PodRun) {
+    async fn take_down(&self, run: &mut PodRun) {
         if let Some(vm) = run.vm.take() {
             Pod::finish(vm, SHUTDOWN_TIMEOUT).await;
         }
         if let Some(att) = run.net.take() {
             self.cni.del(&att).await;
         }
-        let _ = id;
     }
 
     pub(super) async fn stop_pod_sandbox(
@@ -389,7 +388,7 @@ impl Runtime {
     }
 }
 
-fn pod_state(p: &PodEntry) -> PodSandboxState {
+pub(super) fn pod_state(p: &PodEntry) -> PodSandboxState {
     if p.ready.load(Ordering::SeqCst) {
         PodSandboxState::SandboxReady
     } else {
